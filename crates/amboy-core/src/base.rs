@@ -1,0 +1,673 @@
+//! [`Base`]: the metadata every job embeds (amboy's `job.Base`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amboy_dependency::{Always, Manager};
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, MutexGuard};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, JobError, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo};
+
+/// The metadata every job embeds: identity, status, timing, retry information, scopes,
+/// priority and dependency, with amboy's rules for changing them.
+///
+/// A job is shared between its queue and the worker running it, so `Base` guards its state
+/// with a lock and every method takes `&self`; the ID alone is fixed once the job is shared.
+/// Builder methods (`with_…`) configure a job before it is enqueued.
+///
+/// Serialized, a `Base` carries only the ID (as `name`) and the required scopes (as
+/// `required_scopes`), as amboy's does: a queue stores the rest beside the job.
+///
+/// ```
+/// use std::time::Duration;
+/// use amboy_core::Base;
+///
+/// let base = Base::with_id("resize-42")
+///     .with_scopes(["image-42"])
+///     .with_max_time(Duration::from_secs(30))
+///     .with_retryable(true);
+/// assert_eq!(base.id(), "resize-42");
+/// assert_eq!(base.scopes(), ["image-42"]);
+/// assert!(base.retry_info().retryable);
+/// ```
+pub struct Base {
+    id: Arc<str>,
+    meta: Mutex<Metadata>,
+}
+
+/// The mutable part of a job's [`Base`], read and written under its lock.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    /// The job's status.
+    pub status: JobStatusInfo,
+    /// The job's timing.
+    pub time_info: JobTimeInfo,
+    /// The job's retry information.
+    pub retry_info: JobRetryInfo,
+    /// The scopes the job holds while it runs (amboy's `RequiredScopes`).
+    pub scopes: Vec<String>,
+    /// The scopes to take already when the job is enqueued.
+    pub enqueue_scopes: Vec<String>,
+    /// Take every scope when the job is enqueued.
+    pub enqueue_all_scopes: bool,
+    /// Higher runs first on queues that order by priority.
+    pub priority: i32,
+    /// The dependency manager; `None` means [`Always`].
+    pub dependency: Option<Arc<dyn Manager>>,
+}
+
+impl Metadata {
+    /// The scopes taken at enqueue: all scopes if `enqueue_all_scopes`, else the scopes that
+    /// are also enqueue scopes (amboy's `EnqueueScopes`).
+    pub fn effective_enqueue_scopes(&self) -> Vec<String> {
+        if self.enqueue_all_scopes {
+            return self.scopes.clone();
+        }
+        self.scopes
+            .iter()
+            .filter(|scope| self.enqueue_scopes.contains(scope))
+            .cloned()
+            .collect()
+    }
+
+    /// Records an error.
+    pub fn add_error(&mut self, message: String) {
+        self.status.errors.push(message);
+        self.status.error_count = self.status.errors.len();
+    }
+}
+
+impl Base {
+    /// Metadata for a new job with a fresh, time-ordered unique ID.
+    pub fn new() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        Base::with_id(id)
+    }
+
+    /// Metadata for a new job with the given ID.
+    pub fn with_id(id: impl AsRef<str>) -> Self {
+        Base {
+            id: Arc::from(id.as_ref()),
+            meta: Mutex::new(Metadata::default()),
+        }
+    }
+
+    /// The job's ID.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The job's ID, shared.
+    pub fn shared_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Changes the ID; only possible while the job is not shared.
+    pub fn set_id(&mut self, id: impl AsRef<str>) {
+        self.id = Arc::from(id.as_ref());
+    }
+
+    /// Locks the metadata for reading or changing several fields at once. Do not hold the
+    /// guard across an `.await` (it is not `Send`, so the compiler refuses).
+    pub fn metadata(&self) -> MutexGuard<'_, Metadata> {
+        self.meta.lock()
+    }
+
+    /// The job's status.
+    pub fn status(&self) -> JobStatusInfo {
+        self.meta.lock().status.clone()
+    }
+
+    /// Replaces the job's status.
+    pub fn set_status(&self, status: JobStatusInfo) {
+        self.meta.lock().status = status;
+    }
+
+    /// The job's timing.
+    pub fn time_info(&self) -> JobTimeInfo {
+        self.meta.lock().time_info.clone()
+    }
+
+    /// Overwrites the timing fields that are set in `update`.
+    pub fn update_time_info(&self, update: &JobTimeInfo) {
+        self.meta.lock().time_info.update(update);
+    }
+
+    /// Replaces the job's timing, unset fields included.
+    pub fn set_time_info(&self, time_info: JobTimeInfo) {
+        self.meta.lock().time_info = time_info;
+    }
+
+    /// The job's retry information.
+    pub fn retry_info(&self) -> JobRetryInfo {
+        self.meta.lock().retry_info.clone()
+    }
+
+    /// Overwrites the retry fields that are set in `options`.
+    pub fn update_retry_info(&self, options: &JobRetryOptions) {
+        self.meta.lock().retry_info.update(options);
+    }
+
+    /// Records an error.
+    pub fn add_error(&self, error: impl fmt::Display) {
+        self.meta.lock().add_error(error.to_string());
+    }
+
+    /// Records an error and asks for the job to be retried.
+    pub fn add_retryable_error(&self, error: impl fmt::Display) {
+        let mut meta = self.meta.lock();
+        meta.add_error(error.to_string());
+        meta.retry_info.needs_retry = true;
+    }
+
+    /// Records what a run returned: nothing for `Ok`, the error for `Err` (asking for a retry
+    /// when the error is retryable).
+    pub fn record(&self, result: Result<(), JobError>) {
+        if let Err(error) = result {
+            if error.is_retryable() {
+                self.add_retryable_error(error.message());
+            } else {
+                self.add_error(error.message());
+            }
+        }
+    }
+
+    /// Whether the job recorded an error.
+    pub fn has_errors(&self) -> bool {
+        !self.meta.lock().status.errors.is_empty()
+    }
+
+    /// The job's errors joined by newlines, if it recorded any.
+    pub fn error(&self) -> Option<JobError> {
+        let meta = self.meta.lock();
+        if meta.status.errors.is_empty() {
+            None
+        } else {
+            Some(JobError::new(meta.status.errors.join("\n")))
+        }
+    }
+
+    /// Whether this attempt is the job's last: it is not retryable, has no attempts left, or
+    /// does not ask to retry.
+    pub fn is_last_attempt(&self) -> bool {
+        let retry = &self.meta.lock().retry_info;
+        !retry.retryable || retry.remaining_attempts() == 0 || !retry.should_retry()
+    }
+
+    /// Takes the job's lock for `owner` (normally a queue's ID), refreshing it if `owner`
+    /// holds it already. Fails while another owner holds an unexpired lock on a job that is in
+    /// progress or waiting to retry. Does not mark the job in progress: dispatching does.
+    pub fn lock(&self, owner: &Arc<str>, lock_timeout: Duration) -> Result<(), Error> {
+        let now = Utc::now();
+        let mut meta = self.meta.lock();
+        let status = &meta.status;
+        if status.owner.as_deref() != Some(&**owner)
+            && (status.in_progress || (status.completed && meta.retry_info.needs_retry))
+        {
+            if let Some(remaining) = lock_remaining(status.modification_time, now, lock_timeout) {
+                return Err(Error::Locked {
+                    id: self.id.to_string(),
+                    requester: owner.to_string(),
+                    owner: status.owner.as_deref().unwrap_or_default().to_owned(),
+                    remaining,
+                });
+            }
+        }
+        let status = &mut meta.status;
+        status.owner = Some(owner.clone());
+        status.modification_time = Some(now);
+        status.modification_count += 1;
+        Ok(())
+    }
+
+    /// Releases the job's lock and marks it not in progress, unless another owner holds an
+    /// unexpired lock on it (then nothing changes).
+    pub fn unlock(&self, owner: &str, lock_timeout: Duration) {
+        let now = Utc::now();
+        let mut meta = self.meta.lock();
+        let status = &mut meta.status;
+        if status.in_progress
+            && status.owner.as_deref() != Some(owner)
+            && lock_remaining(status.modification_time, now, lock_timeout).is_some()
+        {
+            return;
+        }
+        status.in_progress = false;
+        status.owner = None;
+        status.modification_time = Some(now);
+        status.modification_count += 1;
+    }
+
+    /// Marks the job finished.
+    pub fn mark_complete(&self) {
+        let mut meta = self.meta.lock();
+        meta.status.in_progress = false;
+        meta.status.completed = true;
+    }
+
+    /// The scopes the job holds while it runs.
+    pub fn scopes(&self) -> Vec<String> {
+        self.meta.lock().scopes.clone()
+    }
+
+    /// Sets the scopes the job holds while it runs; do this before enqueueing.
+    pub fn set_scopes(&self, scopes: Vec<String>) {
+        self.meta.lock().scopes = scopes;
+    }
+
+    /// The scopes the job takes already when enqueued.
+    pub fn enqueue_scopes(&self) -> Vec<String> {
+        self.meta.lock().effective_enqueue_scopes()
+    }
+
+    /// Chooses which of the job's scopes are taken at enqueue.
+    pub fn set_enqueue_scopes(&self, scopes: Vec<String>) {
+        self.meta.lock().enqueue_scopes = scopes;
+    }
+
+    /// Whether all of the job's scopes are taken at enqueue.
+    pub fn enqueue_all_scopes(&self) -> bool {
+        self.meta.lock().enqueue_all_scopes
+    }
+
+    /// Takes all of the job's scopes at enqueue (or not).
+    pub fn set_enqueue_all_scopes(&self, all: bool) {
+        self.meta.lock().enqueue_all_scopes = all;
+    }
+
+    /// The job's priority: higher runs first on priority queues.
+    pub fn priority(&self) -> i32 {
+        self.meta.lock().priority
+    }
+
+    /// Sets the job's priority.
+    pub fn set_priority(&self, priority: i32) {
+        self.meta.lock().priority = priority;
+    }
+
+    /// The job's dependency manager ([`Always`] unless one was set).
+    pub fn dependency(&self) -> Arc<dyn Manager> {
+        self.meta
+            .lock()
+            .dependency
+            .get_or_insert_with(|| Arc::new(Always::new()))
+            .clone()
+    }
+
+    /// Sets the job's dependency manager.
+    pub fn set_dependency(&self, dependency: Arc<dyn Manager>) {
+        self.meta.lock().dependency = Some(dependency);
+    }
+
+    /// With these scopes, held while the job runs.
+    pub fn with_scopes<I: IntoIterator<Item = S>, S: Into<String>>(self, scopes: I) -> Self {
+        self.set_scopes(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// With these of its scopes taken already at enqueue.
+    pub fn with_enqueue_scopes<I: IntoIterator<Item = S>, S: Into<String>>(self, scopes: I) -> Self {
+        self.set_enqueue_scopes(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// With all of its scopes taken at enqueue.
+    pub fn with_enqueue_all_scopes(self) -> Self {
+        self.set_enqueue_all_scopes(true);
+        self
+    }
+
+    /// Not dispatched before `time`.
+    pub fn with_wait_until(self, time: DateTime<Utc>) -> Self {
+        self.meta.lock().time_info.wait_until = Some(time);
+        self
+    }
+
+    /// Dropped unless dispatched by `time`.
+    pub fn with_dispatch_by(self, time: DateTime<Utc>) -> Self {
+        self.meta.lock().time_info.dispatch_by = Some(time);
+        self
+    }
+
+    /// Allowed to run for at most `max_time`.
+    pub fn with_max_time(self, max_time: Duration) -> Self {
+        self.meta.lock().time_info.max_time = max_time;
+        self
+    }
+
+    /// Opted in to (or out of) retries.
+    pub fn with_retryable(self, retryable: bool) -> Self {
+        self.meta.lock().retry_info.retryable = retryable;
+        self
+    }
+
+    /// With at most `max_attempts` attempts when retryable.
+    pub fn with_max_attempts(self, max_attempts: u32) -> Self {
+        self.meta.lock().retry_info.max_attempts = max_attempts;
+        self
+    }
+
+    /// With this priority.
+    pub fn with_priority(self, priority: i32) -> Self {
+        self.set_priority(priority);
+        self
+    }
+
+    /// With this dependency manager.
+    pub fn with_dependency(self, dependency: impl Manager + 'static) -> Self {
+        self.set_dependency(Arc::new(dependency));
+        self
+    }
+}
+
+/// How long an unexpired lock has left, or `None` if it expired (or was never taken).
+fn lock_remaining(
+    modified: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    lock_timeout: Duration,
+) -> Option<Duration> {
+    let age = (now - modified?).to_std().unwrap_or_default();
+    lock_timeout.checked_sub(age).filter(|left| !left.is_zero())
+}
+
+impl Default for Base {
+    fn default() -> Self {
+        Base::new()
+    }
+}
+
+impl Clone for Base {
+    /// A copy with the same ID and metadata; the dependency manager is shared.
+    fn clone(&self) -> Self {
+        Base {
+            id: self.id.clone(),
+            meta: Mutex::new(self.meta.lock().clone()),
+        }
+    }
+}
+
+impl fmt::Debug for Base {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let meta = self.meta.lock();
+        f.debug_struct("Base")
+            .field("id", &self.id)
+            .field("status", &meta.status)
+            .field("time_info", &meta.time_info)
+            .field("retry_info", &meta.retry_info)
+            .field("scopes", &meta.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+struct BaseRef<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    required_scopes: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct BaseOwned {
+    name: String,
+    #[serde(default)]
+    required_scopes: Option<Vec<String>>,
+}
+
+impl Serialize for Base {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let meta = self.meta.lock();
+        BaseRef {
+            name: &self.id,
+            required_scopes: &meta.scopes,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Base {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let owned = BaseOwned::deserialize(deserializer)?;
+        let base = Base::with_id(owned.name);
+        base.set_scopes(owned.required_scopes.unwrap_or_default());
+        Ok(base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use amboy_dependency::{MockDependency, State};
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn owner(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn new_ids_are_unique() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| Base::new().id().to_owned()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
+    fn errors_accumulate_and_join() {
+        let base = Base::with_id("j");
+        assert!(!base.has_errors());
+        assert!(base.error().is_none());
+        base.add_error("one");
+        base.add_error(Error::invalid("two"));
+        assert!(base.has_errors());
+        assert_eq!(base.status().error_count, 2);
+        assert_eq!(base.error().unwrap().message(), "one\ninvalid: two");
+        assert!(!base.retry_info().needs_retry);
+    }
+
+    #[test]
+    fn retryable_errors_ask_for_a_retry() {
+        let base = Base::with_id("j");
+        base.add_retryable_error("try again");
+        assert!(base.retry_info().needs_retry);
+        assert_eq!(base.status().errors, ["try again"]);
+    }
+
+    #[test]
+    fn record_maps_results() {
+        let base = Base::with_id("j");
+        base.record(Ok(()));
+        assert!(!base.has_errors());
+        base.record(Err(JobError::new("plain")));
+        assert!(!base.retry_info().needs_retry);
+        base.record(Err(JobError::retryable("again")));
+        assert!(base.retry_info().needs_retry);
+        assert_eq!(base.status().error_count, 2);
+    }
+
+    #[test]
+    fn is_last_attempt_matrix() {
+        // (retryable, needs_retry, current_attempt, max_attempts) -> last attempt
+        let cases = [
+            ((false, false, 0, 0), true),
+            ((false, true, 0, 0), true),
+            ((true, false, 0, 0), true),
+            ((true, true, 0, 0), false),
+            ((true, true, 8, 0), false),
+            ((true, true, 9, 0), true),
+            ((true, true, 1, 3), false),
+            ((true, true, 2, 3), true),
+            ((true, true, 5, 3), true),
+        ];
+        for ((retryable, needs_retry, current_attempt, max_attempts), last) in cases {
+            let base = Base::with_id("j");
+            base.update_retry_info(&JobRetryOptions {
+                retryable: Some(retryable),
+                needs_retry: Some(needs_retry),
+                current_attempt: Some(current_attempt),
+                max_attempts: Some(max_attempts),
+                ..Default::default()
+            });
+            assert_eq!(
+                base.is_last_attempt(),
+                last,
+                "retryable={retryable} needs_retry={needs_retry} attempt={current_attempt}/{max_attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_sets_owner_time_and_count() {
+        let base = Base::with_id("j");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        let status = base.status();
+        assert_eq!(status.owner.as_deref(), Some("q1"));
+        assert_eq!(status.modification_count, 1);
+        assert!(status.modification_time.is_some());
+        assert!(!status.in_progress, "lock does not mark the job in progress");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        assert_eq!(base.status().modification_count, 2);
+    }
+
+    #[test]
+    fn lock_refuses_other_owner_while_in_progress_and_fresh() {
+        let base = Base::with_id("j");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        base.metadata().status.in_progress = true;
+        let err = base.lock(&owner("q2"), Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().starts_with("cannot lock job 'j' for 'q2': locked by 'q1'"), "{err}");
+        assert_eq!(base.status().modification_count, 1);
+        // Once the lock is older than the timeout anyone may take it.
+        base.metadata().status.modification_time = Some(Utc::now() - TimeDelta::seconds(120));
+        base.lock(&owner("q2"), Duration::from_secs(60)).unwrap();
+        assert_eq!(base.status().owner.as_deref(), Some("q2"));
+    }
+
+    #[test]
+    fn lock_refuses_other_owner_while_retrying() {
+        let base = Base::with_id("j");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        {
+            let mut meta = base.metadata();
+            meta.status.completed = true;
+            meta.retry_info.needs_retry = true;
+        }
+        assert!(base.lock(&owner("q2"), Duration::from_secs(60)).is_err());
+        base.metadata().retry_info.needs_retry = false;
+        base.lock(&owner("q2"), Duration::from_secs(60)).unwrap();
+    }
+
+    #[test]
+    fn lock_of_pending_job_by_other_owner_is_allowed() {
+        let base = Base::with_id("j");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        base.lock(&owner("q2"), Duration::from_secs(60)).unwrap();
+        assert_eq!(base.status().owner.as_deref(), Some("q2"));
+    }
+
+    #[test]
+    fn unlock_rules() {
+        let base = Base::with_id("j");
+        base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
+        base.metadata().status.in_progress = true;
+        base.unlock("q2", Duration::from_secs(60));
+        assert!(base.status().in_progress, "another owner cannot unlock a fresh lock");
+        base.unlock("q1", Duration::from_secs(60));
+        let status = base.status();
+        assert!(!status.in_progress);
+        assert_eq!(status.owner, None);
+        assert_eq!(status.modification_count, 2);
+    }
+
+    #[test]
+    fn update_and_set_time_info() {
+        let base = Base::with_id("j");
+        let now = Utc::now();
+        base.update_time_info(&JobTimeInfo {
+            created: Some(now),
+            max_time: Duration::from_secs(1),
+            ..Default::default()
+        });
+        base.update_time_info(&JobTimeInfo {
+            start: Some(now),
+            ..Default::default()
+        });
+        let info = base.time_info();
+        assert_eq!((info.created, info.start, info.max_time), (Some(now), Some(now), Duration::from_secs(1)));
+        base.set_time_info(JobTimeInfo {
+            end: Some(now),
+            ..Default::default()
+        });
+        assert_eq!(base.time_info(), JobTimeInfo { end: Some(now), ..Default::default() });
+    }
+
+    #[test]
+    fn enqueue_scopes_are_the_intersection() {
+        let base = Base::with_id("j").with_scopes(["a", "b", "c"]);
+        assert!(base.enqueue_scopes().is_empty());
+        base.set_enqueue_scopes(vec!["c".into(), "a".into(), "z".into()]);
+        assert_eq!(base.enqueue_scopes(), ["a", "c"]);
+        base.set_enqueue_all_scopes(true);
+        assert!(base.enqueue_all_scopes());
+        assert_eq!(base.enqueue_scopes(), ["a", "b", "c"]);
+        base.set_scopes(vec![]);
+        assert!(base.enqueue_scopes().is_empty());
+    }
+
+    #[test]
+    fn dependency_defaults_to_always_and_is_kept() {
+        let base = Base::with_id("j");
+        assert_eq!(base.dependency().manager_type().name, "always");
+        base.dependency().add_edge("other").unwrap();
+        assert_eq!(base.dependency().edges(), ["other"], "the default manager is stored");
+        base.set_dependency(Arc::new(MockDependency::new(State::Blocked)));
+        assert_eq!(base.dependency().state(), State::Blocked);
+    }
+
+    #[test]
+    fn serializes_only_id_and_required_scopes() {
+        let base = Base::with_id("j1").with_scopes(["s"]).with_retryable(true);
+        base.add_error("kept out");
+        let json = serde_json::to_value(&base).unwrap();
+        assert_eq!(json, serde_json::json!({"name": "j1", "required_scopes": ["s"]}));
+        let back: Base = serde_json::from_value(json).unwrap();
+        assert_eq!(back.id(), "j1");
+        assert_eq!(back.scopes(), ["s"]);
+        assert!(!back.has_errors());
+        let bare: Base = serde_json::from_str(r#"{"name": "j2", "job_type": {"name": "x", "version": 0}}"#).unwrap();
+        assert_eq!(bare.id(), "j2");
+        assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"name":"j2"}"#);
+    }
+
+    #[test]
+    fn builders_set_fields() {
+        let now = Utc::now();
+        let base = Base::with_id("j")
+            .with_wait_until(now)
+            .with_dispatch_by(now + TimeDelta::seconds(1))
+            .with_max_time(Duration::from_millis(5))
+            .with_max_attempts(3)
+            .with_priority(7)
+            .with_enqueue_all_scopes()
+            .with_dependency(MockDependency::new(State::Passed));
+        let time = base.time_info();
+        assert_eq!(time.wait_until, Some(now));
+        assert_eq!(time.dispatch_by, Some(now + TimeDelta::seconds(1)));
+        assert_eq!(time.max_time, Duration::from_millis(5));
+        assert_eq!(base.retry_info().max_attempts, 3);
+        assert_eq!(base.priority(), 7);
+        assert!(base.enqueue_all_scopes());
+        assert_eq!(base.dependency().state(), State::Passed);
+    }
+
+    #[test]
+    fn mark_complete() {
+        let base = Base::with_id("j");
+        base.metadata().status.in_progress = true;
+        base.mark_complete();
+        let status = base.status();
+        assert!(status.completed && !status.in_progress);
+    }
+}

@@ -1,0 +1,157 @@
+//! The [`Queue`] family of traits: queues, retryable queues, queue groups and their options.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::{JobInfo, JobRef, QueueInfo, QueueStats, Result, RetryHandler, Runner};
+
+/// A stream of jobs, as [`Queue::results`] returns.
+pub type JobStream = BoxStream<'static, Result<JobRef>>;
+
+/// A stream of job infos, as [`Queue::job_info`] returns.
+pub type JobInfoStream = BoxStream<'static, Result<JobInfo>>;
+
+/// Stores jobs and hands them out to a runner (amboy's `Queue`).
+///
+/// A queue runs nothing itself: [`start`](Queue::start) starts its [`Runner`], whose workers call
+/// [`next`](Queue::next), run the job and call [`complete`](Queue::complete). Cancellation is
+/// Rust's: drop a future (or wrap it in `tokio::time::timeout`) to stop waiting; queues keep
+/// their state consistent when a call is dropped part-way.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// The queue's unique ID; it is also the owner of the locks the queue takes.
+    fn id(&self) -> &str;
+
+    /// Adds a job. Fails with a duplicate-job error if the ID is taken, with a duplicate-scope
+    /// error if an enqueue scope is held.
+    async fn put(&self, job: JobRef) -> Result<()>;
+
+    /// Adds jobs; the failures are collated so that the result is a duplicate only if every
+    /// failure was one. The jobs that can be added are.
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()>;
+
+    /// The job with this ID (the latest attempt, for retryable jobs), or a job-not-found
+    /// error.
+    async fn get(&self, id: &str) -> Result<JobRef>;
+
+    /// Waits for the next job ready to run and dispatches it: the job is locked by this queue
+    /// and marked in progress. `None` once the queue is closed.
+    async fn next(&self) -> Option<JobRef>;
+
+    /// The queue's state and lock timeout.
+    fn info(&self) -> QueueInfo;
+
+    /// Marks a dispatched job finished, releasing its scopes.
+    async fn complete(&self, job: &JobRef) -> Result<()>;
+
+    /// Stores the job's current state. Fails if the job is not in the queue or this queue no
+    /// longer owns it.
+    async fn save(&self, job: &JobRef) -> Result<()>;
+
+    /// The completed jobs the queue retains (for retryable jobs, those not retrying).
+    async fn results(&self) -> JobStream;
+
+    /// The info of every job in the queue.
+    async fn job_info(&self) -> JobInfoStream;
+
+    /// Counts of the queue's jobs.
+    async fn stats(&self) -> Result<QueueStats>;
+
+    /// The runner executing the queue's jobs.
+    fn runner(&self) -> Option<Arc<dyn Runner>>;
+
+    /// Sets the runner (and gives it this queue); not possible once the queue started.
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()>;
+
+    /// Starts the queue and its runner. Starting twice is an error.
+    async fn start(&self) -> Result<()>;
+
+    /// Stops the runner and releases the queue's resources.
+    async fn close(&self);
+
+    /// This queue as a [`RetryableQueue`], if it is one (amboy's `WithRetryableQueue`).
+    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
+        None
+    }
+}
+
+/// A queue that retries jobs which ask for it (amboy's `RetryableQueue`).
+///
+/// Every attempt is stored: [`get`](Queue::get) returns the latest, [`results`](Queue::results)
+/// only jobs that finished retrying.
+#[async_trait]
+pub trait RetryableQueue: Queue {
+    /// The handler enqueueing retried jobs' next attempts.
+    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>>;
+
+    /// Sets the retry handler; not possible once the current one started.
+    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()>;
+
+    /// One attempt of a retryable job, or a job-not-found error.
+    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef>;
+
+    /// Every attempt of a retryable job, in ascending order, or a job-not-found error.
+    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>>;
+
+    /// In one atomic step, marks `to_complete` as finished retrying and adds `to_put`,
+    /// handing `to_complete`'s scopes to `to_put`.
+    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()>;
+
+    /// Marks a retrying job as finished retrying: it will not run again.
+    async fn complete_retrying(&self, job: &JobRef) -> Result<()>;
+}
+
+/// Options that build one queue of a [`QueueGroup`].
+#[async_trait]
+pub trait QueueOptions: Send + Sync + 'static {
+    /// Builds a queue (not started).
+    async fn build_queue(&self) -> Result<Arc<dyn Queue>>;
+
+    /// Checks the options.
+    fn validate(&self) -> Result<()>;
+
+    /// The options as [`Any`], for groups that merge their own option type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Named queues created on demand (amboy's `QueueGroup`).
+#[async_trait]
+pub trait QueueGroup: Send + Sync + 'static {
+    /// The queue named `id`, created and started with the group's defaults merged with `options`
+    /// if it does not exist (options are ignored for an existing queue).
+    async fn get(&self, id: &str, options: &[Arc<dyn QueueOptions>]) -> Result<Arc<dyn Queue>>;
+
+    /// Adds a queue under `id`; an existing `id` is an error.
+    async fn put(&self, id: &str, queue: Arc<dyn Queue>) -> Result<()>;
+
+    /// Closes and removes queues that are idle past their time to live.
+    async fn prune(&self) -> Result<()>;
+
+    /// Closes every queue.
+    async fn close(&self) -> Result<()>;
+
+    /// The number of queues.
+    fn len(&self) -> usize;
+
+    /// Whether the group has no queues.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The names of the queues.
+    async fn queues(&self) -> Vec<String>;
+}
+
+/// Calls `op` with `queue` as a [`RetryableQueue`] if it is one; returns whether it was.
+pub fn with_retryable_queue(queue: &dyn Queue, op: impl FnOnce(&dyn RetryableQueue)) -> bool {
+    match queue.as_retryable() {
+        Some(retryable) => {
+            op(retryable);
+            true
+        }
+        None => false,
+    }
+}
