@@ -82,7 +82,11 @@ pub enum Error {
     /// Jobs that ran and failed, as gathered by [`resolve_errors`](crate::resolve_errors).
     #[error("{} job(s) failed: {}", .0.len(), join_failures(.0))]
     JobsFailed(Vec<JobFailure>),
-    /// A storage or encoding layer failed; the message names the job when one is involved.
+    /// A job could not be encoded to, or decoded from, its stored form; the message names the
+    /// job and the reason.
+    #[error(transparent)]
+    Codec(Arc<dyn std::error::Error + Send + Sync>),
+    /// A storage layer failed; the message names the job when one is involved.
     #[error("{message}")]
     Backend {
         /// What failed.
@@ -136,7 +140,12 @@ impl Error {
         }
     }
 
-    /// A storage or encoding error with its cause.
+    /// An encoding error; its message must name the job and the reason.
+    pub fn codec(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Codec(Arc::new(error))
+    }
+
+    /// A storage error with its cause.
     pub fn backend(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Backend {
             message: message.into(),

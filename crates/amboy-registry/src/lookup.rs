@@ -1,0 +1,244 @@
+//! Reading typetag's registrations: listing the registered names and building a value of a
+//! registered type from its name and body.
+//!
+//! typetag keeps its registry private. Two public contracts give us what we need: a typetag
+//! trait object deserializes from a map holding its tag and content, and an unknown tag is
+//! reported through `serde::de::Error::unknown_variant` with the full list of registered names.
+//! [`TaggedDeserializer`] presents exactly such a map without copying the body, and a
+//! deserializer whose error type captures the `unknown_variant` list yields the names.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use amboy_core::{Job, JobRef};
+use amboy_dependency::Manager;
+use serde::Deserialize;
+use serde::de::value::{StrDeserializer, UnitDeserializer};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::RegistryError;
+
+/// The tag and content keys the `Job` trait is registered with.
+const JOB_KEYS: [&str; 2] = ["type", "job"];
+/// The tag and content keys the `Manager` trait is registered with.
+const DEPENDENCY_KEYS: [&str; 2] = ["type", "dependency"];
+
+/// The names of every registered job type, sorted.
+pub fn registered_job_types() -> &'static [&'static str] {
+    static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+    NAMES.get_or_init(|| probe::<Box<dyn Job>>(JOB_KEYS))
+}
+
+/// The names of every registered dependency manager type, sorted.
+pub fn registered_dependency_types() -> &'static [&'static str] {
+    static NAMES: OnceLock<&'static [&'static str]> = OnceLock::new();
+    NAMES.get_or_init(|| probe::<Box<dyn Manager>>(DEPENDENCY_KEYS))
+}
+
+/// Whether a job type named `name` is registered.
+pub fn is_registered_job_type(name: &str) -> bool {
+    registered_job_types().binary_search(&name).is_ok()
+}
+
+/// Whether a dependency type named `name` is registered.
+pub fn is_registered_dependency_type(name: &str) -> bool {
+    registered_dependency_types().binary_search(&name).is_ok()
+}
+
+/// Builds the job `id` of the registered type `type_name` from its JSON `body`, checking that the
+/// registered type's version is `version`.
+pub fn build_job(id: &str, type_name: &str, version: i32, body: &RawValue) -> Result<JobRef, RegistryError> {
+    if !is_registered_job_type(type_name) {
+        return Err(RegistryError::UnknownJobType {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+            registered: registered_job_types().join(", "),
+        });
+    }
+    let mut body_de = serde_json::Deserializer::from_str(body.get());
+    let job = Box::<dyn Job>::deserialize(TaggedDeserializer::new(JOB_KEYS, type_name, &mut body_de)).map_err(
+        |error| RegistryError::MalformedJob {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+            version,
+            reason: error.to_string(),
+        },
+    )?;
+    let registered = job.version();
+    if registered != version {
+        return Err(RegistryError::VersionMismatch {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+            stored: version,
+            registered,
+        });
+    }
+    Ok(Arc::from(job))
+}
+
+/// Builds the dependency manager of job `id` of the registered type `type_name` from its JSON
+/// `body`, checking the version.
+pub fn build_dependency(
+    id: &str,
+    type_name: &str,
+    version: i32,
+    body: &RawValue,
+) -> Result<Arc<dyn Manager>, RegistryError> {
+    if !is_registered_dependency_type(type_name) {
+        return Err(RegistryError::UnknownDependencyType {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+        });
+    }
+    let mut body_de = serde_json::Deserializer::from_str(body.get());
+    let manager = Box::<dyn Manager>::deserialize(TaggedDeserializer::new(DEPENDENCY_KEYS, type_name, &mut body_de))
+        .map_err(|error| RegistryError::MalformedDependency {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+            reason: error.to_string(),
+        })?;
+    let registered = manager.version();
+    if registered != version {
+        return Err(RegistryError::DependencyVersionMismatch {
+            id: id.to_owned(),
+            type_name: type_name.to_owned(),
+            stored: version,
+            registered,
+        });
+    }
+    Ok(Arc::from(manager))
+}
+
+/// Asks typetag for its registered names by deserializing a tag no type is registered under.
+fn probe<T: for<'de> Deserialize<'de>>(keys: [&'static str; 2]) -> &'static [&'static str] {
+    // A tag that cannot be a Rust-given name; typetag answers with every registered name.
+    const PROBE: &str = "\u{0}amboy-registry-probe";
+    let body = UnitDeserializer::<ProbeError>::new();
+    match T::deserialize(TaggedDeserializer::new(keys, PROBE, body)) {
+        Err(ProbeError::Names(names)) => names,
+        // Nothing registered reaches the error with an empty list; anything else means typetag
+        // changed how it reports unknown tags, which the tests of this crate would catch.
+        Ok(_) | Err(ProbeError::Other(_)) => &[],
+    }
+}
+
+/// Presents `{tag: name, content: body}` to a typetag trait object's deserializer.
+struct TaggedDeserializer<'a, B> {
+    keys: [&'static str; 2],
+    name: &'a str,
+    body: B,
+}
+
+impl<'a, B> TaggedDeserializer<'a, B> {
+    fn new(keys: [&'static str; 2], name: &'a str, body: B) -> Self {
+        TaggedDeserializer { keys, name, body }
+    }
+}
+
+impl<'de, 'a, B: Deserializer<'de>> Deserializer<'de> for TaggedDeserializer<'a, B> {
+    type Error = B::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(TaggedMap {
+            keys: self.keys,
+            name: self.name,
+            body: Some(self.body),
+            next: 0,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct TaggedMap<'a, B> {
+    keys: [&'static str; 2],
+    name: &'a str,
+    body: Option<B>,
+    next: usize,
+}
+
+impl<'de, 'a, B: Deserializer<'de>> MapAccess<'de> for TaggedMap<'a, B> {
+    type Error = B::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+        match self.keys.get(self.next) {
+            Some(key) => seed.deserialize(StrDeserializer::<Self::Error>::new(key)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+        let index = self.next;
+        self.next += 1;
+        match index {
+            0 => seed.deserialize(StrDeserializer::<Self::Error>::new(self.name)),
+            _ => match self.body.take() {
+                Some(body) => seed.deserialize(body),
+                None => Err(de::Error::custom("the content was read twice")),
+            },
+        }
+    }
+}
+
+/// The error of a probe: the names typetag lists for an unknown tag.
+#[derive(Debug)]
+enum ProbeError {
+    Names(&'static [&'static str]),
+    Other(String),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Names(names) => write!(f, "registered: {names:?}"),
+            ProbeError::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+impl de::Error for ProbeError {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        ProbeError::Other(message.to_string())
+    }
+
+    fn unknown_variant(_variant: &str, expected: &'static [&'static str]) -> Self {
+        ProbeError::Names(expected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_types_of_amboy_are_registered() {
+        let names = registered_dependency_types();
+        for name in ["always", "check", "create-file", "local-file", "mock"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+            assert!(is_registered_dependency_type(name));
+        }
+        assert!(!is_registered_dependency_type("nope"));
+        assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "sorted: {names:?}");
+    }
+
+    #[test]
+    fn builds_a_registered_dependency() {
+        let body = RawValue::from_string(r#"{"function_name": "f", "edges": ["a"]}"#.into()).unwrap();
+        let manager = build_dependency("j", "check", 1, &body).unwrap();
+        assert_eq!(manager.edges(), ["a"]);
+        let err = build_dependency("j", "check", 0, &body).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job 'j' has a dependency 'check' stored at version 0, but the registered version is 1"
+        );
+        let err = build_dependency("j", "nope", 0, &body).unwrap_err();
+        assert!(matches!(err, RegistryError::UnknownDependencyType { .. }));
+    }
+}
