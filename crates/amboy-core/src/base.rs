@@ -73,6 +73,20 @@ impl Metadata {
             .collect()
     }
 
+    /// Whether a queue may dispatch the job now (amboy's `isDispatchable`): a job in progress
+    /// whose lock expired may be taken over; otherwise the job must be neither stale
+    /// (`dispatch_by` passed), nor waiting (`wait_until` ahead), nor completed, nor in progress.
+    pub fn is_dispatchable(&self, lock_timeout: Duration, now: DateTime<Utc>) -> bool {
+        let status = &self.status;
+        if status.in_progress && lock_remaining(status.modification_time, now, lock_timeout).is_none() {
+            return true;
+        }
+        !self.time_info.is_stale_at(now)
+            && self.time_info.is_dispatchable_at(now)
+            && !status.completed
+            && !status.in_progress
+    }
+
     /// Records an error.
     pub fn add_error(&mut self, message: String) {
         self.status.errors.push(message);
@@ -660,6 +674,28 @@ mod tests {
         assert_eq!(base.priority(), 7);
         assert!(base.enqueue_all_scopes());
         assert_eq!(base.dependency().state(), State::Passed);
+    }
+
+    #[test]
+    fn dispatchability() {
+        let now = Utc::now();
+        let timeout = Duration::from_secs(60);
+        let mut meta = Metadata::default();
+        assert!(meta.is_dispatchable(timeout, now));
+        meta.time_info.wait_until = Some(now + TimeDelta::seconds(1));
+        assert!(!meta.is_dispatchable(timeout, now), "waiting");
+        meta.time_info.wait_until = None;
+        meta.time_info.dispatch_by = Some(now - TimeDelta::seconds(1));
+        assert!(!meta.is_dispatchable(timeout, now), "stale");
+        meta.time_info.dispatch_by = None;
+        meta.status.completed = true;
+        assert!(!meta.is_dispatchable(timeout, now), "completed");
+        meta.status.completed = false;
+        meta.status.in_progress = true;
+        meta.status.modification_time = Some(now);
+        assert!(!meta.is_dispatchable(timeout, now), "in progress, lock fresh");
+        meta.status.modification_time = Some(now - TimeDelta::seconds(61));
+        assert!(meta.is_dispatchable(timeout, now), "in progress, lock expired");
     }
 
     #[test]

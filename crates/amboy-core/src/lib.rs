@@ -38,7 +38,7 @@ pub use job::{
 };
 pub use meta::{QueueReport, enqueue_many_unique, enqueue_unique, populate_queue, report, resolve_errors};
 pub use queue::{JobInfoStream, JobStream, Queue, QueueGroup, QueueOptions, RetryableQueue, with_retryable_queue};
-pub use runner::{AbortableRunner, RetryHandler, Runner};
+pub use runner::{AbortableRunner, RetryHandler, Runner, execute_job};
 pub use stats::{QueueStats, RetryHandlerOptions};
 pub use wait::{wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};
 

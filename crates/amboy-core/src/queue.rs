@@ -145,6 +145,30 @@ pub trait QueueGroup: Send + Sync + 'static {
     async fn queues(&self) -> Vec<String>;
 }
 
+impl std::fmt::Debug for dyn Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("id", &self.id()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn RetryableQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryableQueue").field("id", &self.id()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn QueueGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueGroup").field("len", &self.len()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn QueueOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueOptions").finish_non_exhaustive()
+    }
+}
+
 /// Calls `op` with `queue` as a [`RetryableQueue`] if it is one; returns whether it was.
 pub fn with_retryable_queue(queue: &dyn Queue, op: impl FnOnce(&dyn RetryableQueue)) -> bool {
     match queue.as_retryable() {

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::{JobRef, Queue, Result, RetryableQueue};
+use crate::{JobContext, JobRef, Queue, Result, RetryableQueue, RunOutcome, execute, max_time_deadline};
 
 /// Executes a queue's jobs (amboy's `Runner`): a pool of workers calling
 /// [`Queue::next`], running the job and calling [`Queue::complete`].
@@ -62,4 +65,78 @@ pub trait RetryHandler: Send + Sync + 'static {
 
     /// Aborts retries in progress and waits for the workers; the handler can start again.
     async fn close(&self);
+}
+
+impl std::fmt::Debug for dyn Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("started", &self.started()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn AbortableRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AbortableRunner")
+            .field("started", &self.started())
+            .field("running", &self.running_jobs().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for dyn RetryHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryHandler").field("started", &self.started()).finish_non_exhaustive()
+    }
+}
+
+/// Runs one dispatched job and reports it to its queue, as every runner does (amboy's
+/// `executeJob`): the run is bounded by the job's `max_time` and stopped when `cancel` is
+/// cancelled; errors and panics are recorded on the job; the job is completed in the queue; a
+/// retryable queue's handler receives the job if it asked to retry.
+///
+/// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
+pub async fn execute_job(queue: &dyn Queue, job: &JobRef, cancel: &CancellationToken) -> RunOutcome {
+    let (max_time, retryable) = {
+        let meta = job.base().metadata();
+        (meta.time_info.max_time, meta.retry_info.retryable)
+    };
+    let span = tracing::info_span!(
+        "amboy.job",
+        amboy.queue.id = queue.id(),
+        amboy.job.id = job.id(),
+        amboy.job.name = %job.job_type().name,
+        amboy.job.retry.retryable = retryable,
+    );
+    async {
+        let ctx = JobContext::with_token(cancel.child_token()).with_deadline(max_time_deadline(max_time));
+        let outcome = execute(&**job, &ctx).await;
+        if let Err(error) = queue.complete(job).await {
+            tracing::warn!(error = %error, "could not complete job");
+            job.base().metadata().time_info.end = Some(Utc::now());
+        }
+        let should_retry = job.base().metadata().retry_info.should_retry();
+        if should_retry {
+            hand_to_retry_handler(queue, job).await;
+        }
+        match job.error() {
+            Some(error) => tracing::error!(outcome = ?outcome, error = %error, "job failed"),
+            None => tracing::debug!(outcome = ?outcome, "job finished"),
+        }
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef) {
+    let Some(retryable) = queue.as_retryable() else {
+        return;
+    };
+    match retryable.retry_handler() {
+        Some(handler) => {
+            if let Err(error) = handler.put(job.clone()).await {
+                tracing::error!(error = %error, "could not hand job to the retry handler");
+            }
+        }
+        None => tracing::error!("retryable queue has no retry handler; the job will not retry"),
+    }
 }

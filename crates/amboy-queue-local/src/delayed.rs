@@ -1,0 +1,82 @@
+//! Jobs waiting for their `wait_until` time, released by one timer task.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use amboy_core::JobRef;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// A min-heap of jobs by `wait_until`, with a notification when the earliest time changes.
+#[derive(Debug, Default)]
+pub(crate) struct Delayed {
+    heap: Mutex<BinaryHeap<Entry>>,
+    sequence: AtomicU64,
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: DateTime<Utc>,
+    sequence: u64,
+    job: JobRef,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    /// Reversed, so that the max-heap yields the earliest time (then the first pushed).
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at).then_with(|| other.sequence.cmp(&self.sequence))
+    }
+}
+
+impl Delayed {
+    /// Holds `job` until `at`.
+    pub(crate) fn push(&self, at: DateTime<Utc>, job: JobRef) {
+        let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
+        let earliest = {
+            let mut heap = self.heap.lock();
+            heap.push(Entry { at, sequence, job });
+            heap.peek().is_some_and(|head| head.sequence == sequence)
+        };
+        if earliest {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Takes every job whose time has passed; otherwise returns how long until the next one.
+    pub(crate) fn take_due(&self, now: DateTime<Utc>) -> (Vec<JobRef>, Option<Duration>) {
+        let mut heap = self.heap.lock();
+        let mut due = Vec::new();
+        while let Some(head) = heap.peek() {
+            if head.at < now {
+                due.push(heap.pop().expect("peeked").job);
+            } else {
+                let wait = (head.at - now).to_std().unwrap_or_default() + Duration::from_millis(1);
+                return (due, Some(wait));
+            }
+        }
+        (due, None)
+    }
+
+    /// Completes when a job is pushed that is due before all others.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}

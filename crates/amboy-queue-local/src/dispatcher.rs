@@ -1,0 +1,186 @@
+//! The dispatcher: locks jobs for a queue and keeps their locks alive while they run
+//! (amboy's `Dispatcher`).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amboy_core::{Error, JobRef, Queue, Result};
+use chrono::Utc;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Locks jobs for one owner (a queue) when they are dispatched and refreshes the locks every
+/// quarter of the lock timeout while they run, so that another owner never takes over a live
+/// job and a job whose owner died is taken over after the lock timeout.
+///
+/// One heartbeat task serves every dispatched job of the queue, instead of amboy's task per
+/// job. A job stops being refreshed once its `max_time` has passed, so that a job stuck past its
+/// limit loses its lock.
+#[derive(Debug)]
+pub struct Dispatcher {
+    owner: Arc<str>,
+    lock_timeout: Duration,
+    dispatched: DashMap<Arc<str>, Dispatched>,
+    heartbeat: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+#[derive(Debug, Clone)]
+struct Dispatched {
+    job: JobRef,
+    /// When the job's `max_time` ends, if it has one.
+    deadline: Option<Instant>,
+}
+
+impl Dispatcher {
+    /// A dispatcher locking jobs for `owner`.
+    pub fn new(owner: Arc<str>, lock_timeout: Duration) -> Self {
+        Dispatcher {
+            owner,
+            lock_timeout,
+            dispatched: DashMap::new(),
+            heartbeat: Mutex::new(None),
+        }
+    }
+
+    /// The owner the locks are taken for.
+    pub fn owner(&self) -> &Arc<str> {
+        &self.owner
+    }
+
+    /// The lock timeout.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    /// How often locks are refreshed: a quarter of the lock timeout.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.lock_timeout / 4).max(Duration::from_millis(1))
+    }
+
+    /// Dispatches `job`: checks that it may be dispatched, records its start, marks it in
+    /// progress and locks it for the owner, all under one lock of its metadata.
+    pub fn dispatch(&self, job: &JobRef) -> Result<()> {
+        let now = Utc::now();
+        let max_time = {
+            let mut meta = job.base().metadata();
+            if !meta.is_dispatchable(self.lock_timeout, now) {
+                return Err(Error::invalid_job(job.id(), "cannot dispatch in progress or completed job"));
+            }
+            meta.time_info.start = Some(now);
+            meta.status.in_progress = true;
+            meta.status.owner = Some(self.owner.clone());
+            meta.status.modification_time = Some(now);
+            meta.status.modification_count += 1;
+            meta.time_info.max_time
+        };
+        let deadline = (!max_time.is_zero()).then(|| Instant::now() + max_time);
+        self.dispatched.insert(
+            job.base().shared_id().clone(),
+            Dispatched {
+                job: job.clone(),
+                deadline,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a dispatched job back without running it: stops refreshing its lock and unlocks
+    /// it, so that it is pending again.
+    pub fn release(&self, job: &JobRef) {
+        self.dispatched.remove(job.id());
+        job.unlock(&self.owner, self.lock_timeout);
+    }
+
+    /// Finishes a dispatched job: stops refreshing its lock and records its end. A job this
+    /// dispatcher did not dispatch is left alone.
+    pub fn complete(&self, job: &JobRef) {
+        if self.dispatched.remove(job.id()).is_some() {
+            job.base().metadata().time_info.end = Some(Utc::now());
+        }
+    }
+
+    /// Whether the job is dispatched and running here.
+    pub fn is_dispatched(&self, id: &str) -> bool {
+        self.dispatched.contains_key(id)
+    }
+
+    /// The number of dispatched jobs.
+    pub fn len(&self) -> usize {
+        self.dispatched.len()
+    }
+
+    /// Whether no job is dispatched.
+    pub fn is_empty(&self) -> bool {
+        self.dispatched.is_empty()
+    }
+
+    /// Starts refreshing locks, saving each refreshed job to `queue`. Restarts the heartbeat if
+    /// it was running.
+    pub fn start_heartbeat(self: &Arc<Self>, queue: Weak<dyn Queue>) {
+        let token = CancellationToken::new();
+        let dispatcher = Arc::downgrade(self);
+        let task = tokio::spawn(heartbeat(dispatcher, queue, token.clone()));
+        if let Some((old, _)) = self.heartbeat.lock().replace((token, task)) {
+            old.cancel();
+        }
+    }
+
+    /// Refreshes the lock of every dispatched job once.
+    pub async fn refresh_locks(&self, queue: &dyn Queue) {
+        let now = Instant::now();
+        let jobs: Vec<Dispatched> = self.dispatched.iter().map(|entry| entry.value().clone()).collect();
+        for Dispatched { job, deadline } in jobs {
+            if deadline.is_some_and(|deadline| deadline <= now) {
+                continue;
+            }
+            let refreshed = {
+                let mut meta = job.base().metadata();
+                meta.status.in_progress = true;
+                meta.status.completed = false;
+                drop(meta);
+                job.lock(&self.owner, self.lock_timeout)
+            };
+            let saved = match refreshed {
+                Ok(()) => queue.save(&job).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = saved {
+                // The job is no longer ours to refresh: record why and stop.
+                self.dispatched.remove(job.id());
+                job.add_error(&format_args!("could not refresh the lock: {error}"));
+                tracing::warn!(job_id = job.id(), error = %error, "lock heartbeat failed");
+            }
+        }
+    }
+
+    /// Stops the heartbeat and forgets every dispatched job.
+    pub async fn close(&self) {
+        let heartbeat = self.heartbeat.lock().take();
+        if let Some((token, task)) = heartbeat {
+            token.cancel();
+            let _ = task.await;
+        }
+        self.dispatched.clear();
+    }
+}
+
+async fn heartbeat(dispatcher: Weak<Dispatcher>, queue: Weak<dyn Queue>, token: CancellationToken) {
+    let Some(interval) = dispatcher.upgrade().map(|d| d.heartbeat_interval()) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let (Some(dispatcher), Some(queue)) = (dispatcher.upgrade(), queue.upgrade()) else {
+            return;
+        };
+        dispatcher.refresh_locks(&*queue).await;
+    }
+}

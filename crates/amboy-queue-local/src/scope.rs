@@ -1,0 +1,377 @@
+//! The scope manager: named mutual-exclusion locks for jobs (amboy's `ScopeManager`).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+
+use amboy_core::{Error, Result};
+use parking_lot::Mutex;
+
+/// Named locks held by job IDs, with atomic acquire, release and hand-over.
+///
+/// Every operation takes the whole set of scopes or nothing. Besides amboy's operations, a
+/// caller may [`acquire_or_wait`](ScopeManager::acquire_or_wait): when a scope is taken, the
+/// waiter (a job, for queues) is parked on it and handed back by the release that frees it, so
+/// queues retry a blocked job exactly when it can run instead of polling or waiting out a lock.
+pub struct ScopeManager<W = ()> {
+    inner: Mutex<Inner<W>>,
+}
+
+struct Inner<W> {
+    holders: HashMap<String, String>,
+    waiters: HashMap<String, Vec<W>>,
+}
+
+impl<W> Default for ScopeManager<W> {
+    fn default() -> Self {
+        ScopeManager {
+            inner: Mutex::new(Inner {
+                holders: HashMap::new(),
+                waiters: HashMap::new(),
+            }),
+        }
+    }
+}
+
+impl<W> fmt::Debug for ScopeManager<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.lock();
+        f.debug_struct("ScopeManager")
+            .field("holders", &inner.holders)
+            .field("waiting", &inner.waiters.values().map(Vec::len).sum::<usize>())
+            .finish()
+    }
+}
+
+impl<W> ScopeManager<W> {
+    /// An empty scope manager.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes every scope for `owner`, or none: a scope held by another owner is a
+    /// duplicate-scope error. Taking scopes `owner` holds already is allowed.
+    pub fn acquire(&self, owner: &str, scopes: &[String]) -> Result<()> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
+        inner.check_free(owner, scopes, None)?;
+        inner.take(owner, scopes);
+        Ok(())
+    }
+
+    /// Like [`acquire`](Self::acquire), but when a scope is held by another owner, parks
+    /// `waiter` on that scope and returns it in `Err`'s place: the release freeing the scope
+    /// hands the waiter back.
+    pub fn acquire_or_wait(&self, owner: &str, scopes: &[String], waiter: W) -> std::result::Result<(), Parked> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
+        let mut inner = self.inner.lock();
+        match inner.held_by_other(owner, scopes, None) {
+            None => {
+                inner.take(owner, scopes);
+                Ok(())
+            }
+            Some(scope) => {
+                let scope = scope.to_owned();
+                inner.waiters.entry(scope).or_default().push(waiter);
+                Err(Parked)
+            }
+        }
+    }
+
+    /// Releases `owner`'s scopes, ignoring those not held; a scope held by another owner is an
+    /// error and nothing is released. Returns the waiters parked on the freed scopes.
+    pub fn release(&self, owner: &str, scopes: &[String]) -> Result<Vec<W>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inner = self.inner.lock();
+        inner.check_releasable(owner, scopes)?;
+        Ok(inner.free(owner, scopes, &[]))
+    }
+
+    /// Atomically releases `release_owner`'s `release_scopes` and takes `acquire_scopes` for
+    /// `acquire_owner`. A scope may be taken if it is free, held by `release_owner` (a
+    /// hand-over) or held by `acquire_owner`; anything else is a duplicate-scope error and
+    /// nothing changes. Returns the waiters parked on scopes that end up free.
+    pub fn release_and_acquire(
+        &self,
+        release_owner: &str,
+        release_scopes: &[String],
+        acquire_owner: &str,
+        acquire_scopes: &[String],
+    ) -> Result<Vec<W>> {
+        let mut inner = self.inner.lock();
+        inner.check_releasable(release_owner, release_scopes)?;
+        inner.check_free(acquire_owner, acquire_scopes, Some(release_owner))?;
+        let woken = inner.free(release_owner, release_scopes, acquire_scopes);
+        inner.take(acquire_owner, acquire_scopes);
+        Ok(woken)
+    }
+
+    /// The owner holding `scope`.
+    pub fn holder(&self, scope: &str) -> Option<String> {
+        self.inner.lock().holders.get(scope).cloned()
+    }
+
+    /// The number of held scopes.
+    pub fn len(&self) -> usize {
+        self.inner.lock().holders.len()
+    }
+
+    /// Whether no scope is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The number of parked waiters.
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().waiters.values().map(Vec::len).sum()
+    }
+}
+
+/// The waiter was parked: the scope it needs is held by another owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parked;
+
+impl<W> Inner<W> {
+    /// The first scope held by an owner other than `owner` (and other than `handover`).
+    fn held_by_other<'a>(&self, owner: &str, scopes: &'a [String], handover: Option<&str>) -> Option<&'a str> {
+        scopes.iter().map(String::as_str).find(|scope| {
+            self.holders
+                .get(*scope)
+                .is_some_and(|holder| holder != owner && Some(holder.as_str()) != handover)
+        })
+    }
+
+    fn check_free(&self, owner: &str, scopes: &[String], handover: Option<&str>) -> Result<()> {
+        match self.held_by_other(owner, scopes, handover) {
+            None => Ok(()),
+            Some(scope) => Err(Error::DuplicateScope {
+                scope: scope.to_owned(),
+                holder: self.holders[scope].clone(),
+                requester: owner.to_owned(),
+            }),
+        }
+    }
+
+    fn check_releasable(&self, owner: &str, scopes: &[String]) -> Result<()> {
+        for scope in scopes {
+            if let Some(holder) = self.holders.get(scope) {
+                if holder != owner {
+                    return Err(Error::invalid(format!(
+                        "cannot release scope '{scope}' for '{owner}': it is held by '{holder}'"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, owner: &str, scopes: &[String]) {
+        for scope in scopes {
+            if let Entry::Vacant(entry) = self.holders.entry(scope.clone()) {
+                entry.insert(owner.to_owned());
+            }
+        }
+    }
+
+    /// Frees `owner`'s `scopes` and returns the waiters of those that are not about to be
+    /// re-taken (`keep`).
+    fn free(&mut self, owner: &str, scopes: &[String], keep: &[String]) -> Vec<W> {
+        let mut woken = Vec::new();
+        for scope in scopes {
+            if self.holders.get(scope).is_some_and(|holder| holder == owner) {
+                self.holders.remove(scope);
+                if !keep.contains(scope) {
+                    if let Some(waiters) = self.waiters.remove(scope) {
+                        woken.extend(waiters);
+                    }
+                }
+            }
+        }
+        woken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(scopes: &[&str]) -> Vec<String> {
+        scopes.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// amboy's scope_test runs each case for both ways of acquiring.
+    fn acquirers() -> [(&'static str, fn(&ScopeManager, &str, &[String]) -> Result<()>); 2] {
+        [
+            ("acquire", |m, owner, scopes| m.acquire(owner, scopes)),
+            ("release_and_acquire", |m, owner, scopes| {
+                m.release_and_acquire("", &[], owner, scopes).map(|_| ())
+            }),
+        ]
+    }
+
+    /// And both ways of releasing.
+    fn releasers() -> [(&'static str, fn(&ScopeManager, &str, &[String]) -> Result<()>); 2] {
+        [
+            ("release", |m, owner, scopes| m.release(owner, scopes).map(|_| ())),
+            ("release_and_acquire", |m, owner, scopes| {
+                m.release_and_acquire(owner, scopes, "", &[]).map(|_| ())
+            }),
+        ]
+    }
+
+    #[test]
+    fn acquire_is_unique_per_scope() {
+        for (name, acquire) in acquirers() {
+            let manager = ScopeManager::new();
+            acquire(&manager, "a", &s(&["x"])).unwrap();
+            let err = acquire(&manager, "b", &s(&["x"])).unwrap_err();
+            assert!(err.is_duplicate_scope(), "{name}");
+            assert_eq!(err.to_string(), "scope 'x' is already held by 'a', not 'b'", "{name}");
+        }
+    }
+
+    #[test]
+    fn acquire_is_idempotent() {
+        for (name, acquire) in acquirers() {
+            let manager = ScopeManager::new();
+            acquire(&manager, "a", &s(&["x", "y"])).unwrap();
+            acquire(&manager, "a", &s(&["x", "y"])).unwrap();
+            acquire(&manager, "a", &s(&["x"])).unwrap();
+            assert_eq!(manager.len(), 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn acquire_is_all_or_nothing() {
+        for (name, acquire) in acquirers() {
+            let manager = ScopeManager::new();
+            acquire(&manager, "a", &s(&["x"])).unwrap();
+            assert!(acquire(&manager, "b", &s(&["y", "x", "z"])).is_err(), "{name}");
+            assert_eq!(manager.holder("y"), None, "{name}");
+            assert_eq!(manager.holder("z"), None, "{name}");
+            acquire(&manager, "b", &s(&["y", "z"])).unwrap();
+        }
+    }
+
+    #[test]
+    fn empty_scopes_always_succeed() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("a", &[]).unwrap();
+        manager.release("a", &[]).unwrap();
+        assert!(manager.is_empty());
+    }
+
+    #[test]
+    fn release_frees_for_others() {
+        for (name, release) in releasers() {
+            let manager = ScopeManager::new();
+            manager.acquire("a", &s(&["x", "y"])).unwrap();
+            release(&manager, "a", &s(&["x", "y"])).unwrap();
+            assert!(manager.is_empty(), "{name}");
+            manager.acquire("b", &s(&["x", "y"])).unwrap();
+        }
+    }
+
+    #[test]
+    fn release_ignores_unheld_scopes_and_is_idempotent() {
+        for (name, release) in releasers() {
+            let manager = ScopeManager::new();
+            manager.acquire("a", &s(&["x"])).unwrap();
+            release(&manager, "a", &s(&["x", "never"])).unwrap();
+            release(&manager, "a", &s(&["x"])).unwrap();
+            assert!(manager.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn release_of_another_owners_scope_fails_atomically() {
+        for (name, release) in releasers() {
+            let manager = ScopeManager::new();
+            manager.acquire("a", &s(&["x"])).unwrap();
+            manager.acquire("b", &s(&["y"])).unwrap();
+            assert!(release(&manager, "a", &s(&["x", "y"])).is_err(), "{name}");
+            assert_eq!(manager.holder("x").as_deref(), Some("a"), "{name}: nothing released");
+            assert_eq!(manager.holder("y").as_deref(), Some("b"), "{name}");
+        }
+    }
+
+    #[test]
+    fn acquire_and_release_are_reversible() {
+        let manager = ScopeManager::<()>::new();
+        for _ in 0..3 {
+            manager.acquire("a", &s(&["x", "y"])).unwrap();
+            manager.release("a", &s(&["x", "y"])).unwrap();
+        }
+        assert!(manager.is_empty());
+    }
+
+    #[test]
+    fn release_and_acquire_swaps_fully() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("old", &s(&["x", "y"])).unwrap();
+        manager.release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["x", "y"])).unwrap();
+        assert_eq!(manager.holder("x").as_deref(), Some("new"));
+        assert_eq!(manager.holder("y").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn release_and_acquire_swaps_partially() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("old", &s(&["x", "y"])).unwrap();
+        manager.release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["y", "z"])).unwrap();
+        assert_eq!(manager.holder("x"), None);
+        assert_eq!(manager.holder("y").as_deref(), Some("new"));
+        assert_eq!(manager.holder("z").as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn release_and_acquire_fails_without_change_on_conflict() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("old", &s(&["x"])).unwrap();
+        manager.acquire("other", &s(&["z"])).unwrap();
+        let err = manager.release_and_acquire("old", &s(&["x"]), "new", &s(&["x", "z"])).unwrap_err();
+        assert!(err.is_duplicate_scope());
+        assert_eq!(manager.holder("x").as_deref(), Some("old"));
+        assert_eq!(manager.holder("z").as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn release_and_acquire_is_reversible() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        manager.release_and_acquire("a", &s(&["x"]), "b", &s(&["x"])).unwrap();
+        manager.release_and_acquire("b", &s(&["x"]), "a", &s(&["x"])).unwrap();
+        assert_eq!(manager.holder("x").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn waiters_are_handed_back_by_the_release_that_frees_their_scope() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        assert_eq!(manager.acquire_or_wait("b", &s(&["x"]), "job-b"), Err(Parked));
+        assert_eq!(manager.acquire_or_wait("c", &s(&["y", "x"]), "job-c"), Err(Parked));
+        assert_eq!(manager.waiting(), 2);
+        assert_eq!(manager.acquire_or_wait("d", &s(&["y"]), "job-d"), Ok(()));
+        assert!(manager.release("d", &s(&["y"])).unwrap().is_empty(), "nobody waits on y");
+        let mut woken = manager.release("a", &s(&["x"])).unwrap();
+        woken.sort_unstable();
+        assert_eq!(woken, ["job-b", "job-c"]);
+        assert_eq!(manager.waiting(), 0);
+    }
+
+    #[test]
+    fn handover_keeps_waiters_parked() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        assert_eq!(manager.acquire_or_wait("b", &s(&["x"]), "job-b"), Err(Parked));
+        let woken = manager.release_and_acquire("a", &s(&["x"]), "a2", &s(&["x"])).unwrap();
+        assert!(woken.is_empty(), "the scope passed to the next attempt, still taken");
+        assert_eq!(manager.release("a2", &s(&["x"])).unwrap(), ["job-b"]);
+    }
+}

@@ -1,0 +1,74 @@
+#![doc = include_str!("../../../README.md")]
+//!
+//! # Crate layout
+//!
+//! The vocabulary of `amboy-core` is at the root: [`Job`], [`Base`], [`Queue`], [`Runner`],
+//! the info types, [`Error`] and the helpers. Each implementation crate is a module behind a
+//! feature of the same name:
+//!
+//! | module | feature | crate | holds |
+//! |---|---|---|---|
+//! | [`dependency`] | always | `amboy-dependency` | dependency states and managers |
+//! | `local` | `queue-local` (default) | `amboy-queue-local` | in-memory queues, dispatcher, scope manager |
+//! | `runner` | `runner` (default) | `amboy-runner` | worker pools |
+//! | `registry` | `registry` (default) | `amboy-registry` | job type registry, interchange envelope |
+//!
+//! `full` enables every feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use amboy_core::{
+    AbortableRunner, Base, DEFAULT_MAX_ATTEMPTS, Error, Job, JobContext, JobError, JobFailure, JobInfo,
+    JobInfoStream, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobStream, JobTimeInfo, JobType,
+    LOCK_TIMEOUT, Metadata, Queue, QueueGroup, QueueInfo, QueueOptions, QueueReport, QueueStats, Result,
+    RetryHandler, RetryHandlerOptions, RetryableQueue, RunOutcome, Runner, WriteErrors, collate_write_errors,
+    dependency, enqueue_many_unique, enqueue_unique, execute, execute_job, populate_queue, report, resolve_errors,
+    run_job, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval, with_retryable_queue,
+};
+
+/// The attribute that makes a trait's methods async for trait objects; implementations of
+/// [`Job`] carry it.
+pub use async_trait::async_trait;
+
+/// The registration attribute of job types: `#[typetag::serde(name = "...")]` on `impl Job`.
+/// Bring it into scope with `use amboy::typetag;` (its expansion names `typetag`).
+pub use typetag;
+
+#[cfg(feature = "queue-local")]
+#[cfg_attr(docsrs, doc(cfg(feature = "queue-local")))]
+pub use amboy_queue_local as local;
+
+#[cfg(feature = "runner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runner")))]
+pub use amboy_runner as runner;
+
+#[cfg(feature = "registry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
+pub use amboy_registry as registry;
+
+/// A limited-size queue served by a pool of `workers` local workers, ready to
+/// [`start`](Queue::start) (amboy's `NewLocalLimitedSize`).
+///
+/// ```
+/// use amboy::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue = amboy::new_local_limited_size(4, 1024);
+/// queue.start().await?;
+/// assert!(queue.info().started);
+/// queue.close().await;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "queue-local", feature = "runner"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "queue-local", feature = "runner"))))]
+pub fn new_local_limited_size(workers: usize, capacity: usize) -> std::sync::Arc<local::LimitedSizeQueue> {
+    let queue = local::LimitedSizeQueue::new(capacity);
+    queue
+        .set_runner(runner::LocalWorkers::new(workers))
+        .expect("a new queue accepts a runner");
+    queue
+}
+
+/// The traits, for `use amboy::prelude::*;`.
+pub mod prelude {
+    pub use amboy_core::{AbortableRunner, Job, Queue, QueueGroup, QueueOptions, RetryHandler, RetryableQueue, Runner};
+}
