@@ -78,7 +78,9 @@ impl Metadata {
     /// (`dispatch_by` passed), nor waiting (`wait_until` ahead), nor completed, nor in progress.
     pub fn is_dispatchable(&self, lock_timeout: Duration, now: DateTime<Utc>) -> bool {
         let status = &self.status;
-        if status.in_progress && lock_remaining(status.modification_time, now, lock_timeout).is_none() {
+        if status.in_progress
+            && lock_remaining(status.modification_time, now, lock_timeout).is_none()
+        {
             return true;
         }
         !self.time_info.is_stale_at(now)
@@ -221,15 +223,14 @@ impl Base {
         let status = &meta.status;
         if status.owner.as_deref() != Some(&**owner)
             && (status.in_progress || (status.completed && meta.retry_info.needs_retry))
+            && let Some(remaining) = lock_remaining(status.modification_time, now, lock_timeout)
         {
-            if let Some(remaining) = lock_remaining(status.modification_time, now, lock_timeout) {
-                return Err(Error::Locked {
-                    id: self.id.to_string(),
-                    requester: owner.to_string(),
-                    owner: status.owner.as_deref().unwrap_or_default().to_owned(),
-                    remaining,
-                });
-            }
+            return Err(Error::Locked {
+                id: self.id.to_string(),
+                requester: owner.to_string(),
+                owner: status.owner.as_deref().unwrap_or_default().to_owned(),
+                remaining,
+            });
         }
         let status = &mut meta.status;
         status.owner = Some(owner.clone());
@@ -324,7 +325,10 @@ impl Base {
     }
 
     /// With these of its scopes taken already at enqueue.
-    pub fn with_enqueue_scopes<I: IntoIterator<Item = S>, S: Into<String>>(self, scopes: I) -> Self {
+    pub fn with_enqueue_scopes<I: IntoIterator<Item = S>, S: Into<String>>(
+        self,
+        scopes: I,
+    ) -> Self {
         self.set_enqueue_scopes(scopes.into_iter().map(Into::into).collect());
         self
     }
@@ -464,7 +468,8 @@ mod tests {
 
     #[test]
     fn new_ids_are_unique() {
-        let ids: std::collections::HashSet<String> = (0..1000).map(|_| Base::new().id().to_owned()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| Base::new().id().to_owned()).collect();
         assert_eq!(ids.len(), 1000);
     }
 
@@ -540,7 +545,10 @@ mod tests {
         assert_eq!(status.owner.as_deref(), Some("q1"));
         assert_eq!(status.modification_count, 1);
         assert!(status.modification_time.is_some());
-        assert!(!status.in_progress, "lock does not mark the job in progress");
+        assert!(
+            !status.in_progress,
+            "lock does not mark the job in progress"
+        );
         base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
         assert_eq!(base.status().modification_count, 2);
     }
@@ -550,8 +558,14 @@ mod tests {
         let base = Base::with_id("j");
         base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
         base.metadata().status.in_progress = true;
-        let err = base.lock(&owner("q2"), Duration::from_secs(60)).unwrap_err();
-        assert!(err.to_string().starts_with("cannot lock job 'j' for 'q2': locked by 'q1'"), "{err}");
+        let err = base
+            .lock(&owner("q2"), Duration::from_secs(60))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot lock job 'j' for 'q2': locked by 'q1'"),
+            "{err}"
+        );
         assert_eq!(base.status().modification_count, 1);
         // Once the lock is older than the timeout anyone may take it.
         base.metadata().status.modification_time = Some(Utc::now() - TimeDelta::seconds(120));
@@ -587,7 +601,10 @@ mod tests {
         base.lock(&owner("q1"), Duration::from_secs(60)).unwrap();
         base.metadata().status.in_progress = true;
         base.unlock("q2", Duration::from_secs(60));
-        assert!(base.status().in_progress, "another owner cannot unlock a fresh lock");
+        assert!(
+            base.status().in_progress,
+            "another owner cannot unlock a fresh lock"
+        );
         base.unlock("q1", Duration::from_secs(60));
         let status = base.status();
         assert!(!status.in_progress);
@@ -609,12 +626,21 @@ mod tests {
             ..Default::default()
         });
         let info = base.time_info();
-        assert_eq!((info.created, info.start, info.max_time), (Some(now), Some(now), Duration::from_secs(1)));
+        assert_eq!(
+            (info.created, info.start, info.max_time),
+            (Some(now), Some(now), Duration::from_secs(1))
+        );
         base.set_time_info(JobTimeInfo {
             end: Some(now),
             ..Default::default()
         });
-        assert_eq!(base.time_info(), JobTimeInfo { end: Some(now), ..Default::default() });
+        assert_eq!(
+            base.time_info(),
+            JobTimeInfo {
+                end: Some(now),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -635,7 +661,11 @@ mod tests {
         let base = Base::with_id("j");
         assert_eq!(base.dependency().manager_type().name, "always");
         base.dependency().add_edge("other").unwrap();
-        assert_eq!(base.dependency().edges(), ["other"], "the default manager is stored");
+        assert_eq!(
+            base.dependency().edges(),
+            ["other"],
+            "the default manager is stored"
+        );
         base.set_dependency(Arc::new(MockDependency::new(State::Blocked)));
         assert_eq!(base.dependency().state(), State::Blocked);
     }
@@ -645,12 +675,17 @@ mod tests {
         let base = Base::with_id("j1").with_scopes(["s"]).with_retryable(true);
         base.add_error("kept out");
         let json = serde_json::to_value(&base).unwrap();
-        assert_eq!(json, serde_json::json!({"name": "j1", "required_scopes": ["s"]}));
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "j1", "required_scopes": ["s"]})
+        );
         let back: Base = serde_json::from_value(json).unwrap();
         assert_eq!(back.id(), "j1");
         assert_eq!(back.scopes(), ["s"]);
         assert!(!back.has_errors());
-        let bare: Base = serde_json::from_str(r#"{"name": "j2", "job_type": {"name": "x", "version": 0}}"#).unwrap();
+        let bare: Base =
+            serde_json::from_str(r#"{"name": "j2", "job_type": {"name": "x", "version": 0}}"#)
+                .unwrap();
         assert_eq!(bare.id(), "j2");
         assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"name":"j2"}"#);
     }
@@ -693,9 +728,15 @@ mod tests {
         meta.status.completed = false;
         meta.status.in_progress = true;
         meta.status.modification_time = Some(now);
-        assert!(!meta.is_dispatchable(timeout, now), "in progress, lock fresh");
+        assert!(
+            !meta.is_dispatchable(timeout, now),
+            "in progress, lock fresh"
+        );
         meta.status.modification_time = Some(now - TimeDelta::seconds(61));
-        assert!(meta.is_dispatchable(timeout, now), "in progress, lock expired");
+        assert!(
+            meta.is_dispatchable(timeout, now),
+            "in progress, lock expired"
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub enum Error {
         reason: String,
     },
     /// The job is locked by another owner whose lock has not expired.
-    #[error("cannot lock job '{id}' for '{requester}': locked by '{owner}' for another {remaining:?}")]
+    #[error(
+        "cannot lock job '{id}' for '{requester}': locked by '{owner}' for another {remaining:?}"
+    )]
     Locked {
         /// The job's ID.
         id: String,
@@ -98,11 +100,18 @@ pub enum Error {
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {
-    detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+    detail
+        .as_ref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
 }
 
 fn join_failures(failures: &[JobFailure]) -> String {
-    failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -146,7 +155,10 @@ impl Error {
     }
 
     /// A storage error with its cause.
-    pub fn backend(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn backend(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Error::Backend {
             message: message.into(),
             source: Some(Arc::new(source)),
@@ -230,7 +242,10 @@ impl fmt::Display for WriteErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Scope conflicts first, then duplicate IDs, then everything else, as amboy reports them.
         let scopes = self.errors.iter().filter(|e| e.is_duplicate_scope());
-        let jobs = self.errors.iter().filter(|e| e.is_duplicate_job() && !e.is_duplicate_scope());
+        let jobs = self
+            .errors
+            .iter()
+            .filter(|e| e.is_duplicate_job() && !e.is_duplicate_scope());
         let others = self.errors.iter().filter(|e| !e.is_duplicate_job());
         let mut first = true;
         for error in scopes.chain(jobs).chain(others) {
@@ -286,8 +301,14 @@ mod tests {
             Error::job_not_found_because("j1", "lock lost").to_string(),
             "job 'j1' not found: lock lost"
         );
-        assert_eq!(Error::duplicate_job("j2").to_string(), "cannot enqueue duplicate job 'j2'");
-        assert_eq!(scope().to_string(), "scope 's' is already held by 'a', not 'b'");
+        assert_eq!(
+            Error::duplicate_job("j2").to_string(),
+            "cannot enqueue duplicate job 'j2'"
+        );
+        assert_eq!(
+            scope().to_string(),
+            "scope 's' is already held by 'a', not 'b'"
+        );
     }
 
     #[test]
@@ -297,7 +318,8 @@ mod tests {
 
     #[test]
     fn collated_duplicates_are_duplicates() {
-        let err = collate_write_errors(vec![Error::duplicate_job("a"), Error::duplicate_job("b")]).unwrap_err();
+        let err = collate_write_errors(vec![Error::duplicate_job("a"), Error::duplicate_job("b")])
+            .unwrap_err();
         assert!(err.is_duplicate_job());
         assert!(!err.is_duplicate_scope());
     }
@@ -307,12 +329,20 @@ mod tests {
         let err = collate_write_errors(vec![Error::duplicate_job("a"), scope()]).unwrap_err();
         assert!(err.is_duplicate_job());
         assert!(err.is_duplicate_scope());
-        assert_eq!(err.to_string(), "scope 's' is already held by 'a', not 'b'; cannot enqueue duplicate job 'a'");
+        assert_eq!(
+            err.to_string(),
+            "scope 's' is already held by 'a', not 'b'; cannot enqueue duplicate job 'a'"
+        );
     }
 
     #[test]
     fn any_other_failure_makes_the_batch_not_a_duplicate() {
-        let err = collate_write_errors(vec![Error::duplicate_job("a"), scope(), Error::invalid("too big")]).unwrap_err();
+        let err = collate_write_errors(vec![
+            Error::duplicate_job("a"),
+            scope(),
+            Error::invalid("too big"),
+        ])
+        .unwrap_err();
         assert!(!err.is_duplicate_job());
         assert!(!err.is_duplicate_scope());
         assert!(err.to_string().ends_with("invalid: too big"));

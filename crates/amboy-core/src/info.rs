@@ -126,10 +126,10 @@ impl JobTimeInfo {
     /// `dispatch_by`.
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
-        if let (Some(until), Some(by)) = (self.wait_until, self.dispatch_by) {
-            if until > by {
-                problems.push("invalid for wait_until to be after dispatch_by");
-            }
+        if let (Some(until), Some(by)) = (self.wait_until, self.dispatch_by)
+            && until > by
+        {
+            problems.push("invalid for wait_until to be after dispatch_by");
         }
         if self.created.is_none() {
             problems.push("must specify non-zero created timestamp");
@@ -399,7 +399,12 @@ mod tests {
         info.validate().unwrap();
         info.wait_until = Some(now + TimeDelta::seconds(10));
         info.dispatch_by = Some(now + TimeDelta::seconds(5));
-        assert!(info.validate().unwrap_err().to_string().contains("wait_until to be after dispatch_by"));
+        assert!(
+            info.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("wait_until to be after dispatch_by")
+        );
         info.dispatch_by = Some(now + TimeDelta::seconds(20));
         info.validate().unwrap();
     }
@@ -453,7 +458,9 @@ mod tests {
 
     #[test]
     fn wire_names_are_amboys() {
-        let now = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let status = JobStatusInfo {
             owner: Some(Arc::from("q")),
             completed: true,
@@ -496,7 +503,8 @@ mod tests {
                 "current_attempt": 2, "max_attempts": 4, "wait_until": 1_000_000_000u64
             })
         );
-        let back: JobRetryInfo = serde_json::from_value(serde_json::to_value(&retry).unwrap()).unwrap();
+        let back: JobRetryInfo =
+            serde_json::from_value(serde_json::to_value(&retry).unwrap()).unwrap();
         assert_eq!(back, retry);
         let no_owner: JobStatusInfo = serde_json::from_str(r#"{"owner": ""}"#).unwrap();
         assert_eq!(no_owner.owner, None);
@@ -505,6 +513,9 @@ mod tests {
     #[test]
     fn negative_durations_are_rejected() {
         let err = serde_json::from_str::<JobTimeInfo>(r#"{"max_time": -5}"#).unwrap_err();
-        assert!(err.to_string().contains("duration of -5ns is negative"), "{err}");
+        assert!(
+            err.to_string().contains("duration of -5ns is negative"),
+            "{err}"
+        );
     }
 }

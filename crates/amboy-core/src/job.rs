@@ -237,7 +237,10 @@ impl JobContext {
 
     /// A context cancelled through `token`.
     pub fn with_token(token: CancellationToken) -> Self {
-        JobContext { token, deadline: None }
+        JobContext {
+            token,
+            deadline: None,
+        }
     }
 
     /// The same context, ending at `deadline` at the latest.
@@ -377,15 +380,18 @@ pub async fn execute(job: &dyn Job, ctx: &JobContext) -> RunOutcome {
             RunOutcome::Failed
         }
         Some(Err(panic)) => {
-            job.base().add_error(format_args!("job panicked: {}", panic_message(&*panic)));
+            job.base()
+                .add_error(format_args!("job panicked: {}", panic_message(&*panic)));
             RunOutcome::Panicked
         }
         None if ctx.token().is_cancelled() => {
-            job.base().add_error("job was aborted during execution: context canceled");
+            job.base()
+                .add_error("job was aborted during execution: context canceled");
             RunOutcome::Cancelled
         }
         None => {
-            job.base().add_error("job was aborted during execution: context deadline exceeded");
+            job.base()
+                .add_error("job was aborted during execution: context deadline exceeded");
             RunOutcome::TimedOut
         }
     }

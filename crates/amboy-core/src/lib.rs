@@ -30,14 +30,19 @@ pub use amboy_dependency as dependency;
 pub use base::{Base, Metadata};
 pub use error::{Error, JobFailure, Result, WriteErrors, collate_write_errors};
 pub use info::{
-    DEFAULT_MAX_ATTEMPTS, JobInfo, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo, JobType,
-    LOCK_TIMEOUT, QueueInfo,
+    DEFAULT_MAX_ATTEMPTS, JobInfo, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo,
+    JobType, LOCK_TIMEOUT, QueueInfo,
 };
 pub use job::{
-    Job, JobContext, JobError, JobRef, RunOutcome, execute, max_time_deadline, panic_message, run_job,
+    Job, JobContext, JobError, JobRef, RunOutcome, execute, max_time_deadline, panic_message,
+    run_job,
 };
-pub use meta::{QueueReport, enqueue_many_unique, enqueue_unique, populate_queue, report, resolve_errors};
-pub use queue::{JobInfoStream, JobStream, Queue, QueueGroup, QueueOptions, RetryableQueue, with_retryable_queue};
+pub use meta::{
+    QueueReport, enqueue_many_unique, enqueue_unique, populate_queue, report, resolve_errors,
+};
+pub use queue::{
+    JobInfoStream, JobStream, Queue, QueueGroup, QueueOptions, RetryableQueue, with_retryable_queue,
+};
 pub use runner::{AbortableRunner, RetryHandler, Runner, execute_job};
 pub use stats::{QueueStats, RetryHandlerOptions};
 pub use wait::{wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};

@@ -34,7 +34,11 @@ pub async fn resolve_errors(queue: &dyn Queue) -> Result<()> {
             });
         }
     }
-    if failures.is_empty() { Ok(()) } else { Err(Error::JobsFailed(failures)) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::JobsFailed(failures))
+    }
 }
 
 /// Puts every job the stream yields, until it ends; the failures are collated

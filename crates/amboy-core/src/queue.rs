@@ -147,19 +147,25 @@ pub trait QueueGroup: Send + Sync + 'static {
 
 impl std::fmt::Debug for dyn Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("id", &self.id()).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for dyn RetryableQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryableQueue").field("id", &self.id()).finish_non_exhaustive()
+        f.debug_struct("RetryableQueue")
+            .field("id", &self.id())
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for dyn QueueGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueueGroup").field("len", &self.len()).finish_non_exhaustive()
+        f.debug_struct("QueueGroup")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
     }
 }
 

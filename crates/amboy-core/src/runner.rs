@@ -7,7 +7,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{JobContext, JobRef, Queue, Result, RetryableQueue, RunOutcome, execute, max_time_deadline};
+use crate::{
+    JobContext, JobRef, Queue, Result, RetryableQueue, RunOutcome, execute, max_time_deadline,
+};
 
 /// Executes a queue's jobs (amboy's `Runner`): a pool of workers calling
 /// [`Queue::next`], running the job and calling [`Queue::complete`].
@@ -69,7 +71,9 @@ pub trait RetryHandler: Send + Sync + 'static {
 
 impl std::fmt::Debug for dyn Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner").field("started", &self.started()).finish_non_exhaustive()
+        f.debug_struct("Runner")
+            .field("started", &self.started())
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +88,9 @@ impl std::fmt::Debug for dyn AbortableRunner {
 
 impl std::fmt::Debug for dyn RetryHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryHandler").field("started", &self.started()).finish_non_exhaustive()
+        f.debug_struct("RetryHandler")
+            .field("started", &self.started())
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,7 +100,11 @@ impl std::fmt::Debug for dyn RetryHandler {
 /// retryable queue's handler receives the job if it asked to retry.
 ///
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
-pub async fn execute_job(queue: &dyn Queue, job: &JobRef, cancel: &CancellationToken) -> RunOutcome {
+pub async fn execute_job(
+    queue: &dyn Queue,
+    job: &JobRef,
+    cancel: &CancellationToken,
+) -> RunOutcome {
     let (max_time, retryable) = {
         let meta = job.base().metadata();
         (meta.time_info.max_time, meta.retry_info.retryable)
@@ -107,7 +117,8 @@ pub async fn execute_job(queue: &dyn Queue, job: &JobRef, cancel: &CancellationT
         amboy.job.retry.retryable = retryable,
     );
     async {
-        let ctx = JobContext::with_token(cancel.child_token()).with_deadline(max_time_deadline(max_time));
+        let ctx =
+            JobContext::with_token(cancel.child_token()).with_deadline(max_time_deadline(max_time));
         let outcome = execute(&**job, &ctx).await;
         if let Err(error) = queue.complete(job).await {
             tracing::warn!(error = %error, "could not complete job");

@@ -50,10 +50,16 @@ impl QueueStats {
     }
 
     /// Adds an annotation; an existing key is an error.
-    pub fn annotate(&mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Result<(), Error> {
+    pub fn annotate(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Result<(), Error> {
         let key = key.into();
         if self.context.contains_key(&key) {
-            return Err(Error::invalid(format!("key '{key}' already exists in the stats context")));
+            return Err(Error::invalid(format!(
+                "key '{key}' already exists in the stats context"
+            )));
         }
         self.context.insert(key, value.into());
         Ok(())
@@ -65,7 +71,13 @@ impl fmt::Display for QueueStats {
         write!(
             f,
             "running='{}', completed='{}', retrying='{}', pending='{}', blocked='{}', expired='{}', total='{}'",
-            self.running, self.completed, self.retrying, self.pending, self.blocked, self.expired, self.total
+            self.running,
+            self.completed,
+            self.retrying,
+            self.pending,
+            self.blocked,
+            self.expired,
+            self.total
         )
     }
 }
@@ -220,6 +232,11 @@ mod tests {
             max_capacity: -2,
             ..Default::default()
         };
-        assert!(opts.validate().unwrap_err().to_string().contains("negative max capacity"));
+        assert!(
+            opts.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("negative max capacity")
+        );
     }
 }

@@ -14,7 +14,10 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Polls `check` until it returns `Some`: immediately, then after pauses given by `pause`.
-async fn poll<T>(mut pause: impl FnMut() -> Duration, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+async fn poll<T>(
+    mut pause: impl FnMut() -> Duration,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
     loop {
         if let Some(done) = check().await? {
             return Ok(done);
@@ -40,12 +43,18 @@ fn fixed(interval: Duration) -> impl FnMut() -> Duration {
 
 /// Waits until the queue's stats are complete.
 pub async fn wait(queue: &dyn Queue) -> Result<()> {
-    poll(backoff(), async || Ok(queue.stats().await?.is_complete().then_some(()))).await
+    poll(backoff(), async || {
+        Ok(queue.stats().await?.is_complete().then_some(()))
+    })
+    .await
 }
 
 /// Waits until the queue's stats are complete, checking now and then every `interval`.
 pub async fn wait_interval(queue: &dyn Queue, interval: Duration) -> Result<()> {
-    poll(fixed(interval), async || Ok(queue.stats().await?.is_complete().then_some(()))).await
+    poll(fixed(interval), async || {
+        Ok(queue.stats().await?.is_complete().then_some(()))
+    })
+    .await
 }
 
 /// Waits until at least `num` jobs completed without retrying, checking every `interval`.

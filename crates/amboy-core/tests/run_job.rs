@@ -58,7 +58,10 @@ async fn successful_run_sets_times_and_completes() {
     run_job(&job).await.unwrap();
     let time = job.time_info();
     assert!(time.start.is_some());
-    assert!(time.end.is_some(), "amboy never recorded the end time; we do");
+    assert!(
+        time.end.is_some(),
+        "amboy never recorded the end time; we do"
+    );
     assert!(time.end >= time.start);
     assert!(job.status().completed);
     assert!(job.error().is_none());
@@ -95,7 +98,10 @@ async fn max_time_stops_a_hung_job() {
         behaviour: Behaviour::Hang,
     };
     let err = run_job(&job).await.unwrap_err();
-    assert_eq!(err.message(), "job was aborted during execution: context deadline exceeded");
+    assert_eq!(
+        err.message(),
+        "job was aborted during execution: context deadline exceeded"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +110,10 @@ async fn cancellation_stops_a_hung_job() {
     let ctx = JobContext::new();
     ctx.token().cancel();
     assert_eq!(execute(&job, &ctx).await, RunOutcome::Cancelled);
-    assert_eq!(job.status().errors, ["job was aborted during execution: context canceled"]);
+    assert_eq!(
+        job.status().errors,
+        ["job was aborted during execution: context canceled"]
+    );
 }
 
 #[tokio::test]
@@ -124,7 +133,13 @@ fn job_type_comes_from_the_registration() {
     assert_eq!(job.job_type().name, "core-test-scripted");
     assert_eq!(job.job_type().version, 0);
     let shared: Arc<dyn Job> = Arc::new(job);
-    assert_eq!(format!("{shared:?}"), r#"Job { id: "Succeed", type: JobType { name: "core-test-scripted", version: 0 }, .. }"#);
+    assert_eq!(
+        format!("{shared:?}"),
+        r#"Job { id: "Succeed", type: JobType { name: "core-test-scripted", version: 0 }, .. }"#
+    );
     let any: &dyn Any = &*shared;
-    assert!(any.downcast_ref::<Scripted>().is_some(), "a job upcasts to Any");
+    assert!(
+        any.downcast_ref::<Scripted>().is_some(),
+        "a job upcasts to Any"
+    );
 }

@@ -96,7 +96,11 @@ mod tests {
     #[test]
     fn registered_check_sees_edges() {
         register_check("amboy-test-blocked-with-edges", |edges: &[String]| {
-            if edges.is_empty() { State::Ready } else { State::Blocked }
+            if edges.is_empty() {
+                State::Ready
+            } else {
+                State::Blocked
+            }
         });
         let manager = CheckManager::new("amboy-test-blocked-with-edges");
         assert_eq!(manager.state(), State::Ready);
@@ -109,7 +113,10 @@ mod tests {
     fn reregistering_replaces() {
         register_check("amboy-test-replace", |_: &[String]| State::Ready);
         register_check("amboy-test-replace", |_: &[String]| State::Passed);
-        assert_eq!(CheckManager::new("amboy-test-replace").state(), State::Passed);
+        assert_eq!(
+            CheckManager::new("amboy-test-replace").state(),
+            State::Passed
+        );
     }
 
     #[test]

@@ -52,7 +52,11 @@ mod tests {
     #[test]
     fn existing_paths_pass() {
         let dir = env!("CARGO_MANIFEST_DIR");
-        for path in [dir.to_owned(), format!("{dir}/src"), format!("{dir}/Cargo.toml")] {
+        for path in [
+            dir.to_owned(),
+            format!("{dir}/src"),
+            format!("{dir}/Cargo.toml"),
+        ] {
             assert_eq!(CreatesFile::new(path).state(), State::Passed);
         }
     }

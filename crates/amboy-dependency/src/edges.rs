@@ -68,7 +68,9 @@ impl Clone for JobEdges {
 
 impl fmt::Debug for JobEdges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.inner.lock().order.iter()).finish()
+        f.debug_list()
+            .entries(self.inner.lock().order.iter())
+            .finish()
     }
 }
 

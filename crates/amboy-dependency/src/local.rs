@@ -56,7 +56,11 @@ impl LocalFile {
         let mut state = State::Passed;
         for dependency in &self.dependencies {
             match modified(dependency)? {
-                None => return Err(DependencyError::MissingDependency(PathBuf::from(dependency))),
+                None => {
+                    return Err(DependencyError::MissingDependency(PathBuf::from(
+                        dependency,
+                    )));
+                }
                 Some(time) if time > oldest_target => state = State::Ready,
                 Some(_) => {}
             }
@@ -199,7 +203,10 @@ mod tests {
         let local = manager(targets, deps);
         assert_eq!(local.state(), State::Unresolved);
         let err = local.check().unwrap_err();
-        assert_eq!(err.to_string(), format!("dependency file '{missing}' does not exist"));
+        assert_eq!(
+            err.to_string(),
+            format!("dependency file '{missing}' does not exist")
+        );
     }
 
     #[test]

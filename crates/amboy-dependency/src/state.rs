@@ -22,7 +22,12 @@ pub enum State {
 
 impl State {
     /// Every state, in code order.
-    pub const ALL: [State; 4] = [State::Ready, State::Passed, State::Blocked, State::Unresolved];
+    pub const ALL: [State; 4] = [
+        State::Ready,
+        State::Passed,
+        State::Blocked,
+        State::Unresolved,
+    ];
 
     /// Whether `code` is the integer code of a state (amboy's `IsValidState`).
     pub fn is_valid(code: i32) -> bool {
@@ -84,7 +89,12 @@ mod tests {
 
     #[test]
     fn codes_and_names_match_amboy() {
-        let expected = [(0, "Ready"), (1, "Passed"), (2, "Blocked"), (3, "Unresolved")];
+        let expected = [
+            (0, "Ready"),
+            (1, "Passed"),
+            (2, "Blocked"),
+            (3, "Unresolved"),
+        ];
         for (state, (code, name)) in State::ALL.into_iter().zip(expected) {
             assert_eq!(state.code(), code);
             assert_eq!(state.to_string(), name);
@@ -98,14 +108,20 @@ mod tests {
         for code in [-1, 4, 100] {
             assert!(!State::is_valid(code));
             let err = State::try_from(code).unwrap_err();
-            assert_eq!(err.to_string(), format!("{code} is not a valid dependency state"));
+            assert_eq!(
+                err.to_string(),
+                format!("{code} is not a valid dependency state")
+            );
         }
     }
 
     #[test]
     fn serializes_as_integer() {
         assert_eq!(serde_json::to_string(&State::Blocked).unwrap(), "2");
-        assert_eq!(serde_json::from_str::<State>("3").unwrap(), State::Unresolved);
+        assert_eq!(
+            serde_json::from_str::<State>("3").unwrap(),
+            State::Unresolved
+        );
         assert!(serde_json::from_str::<State>("7").is_err());
     }
 

@@ -67,7 +67,10 @@ impl Dispatcher {
         let max_time = {
             let mut meta = job.base().metadata();
             if !meta.is_dispatchable(self.lock_timeout, now) {
-                return Err(Error::invalid_job(job.id(), "cannot dispatch in progress or completed job"));
+                return Err(Error::invalid_job(
+                    job.id(),
+                    "cannot dispatch in progress or completed job",
+                ));
             }
             meta.time_info.start = Some(now);
             meta.status.in_progress = true;
@@ -131,7 +134,11 @@ impl Dispatcher {
     /// Refreshes the lock of every dispatched job once.
     pub async fn refresh_locks(&self, queue: &dyn Queue) {
         let now = Instant::now();
-        let jobs: Vec<Dispatched> = self.dispatched.iter().map(|entry| entry.value().clone()).collect();
+        let jobs: Vec<Dispatched> = self
+            .dispatched
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect();
         for Dispatched { job, deadline } in jobs {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 continue;

@@ -103,7 +103,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         gate.give_back();
-        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(gate.taken(), 1);
     }
 
@@ -111,7 +114,11 @@ mod tests {
     async fn dropped_waiter_takes_nothing() {
         let gate = Gate::new(1);
         gate.take().await;
-        assert!(tokio::time::timeout(Duration::from_millis(5), gate.take()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(5), gate.take())
+                .await
+                .is_err()
+        );
         assert_eq!(gate.waiting.load(Ordering::SeqCst), 0);
         gate.give_back();
         assert_eq!(gate.taken(), 0);

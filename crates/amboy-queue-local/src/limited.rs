@@ -5,8 +5,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Queue, QueueInfo, QueueStats, Result, Runner,
-    collate_write_errors,
+    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Queue, QueueInfo, QueueStats,
+    Result, Runner, collate_write_errors,
 };
 use async_trait::async_trait;
 use chrono::Utc;
@@ -43,7 +43,9 @@ impl LimitedSizeOptions {
     /// Checks the options.
     pub fn validate(&self) -> Result<()> {
         if self.capacity == 0 {
-            return Err(Error::invalid("limited-size queue capacity must be at least 1"));
+            return Err(Error::invalid(
+                "limited-size queue capacity must be at least 1",
+            ));
         }
         if self.lock_timeout.is_zero() {
             return Err(Error::invalid("lock timeout must be positive"));
@@ -144,7 +146,9 @@ impl LimitedSizeQueue {
     }
 
     fn arc(&self) -> Arc<dyn Queue> {
-        self.this.upgrade().expect("a queue method runs while the queue is alive")
+        self.this
+            .upgrade()
+            .expect("a queue method runs while the queue is alive")
     }
 
     /// Puts `job` in the dispatch line, or in the timer heap if it must wait.
@@ -195,12 +199,19 @@ impl LimitedSizeQueue {
             self.delayed.push(at, job);
             return None;
         }
-        if self.scopes.acquire_or_wait(id, &scopes, job.clone()).is_err() {
+        if self
+            .scopes
+            .acquire_or_wait(id, &scopes, job.clone())
+            .is_err()
+        {
             // Parked beside the scope; the release freeing it puts the job back in line.
             return None;
         }
         if let Err(error) = self.dispatcher.dispatch(&job) {
-            let _ = self.scopes.release(id, &scopes).map(|woken| self.requeue(woken));
+            let _ = self
+                .scopes
+                .release(id, &scopes)
+                .map(|woken| self.requeue(woken));
             self.leave_pending();
             tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not dispatch job");
             return None;
@@ -227,7 +238,11 @@ impl LimitedSizeQueue {
     }
 
     /// Moves jobs from the timer heap to the dispatch line when their time comes.
-    async fn run_timer(delayed: Arc<Delayed>, ready: async_channel::Sender<JobRef>, lifetime: CancellationToken) {
+    async fn run_timer(
+        delayed: Arc<Delayed>,
+        ready: async_channel::Sender<JobRef>,
+        lifetime: CancellationToken,
+    ) {
         loop {
             let (due, wait) = delayed.take_due(Utc::now());
             for job in due {
@@ -351,12 +366,18 @@ impl Queue for LimitedSizeQueue {
             meta.status.in_progress = false;
             meta.status.modification_time = Some(Utc::now());
             meta.status.modification_count += 1;
-            if meta.scopes.is_empty() { Vec::new() } else { meta.scopes.clone() }
+            if meta.scopes.is_empty() {
+                Vec::new()
+            } else {
+                meta.scopes.clone()
+            }
         };
         if !scopes.is_empty() {
             match self.scopes.release(id, &scopes) {
                 Ok(woken) => self.requeue(woken),
-                Err(error) => tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not release scopes"),
+                Err(error) => {
+                    tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not release scopes")
+                }
             }
         }
         self.counts.completed.fetch_add(1, Ordering::SeqCst);
@@ -391,7 +412,11 @@ impl Queue for LimitedSizeQueue {
     }
 
     async fn job_info(&self) -> JobInfoStream {
-        let infos: Vec<Result<JobInfo>> = self.jobs.iter().map(|entry| Ok(JobInfo::new(&*entry.job))).collect();
+        let infos: Vec<Result<JobInfo>> = self
+            .jobs
+            .iter()
+            .map(|entry| Ok(JobInfo::new(&*entry.job)))
+            .collect();
         Box::pin(stream::iter(infos))
     }
 
@@ -401,7 +426,10 @@ impl Queue for LimitedSizeQueue {
         let completed = self.counts.completed.load(Ordering::SeqCst);
         let expired = self.counts.expired.load(Ordering::SeqCst);
         let total = self.counts.total.load(Ordering::SeqCst);
-        let pending = self.gate.taken().min(total.saturating_sub(completed + expired));
+        let pending = self
+            .gate
+            .taken()
+            .min(total.saturating_sub(completed + expired));
         Ok(QueueStats {
             running: total.saturating_sub(completed + expired + pending),
             completed,
@@ -437,7 +465,11 @@ impl Queue for LimitedSizeQueue {
         }
         let this = self.arc();
         self.dispatcher.start_heartbeat(Arc::downgrade(&this));
-        let timer = Self::run_timer(self.delayed.clone(), self.ready_tx.clone(), self.lifetime.clone());
+        let timer = Self::run_timer(
+            self.delayed.clone(),
+            self.ready_tx.clone(),
+            self.lifetime.clone(),
+        );
         *self.timer.lock() = Some(tokio::spawn(timer));
         if let Err(error) = runner.start().await {
             self.started.store(false, Ordering::SeqCst);

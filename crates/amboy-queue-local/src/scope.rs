@@ -38,7 +38,10 @@ impl<W> fmt::Debug for ScopeManager<W> {
         let inner = self.inner.lock();
         f.debug_struct("ScopeManager")
             .field("holders", &inner.holders)
-            .field("waiting", &inner.waiters.values().map(Vec::len).sum::<usize>())
+            .field(
+                "waiting",
+                &inner.waiters.values().map(Vec::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -64,7 +67,12 @@ impl<W> ScopeManager<W> {
     /// Like [`acquire`](Self::acquire), but when a scope is held by another owner, parks
     /// `waiter` on that scope and returns it in `Err`'s place: the release freeing the scope
     /// hands the waiter back.
-    pub fn acquire_or_wait(&self, owner: &str, scopes: &[String], waiter: W) -> std::result::Result<(), Parked> {
+    pub fn acquire_or_wait(
+        &self,
+        owner: &str,
+        scopes: &[String],
+        waiter: W,
+    ) -> std::result::Result<(), Parked> {
         if scopes.is_empty() {
             return Ok(());
         }
@@ -139,7 +147,12 @@ pub struct Parked;
 
 impl<W> Inner<W> {
     /// The first scope held by an owner other than `owner` (and other than `handover`).
-    fn held_by_other<'a>(&self, owner: &str, scopes: &'a [String], handover: Option<&str>) -> Option<&'a str> {
+    fn held_by_other<'a>(
+        &self,
+        owner: &str,
+        scopes: &'a [String],
+        handover: Option<&str>,
+    ) -> Option<&'a str> {
         scopes.iter().map(String::as_str).find(|scope| {
             self.holders
                 .get(*scope)
@@ -160,12 +173,12 @@ impl<W> Inner<W> {
 
     fn check_releasable(&self, owner: &str, scopes: &[String]) -> Result<()> {
         for scope in scopes {
-            if let Some(holder) = self.holders.get(scope) {
-                if holder != owner {
-                    return Err(Error::invalid(format!(
-                        "cannot release scope '{scope}' for '{owner}': it is held by '{holder}'"
-                    )));
-                }
+            if let Some(holder) = self.holders.get(scope)
+                && holder != owner
+            {
+                return Err(Error::invalid(format!(
+                    "cannot release scope '{scope}' for '{owner}': it is held by '{holder}'"
+                )));
             }
         }
         Ok(())
@@ -184,12 +197,16 @@ impl<W> Inner<W> {
     fn free(&mut self, owner: &str, scopes: &[String], keep: &[String]) -> Vec<W> {
         let mut woken = Vec::new();
         for scope in scopes {
-            if self.holders.get(scope).is_some_and(|holder| holder == owner) {
+            if self
+                .holders
+                .get(scope)
+                .is_some_and(|holder| holder == owner)
+            {
                 self.holders.remove(scope);
-                if !keep.contains(scope) {
-                    if let Some(waiters) = self.waiters.remove(scope) {
-                        woken.extend(waiters);
-                    }
+                if !keep.contains(scope)
+                    && let Some(waiters) = self.waiters.remove(scope)
+                {
+                    woken.extend(waiters);
                 }
             }
         }
@@ -205,8 +222,14 @@ mod tests {
         scopes.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    /// One way of taking or releasing scopes, named.
+    type ScopeOp = (
+        &'static str,
+        fn(&ScopeManager, &str, &[String]) -> Result<()>,
+    );
+
     /// amboy's scope_test runs each case for both ways of acquiring.
-    fn acquirers() -> [(&'static str, fn(&ScopeManager, &str, &[String]) -> Result<()>); 2] {
+    fn acquirers() -> [ScopeOp; 2] {
         [
             ("acquire", |m, owner, scopes| m.acquire(owner, scopes)),
             ("release_and_acquire", |m, owner, scopes| {
@@ -216,9 +239,11 @@ mod tests {
     }
 
     /// And both ways of releasing.
-    fn releasers() -> [(&'static str, fn(&ScopeManager, &str, &[String]) -> Result<()>); 2] {
+    fn releasers() -> [ScopeOp; 2] {
         [
-            ("release", |m, owner, scopes| m.release(owner, scopes).map(|_| ())),
+            ("release", |m, owner, scopes| {
+                m.release(owner, scopes).map(|_| ())
+            }),
             ("release_and_acquire", |m, owner, scopes| {
                 m.release_and_acquire(owner, scopes, "", &[]).map(|_| ())
             }),
@@ -232,7 +257,11 @@ mod tests {
             acquire(&manager, "a", &s(&["x"])).unwrap();
             let err = acquire(&manager, "b", &s(&["x"])).unwrap_err();
             assert!(err.is_duplicate_scope(), "{name}");
-            assert_eq!(err.to_string(), "scope 'x' is already held by 'a', not 'b'", "{name}");
+            assert_eq!(
+                err.to_string(),
+                "scope 'x' is already held by 'a', not 'b'",
+                "{name}"
+            );
         }
     }
 
@@ -252,7 +281,10 @@ mod tests {
         for (name, acquire) in acquirers() {
             let manager = ScopeManager::new();
             acquire(&manager, "a", &s(&["x"])).unwrap();
-            assert!(acquire(&manager, "b", &s(&["y", "x", "z"])).is_err(), "{name}");
+            assert!(
+                acquire(&manager, "b", &s(&["y", "x", "z"])).is_err(),
+                "{name}"
+            );
             assert_eq!(manager.holder("y"), None, "{name}");
             assert_eq!(manager.holder("z"), None, "{name}");
             acquire(&manager, "b", &s(&["y", "z"])).unwrap();
@@ -296,7 +328,11 @@ mod tests {
             manager.acquire("a", &s(&["x"])).unwrap();
             manager.acquire("b", &s(&["y"])).unwrap();
             assert!(release(&manager, "a", &s(&["x", "y"])).is_err(), "{name}");
-            assert_eq!(manager.holder("x").as_deref(), Some("a"), "{name}: nothing released");
+            assert_eq!(
+                manager.holder("x").as_deref(),
+                Some("a"),
+                "{name}: nothing released"
+            );
             assert_eq!(manager.holder("y").as_deref(), Some("b"), "{name}");
         }
     }
@@ -315,7 +351,9 @@ mod tests {
     fn release_and_acquire_swaps_fully() {
         let manager = ScopeManager::<()>::new();
         manager.acquire("old", &s(&["x", "y"])).unwrap();
-        manager.release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["x", "y"])).unwrap();
+        manager
+            .release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["x", "y"]))
+            .unwrap();
         assert_eq!(manager.holder("x").as_deref(), Some("new"));
         assert_eq!(manager.holder("y").as_deref(), Some("new"));
     }
@@ -324,7 +362,9 @@ mod tests {
     fn release_and_acquire_swaps_partially() {
         let manager = ScopeManager::<()>::new();
         manager.acquire("old", &s(&["x", "y"])).unwrap();
-        manager.release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["y", "z"])).unwrap();
+        manager
+            .release_and_acquire("old", &s(&["x", "y"]), "new", &s(&["y", "z"]))
+            .unwrap();
         assert_eq!(manager.holder("x"), None);
         assert_eq!(manager.holder("y").as_deref(), Some("new"));
         assert_eq!(manager.holder("z").as_deref(), Some("new"));
@@ -335,7 +375,9 @@ mod tests {
         let manager = ScopeManager::<()>::new();
         manager.acquire("old", &s(&["x"])).unwrap();
         manager.acquire("other", &s(&["z"])).unwrap();
-        let err = manager.release_and_acquire("old", &s(&["x"]), "new", &s(&["x", "z"])).unwrap_err();
+        let err = manager
+            .release_and_acquire("old", &s(&["x"]), "new", &s(&["x", "z"]))
+            .unwrap_err();
         assert!(err.is_duplicate_scope());
         assert_eq!(manager.holder("x").as_deref(), Some("old"));
         assert_eq!(manager.holder("z").as_deref(), Some("other"));
@@ -345,8 +387,12 @@ mod tests {
     fn release_and_acquire_is_reversible() {
         let manager = ScopeManager::<()>::new();
         manager.acquire("a", &s(&["x"])).unwrap();
-        manager.release_and_acquire("a", &s(&["x"]), "b", &s(&["x"])).unwrap();
-        manager.release_and_acquire("b", &s(&["x"]), "a", &s(&["x"])).unwrap();
+        manager
+            .release_and_acquire("a", &s(&["x"]), "b", &s(&["x"]))
+            .unwrap();
+        manager
+            .release_and_acquire("b", &s(&["x"]), "a", &s(&["x"]))
+            .unwrap();
         assert_eq!(manager.holder("x").as_deref(), Some("a"));
     }
 
@@ -354,11 +400,20 @@ mod tests {
     fn waiters_are_handed_back_by_the_release_that_frees_their_scope() {
         let manager = ScopeManager::<&'static str>::new();
         manager.acquire("a", &s(&["x"])).unwrap();
-        assert_eq!(manager.acquire_or_wait("b", &s(&["x"]), "job-b"), Err(Parked));
-        assert_eq!(manager.acquire_or_wait("c", &s(&["y", "x"]), "job-c"), Err(Parked));
+        assert_eq!(
+            manager.acquire_or_wait("b", &s(&["x"]), "job-b"),
+            Err(Parked)
+        );
+        assert_eq!(
+            manager.acquire_or_wait("c", &s(&["y", "x"]), "job-c"),
+            Err(Parked)
+        );
         assert_eq!(manager.waiting(), 2);
         assert_eq!(manager.acquire_or_wait("d", &s(&["y"]), "job-d"), Ok(()));
-        assert!(manager.release("d", &s(&["y"])).unwrap().is_empty(), "nobody waits on y");
+        assert!(
+            manager.release("d", &s(&["y"])).unwrap().is_empty(),
+            "nobody waits on y"
+        );
         let mut woken = manager.release("a", &s(&["x"])).unwrap();
         woken.sort_unstable();
         assert_eq!(woken, ["job-b", "job-c"]);
@@ -369,9 +424,17 @@ mod tests {
     fn handover_keeps_waiters_parked() {
         let manager = ScopeManager::<&'static str>::new();
         manager.acquire("a", &s(&["x"])).unwrap();
-        assert_eq!(manager.acquire_or_wait("b", &s(&["x"]), "job-b"), Err(Parked));
-        let woken = manager.release_and_acquire("a", &s(&["x"]), "a2", &s(&["x"])).unwrap();
-        assert!(woken.is_empty(), "the scope passed to the next attempt, still taken");
+        assert_eq!(
+            manager.acquire_or_wait("b", &s(&["x"]), "job-b"),
+            Err(Parked)
+        );
+        let woken = manager
+            .release_and_acquire("a", &s(&["x"]), "a2", &s(&["x"]))
+            .unwrap();
+        assert!(
+            woken.is_empty(),
+            "the scope passed to the next attempt, still taken"
+        );
         assert_eq!(manager.release("a2", &s(&["x"])).unwrap(), ["job-b"]);
     }
 }

@@ -3,7 +3,9 @@
 #[non_exhaustive]
 pub enum RegistryError {
     /// The stored job's type is not registered in this program.
-    #[error("job '{id}' has type '{type_name}', which is not registered (registered: {registered})")]
+    #[error(
+        "job '{id}' has type '{type_name}', which is not registered (registered: {registered})"
+    )]
     UnknownJobType {
         /// The job's ID.
         id: String,
@@ -13,7 +15,9 @@ pub enum RegistryError {
         registered: String,
     },
     /// The stored job's version differs from the registered type's.
-    #[error("job '{id}' of type '{type_name}' was stored at version {stored}, but the registered version is {registered}")]
+    #[error(
+        "job '{id}' of type '{type_name}' was stored at version {stored}, but the registered version is {registered}"
+    )]
     VersionMismatch {
         /// The job's ID.
         id: String,
@@ -25,7 +29,9 @@ pub enum RegistryError {
         registered: i32,
     },
     /// The stored job's body does not decode into its type.
-    #[error("job '{id}' of type '{type_name}' (stored version {version}) cannot be decoded: {reason}")]
+    #[error(
+        "job '{id}' of type '{type_name}' (stored version {version}) cannot be decoded: {reason}"
+    )]
     MalformedJob {
         /// The job's ID.
         id: String,
@@ -53,7 +59,9 @@ pub enum RegistryError {
         type_name: String,
     },
     /// The stored dependency's version differs from the registered one.
-    #[error("job '{id}' has a dependency '{type_name}' stored at version {stored}, but the registered version is {registered}")]
+    #[error(
+        "job '{id}' has a dependency '{type_name}' stored at version {stored}, but the registered version is {registered}"
+    )]
     DependencyVersionMismatch {
         /// The job's ID.
         id: String,
@@ -75,7 +83,9 @@ pub enum RegistryError {
         reason: String,
     },
     /// The job's type has a negative version: it runs only on in-memory queues.
-    #[error("job '{id}' of type '{type_name}' cannot be serialized: its version {version} is negative")]
+    #[error(
+        "job '{id}' of type '{type_name}' cannot be serialized: its version {version} is negative"
+    )]
     NotSerializable {
         /// The job's ID.
         id: String,

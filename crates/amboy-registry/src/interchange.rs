@@ -93,7 +93,8 @@ impl JobInterchange {
             id: id.to_owned(),
             reason: error.to_string(),
         };
-        let body = serde_json::value::to_raw_value(job as &dyn erased_serde::Serialize).map_err(encode_error)?;
+        let body = serde_json::value::to_raw_value(job as &dyn erased_serde::Serialize)
+            .map_err(encode_error)?;
         let meta = job.base().metadata().clone();
         let dependency = match &meta.dependency {
             None => None,
@@ -103,8 +104,10 @@ impl JobInterchange {
                     type_name: info.name,
                     version: info.version,
                     edges: manager.edges(),
-                    dependency: serde_json::value::to_raw_value(&**manager as &dyn erased_serde::Serialize)
-                        .map_err(encode_error)?,
+                    dependency: serde_json::value::to_raw_value(
+                        &**manager as &dyn erased_serde::Serialize,
+                    )
+                    .map_err(encode_error)?,
                 })
             }
         };
@@ -131,7 +134,12 @@ impl JobInterchange {
     pub fn resolve(&self) -> Result<JobRef, RegistryError> {
         let job = build_job(&self.name, &self.type_name, self.version, &self.job)?;
         let dependency = match &self.dependency {
-            Some(dep) => Some(build_dependency(&self.name, &dep.type_name, dep.version, &dep.dependency)?),
+            Some(dep) => Some(build_dependency(
+                &self.name,
+                &dep.type_name,
+                dep.version,
+                &dep.dependency,
+            )?),
             None => None,
         };
         if job.id() != self.name {
@@ -226,6 +234,10 @@ mod tests {
         let mut errors = vec!["é".repeat(10_000); 5000];
         truncate_errors(&mut errors);
         assert_eq!(errors.len(), MAX_ERRORS_KEPT);
-        assert!(errors.iter().all(|error| error.chars().count() == MAX_ERROR_LENGTH));
+        assert!(
+            errors
+                .iter()
+                .all(|error| error.chars().count() == MAX_ERROR_LENGTH)
+        );
     }
 }

@@ -19,10 +19,10 @@ mod lookup;
 
 pub use error::RegistryError;
 pub use interchange::{
-    DependencyInterchange, ERROR_TRUNCATION_THRESHOLD, JobInterchange, MAX_ERROR_LENGTH, MAX_ERRORS_KEPT,
-    decode_job, encode_job, truncate_errors,
+    DependencyInterchange, ERROR_TRUNCATION_THRESHOLD, JobInterchange, MAX_ERROR_LENGTH,
+    MAX_ERRORS_KEPT, decode_job, encode_job, truncate_errors,
 };
 pub use lookup::{
-    build_dependency, build_job, is_registered_dependency_type, is_registered_job_type, registered_dependency_types,
-    registered_job_types,
+    build_dependency, build_job, is_registered_dependency_type, is_registered_job_type,
+    registered_dependency_types, registered_job_types,
 };

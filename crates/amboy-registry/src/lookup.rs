@@ -48,7 +48,12 @@ pub fn is_registered_dependency_type(name: &str) -> bool {
 
 /// Builds the job `id` of the registered type `type_name` from its JSON `body`, checking that the
 /// registered type's version is `version`.
-pub fn build_job(id: &str, type_name: &str, version: i32, body: &RawValue) -> Result<JobRef, RegistryError> {
+pub fn build_job(
+    id: &str,
+    type_name: &str,
+    version: i32,
+    body: &RawValue,
+) -> Result<JobRef, RegistryError> {
     if !is_registered_job_type(type_name) {
         return Err(RegistryError::UnknownJobType {
             id: id.to_owned(),
@@ -57,14 +62,14 @@ pub fn build_job(id: &str, type_name: &str, version: i32, body: &RawValue) -> Re
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let job = Box::<dyn Job>::deserialize(TaggedDeserializer::new(JOB_KEYS, type_name, &mut body_de)).map_err(
-        |error| RegistryError::MalformedJob {
-            id: id.to_owned(),
-            type_name: type_name.to_owned(),
-            version,
-            reason: error.to_string(),
-        },
-    )?;
+    let job =
+        Box::<dyn Job>::deserialize(TaggedDeserializer::new(JOB_KEYS, type_name, &mut body_de))
+            .map_err(|error| RegistryError::MalformedJob {
+                id: id.to_owned(),
+                type_name: type_name.to_owned(),
+                version,
+                reason: error.to_string(),
+            })?;
     let registered = job.version();
     if registered != version {
         return Err(RegistryError::VersionMismatch {
@@ -92,12 +97,16 @@ pub fn build_dependency(
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let manager = Box::<dyn Manager>::deserialize(TaggedDeserializer::new(DEPENDENCY_KEYS, type_name, &mut body_de))
-        .map_err(|error| RegistryError::MalformedDependency {
-            id: id.to_owned(),
-            type_name: type_name.to_owned(),
-            reason: error.to_string(),
-        })?;
+    let manager = Box::<dyn Manager>::deserialize(TaggedDeserializer::new(
+        DEPENDENCY_KEYS,
+        type_name,
+        &mut body_de,
+    ))
+    .map_err(|error| RegistryError::MalformedDependency {
+        id: id.to_owned(),
+        type_name: type_name.to_owned(),
+        reason: error.to_string(),
+    })?;
     let registered = manager.version();
     if registered != version {
         return Err(RegistryError::DependencyVersionMismatch {
@@ -165,14 +174,22 @@ struct TaggedMap<'a, B> {
 impl<'de, 'a, B: Deserializer<'de>> MapAccess<'de> for TaggedMap<'a, B> {
     type Error = B::Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
         match self.keys.get(self.next) {
-            Some(key) => seed.deserialize(StrDeserializer::<Self::Error>::new(key)).map(Some),
+            Some(key) => seed
+                .deserialize(StrDeserializer::<Self::Error>::new(key))
+                .map(Some),
             None => Ok(None),
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         let index = self.next;
         self.next += 1;
         match index {
@@ -225,12 +242,16 @@ mod tests {
             assert!(is_registered_dependency_type(name));
         }
         assert!(!is_registered_dependency_type("nope"));
-        assert!(names.windows(2).all(|pair| pair[0] < pair[1]), "sorted: {names:?}");
+        assert!(
+            names.windows(2).all(|pair| pair[0] < pair[1]),
+            "sorted: {names:?}"
+        );
     }
 
     #[test]
     fn builds_a_registered_dependency() {
-        let body = RawValue::from_string(r#"{"function_name": "f", "edges": ["a"]}"#.into()).unwrap();
+        let body =
+            RawValue::from_string(r#"{"function_name": "f", "edges": ["a"]}"#.into()).unwrap();
         let manager = build_dependency("j", "check", 1, &body).unwrap();
         assert_eq!(manager.edges(), ["a"]);
         let err = build_dependency("j", "check", 0, &body).unwrap_err();

@@ -84,13 +84,19 @@ fn resize(id: &str) -> Resize {
 }
 
 fn concrete(job: &dyn Job) -> &Resize {
-    (job as &dyn std::any::Any).downcast_ref::<Resize>().expect("a Resize job")
+    (job as &dyn std::any::Any)
+        .downcast_ref::<Resize>()
+        .expect("a Resize job")
 }
 
 #[test]
 fn registered_types_include_ours_sorted() {
     let names = registered_job_types();
-    for name in ["registry-test-resize", "registry-test-versioned", "registry-test-local-only"] {
+    for name in [
+        "registry-test-resize",
+        "registry-test-versioned",
+        "registry-test-local-only",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     assert!(names.windows(2).all(|pair| pair[0] < pair[1]));
@@ -145,7 +151,10 @@ fn wire_form_uses_amboys_names() {
     for key in ["status", "retry_info", "time_info"] {
         assert!(value.get(key).is_some(), "{key} missing in {value}");
     }
-    assert!(value.get("dependency").is_none(), "the default dependency is not stored");
+    assert!(
+        value.get("dependency").is_none(),
+        "the default dependency is not stored"
+    );
 }
 
 #[test]
@@ -158,7 +167,10 @@ fn dependencies_round_trip() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["dependency"]["type"], "local-file");
     assert_eq!(value["dependency"]["version"], 0);
-    assert_eq!(value["dependency"]["edges"], serde_json::json!(["resize-0"]));
+    assert_eq!(
+        value["dependency"]["edges"],
+        serde_json::json!(["resize-0"])
+    );
     let back = decode_job(&json).unwrap();
     let dependency = back.dependency();
     assert_eq!(dependency.manager_type().name, "local-file");
@@ -167,7 +179,9 @@ fn dependencies_round_trip() {
 
 #[test]
 fn versions_travel_and_must_match() {
-    let job = Versioned { base: Base::with_id("v-1") };
+    let job = Versioned {
+        base: Base::with_id("v-1"),
+    };
     let json = encode_job(&job).unwrap();
     assert_eq!(decode_job(&json).unwrap().job_type().version, 2);
 
@@ -192,7 +206,10 @@ fn unknown_type_is_an_error_naming_job_and_type() {
         message.starts_with("job 'r-unknown' has type 'no-such-type', which is not registered"),
         "{message}"
     );
-    assert!(message.contains("registry-test-resize"), "lists what is registered: {message}");
+    assert!(
+        message.contains("registry-test-resize"),
+        "lists what is registered: {message}"
+    );
 }
 
 #[test]
@@ -202,32 +219,49 @@ fn malformed_json_names_the_job_when_it_can() {
     let err = decode_job(truncated).unwrap_err();
     assert!(matches!(err, RegistryError::MalformedEnvelope { .. }));
     assert_eq!(err.job_id(), "<unknown>");
-    assert!(err.to_string().starts_with("stored job '<unknown>' is malformed: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("stored job '<unknown>' is malformed: "),
+        "{err}"
+    );
 
     let err = decode_job(r#"{"name": "r-half", "type": 7}"#).unwrap_err();
     assert_eq!(err.job_id(), "r-half");
-    assert!(err.to_string().contains("invalid type: integer `7`"), "{err}");
+    assert!(
+        err.to_string().contains("invalid type: integer `7`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_body_names_job_type_and_reason() {
-    let mut value: serde_json::Value = serde_json::from_str(&encode_job(&resize("r-body")).unwrap()).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&encode_job(&resize("r-body")).unwrap()).unwrap();
     value["job"]["width"] = serde_json::json!("wide");
     let err = decode_job(&value.to_string()).unwrap_err();
     let message = err.to_string();
     assert!(
-        message.starts_with("job 'r-body' of type 'registry-test-resize' (stored version 0) cannot be decoded: "),
+        message.starts_with(
+            "job 'r-body' of type 'registry-test-resize' (stored version 0) cannot be decoded: "
+        ),
         "{message}"
     );
-    assert!(message.contains("invalid type: string \"wide\""), "{message}");
+    assert!(
+        message.contains("invalid type: string \"wide\""),
+        "{message}"
+    );
 }
 
 #[test]
 fn body_naming_another_job_is_rejected() {
-    let mut value: serde_json::Value = serde_json::from_str(&encode_job(&resize("r-a")).unwrap()).unwrap();
+    let mut value: serde_json::Value =
+        serde_json::from_str(&encode_job(&resize("r-a")).unwrap()).unwrap();
     value["job"]["base"]["name"] = serde_json::json!("r-b");
     let err = decode_job(&value.to_string()).unwrap_err();
-    assert!(err.to_string().contains("the job's fields name it 'r-b'"), "{err}");
+    assert!(
+        err.to_string().contains("the job's fields name it 'r-b'"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -252,7 +286,10 @@ fn dependency_errors_name_the_job() {
 
 #[test]
 fn negative_versions_cannot_be_serialized() {
-    let err = encode_job(&LocalOnly { base: Base::with_id("log-1") }).unwrap_err();
+    let err = encode_job(&LocalOnly {
+        base: Base::with_id("log-1"),
+    })
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "job 'log-1' of type 'registry-test-local-only' cannot be serialized: its version -1 is negative"
@@ -271,16 +308,20 @@ fn error_truncation_applies_to_the_envelope_only() {
     let envelope = JobInterchange::from_job(&job).unwrap();
     assert_eq!(envelope.status.errors.len(), MAX_ERRORS_KEPT);
     assert!(envelope.status.errors.iter().all(|e| e.len() == 1000));
-    assert_eq!(envelope.status.error_count, 5000, "the count still says how many there were");
+    assert_eq!(
+        envelope.status.error_count, 5000,
+        "the count still says how many there were"
+    );
     let status = job.status();
     assert_eq!(status.errors.len(), 5000, "the job keeps every error");
     assert!(status.errors.iter().all(|e| e.len() == 10_000));
 }
 
 fn any_time() -> impl Strategy<Value = Option<DateTime<Utc>>> {
-    prop::option::of((0i64..4_000_000_000, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
-        DateTime::from_timestamp(secs, nanos).expect("in range")
-    }))
+    prop::option::of(
+        (0i64..4_000_000_000, 0u32..1_000_000_000)
+            .prop_map(|(secs, nanos)| DateTime::from_timestamp(secs, nanos).expect("in range")),
+    )
 }
 
 fn any_duration() -> impl Strategy<Value = Duration> {

@@ -67,7 +67,11 @@ async fn main() -> amboy::Result<()> {
     println!("final stats: {stats}");
 
     let expected = JOBS * (JOBS + 1) / 2;
-    assert_eq!(TALLY.load(Ordering::Relaxed), expected, "every job ran exactly once");
+    assert_eq!(
+        TALLY.load(Ordering::Relaxed),
+        expected,
+        "every job ran exactly once"
+    );
     assert!(stats.is_complete(), "the queue is complete");
     assert_eq!(stats.completed as u64, JOBS, "every job completed");
     Ok(())

@@ -1,3 +1,6 @@
+//! The facade of amboy for Rust: the crate applications depend on, re-exporting the vocabulary
+//! of `amboy-core` and mounting each implementation crate behind a feature.
+//!
 #![doc = include_str!("../../../README.md")]
 //!
 //! # Crate layout
@@ -17,12 +20,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use amboy_core::{
-    AbortableRunner, Base, DEFAULT_MAX_ATTEMPTS, Error, Job, JobContext, JobError, JobFailure, JobInfo,
-    JobInfoStream, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobStream, JobTimeInfo, JobType,
-    LOCK_TIMEOUT, Metadata, Queue, QueueGroup, QueueInfo, QueueOptions, QueueReport, QueueStats, Result,
-    RetryHandler, RetryHandlerOptions, RetryableQueue, RunOutcome, Runner, WriteErrors, collate_write_errors,
-    dependency, enqueue_many_unique, enqueue_unique, execute, execute_job, populate_queue, report, resolve_errors,
-    run_job, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval, with_retryable_queue,
+    AbortableRunner, Base, DEFAULT_MAX_ATTEMPTS, Error, Job, JobContext, JobError, JobFailure,
+    JobInfo, JobInfoStream, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobStream,
+    JobTimeInfo, JobType, LOCK_TIMEOUT, Metadata, Queue, QueueGroup, QueueInfo, QueueOptions,
+    QueueReport, QueueStats, Result, RetryHandler, RetryHandlerOptions, RetryableQueue, RunOutcome,
+    Runner, WriteErrors, collate_write_errors, dependency, enqueue_many_unique, enqueue_unique,
+    execute, execute_job, populate_queue, report, resolve_errors, run_job, wait, wait_interval,
+    wait_interval_num, wait_job, wait_job_interval, with_retryable_queue,
 };
 
 /// The attribute that makes a trait's methods async for trait objects; implementations of
@@ -60,7 +64,10 @@ pub use amboy_registry as registry;
 /// ```
 #[cfg(all(feature = "queue-local", feature = "runner"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "queue-local", feature = "runner"))))]
-pub fn new_local_limited_size(workers: usize, capacity: usize) -> std::sync::Arc<local::LimitedSizeQueue> {
+pub fn new_local_limited_size(
+    workers: usize,
+    capacity: usize,
+) -> std::sync::Arc<local::LimitedSizeQueue> {
     let queue = local::LimitedSizeQueue::new(capacity);
     queue
         .set_runner(runner::LocalWorkers::new(workers))
@@ -70,5 +77,7 @@ pub fn new_local_limited_size(workers: usize, capacity: usize) -> std::sync::Arc
 
 /// The traits, for `use amboy::prelude::*;`.
 pub mod prelude {
-    pub use amboy_core::{AbortableRunner, Job, Queue, QueueGroup, QueueOptions, RetryHandler, RetryableQueue, Runner};
+    pub use amboy_core::{
+        AbortableRunner, Job, Queue, QueueGroup, QueueOptions, RetryHandler, RetryableQueue, Runner,
+    };
 }

@@ -1,0 +1,130 @@
+//! Workspace automation, run as `cargo xtask <command>`:
+//!
+//! * `ci`: the whole gate, in order: `cargo fmt --check`, clippy with `-D warnings`, every test
+//!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`.
+//! * `tidy`: the layering rules: allowed dependencies between crates, workspace lints everywhere,
+//!   every `lib.rs` opening with `//!`. Also run by `cargo test -p xtask`.
+//!
+//! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
+
+mod tidy;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("tidy") => tidy::check(&workspace_root()).map_err(|problems| problems.join("\n")),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|tidy>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// Runs `cargo <args>` in the workspace root with extra environment, echoing it first.
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    let shown: Vec<String> = envs.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!("$ {}cargo {}", shown.concat(), args.join(" "));
+    let status = Command::new(cargo())
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|error| format!("cannot run cargo: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+fn has_nextest() -> bool {
+    Command::new(cargo())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn ci() -> Result<(), String> {
+    run(&["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        &[
+            "clippy",
+            "--locked",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    if has_nextest() {
+        run(
+            &[
+                "nextest",
+                "run",
+                "--locked",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
+            &[],
+        )?;
+    } else {
+        run(
+            &[
+                "test",
+                "--locked",
+                "--workspace",
+                "--all-features",
+                "--lib",
+                "--bins",
+                "--tests",
+            ],
+            &[],
+        )?;
+    }
+    run(
+        &["test", "--locked", "--workspace", "--all-features", "--doc"],
+        &[],
+    )?;
+    run(
+        &[
+            "doc",
+            "--locked",
+            "--workspace",
+            "--all-features",
+            "--no-deps",
+        ],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    eprintln!("$ cargo xtask tidy");
+    tidy::check(&workspace_root()).map_err(|problems| problems.join("\n"))?;
+    eprintln!("xtask: ci passed");
+    Ok(())
+}
