@@ -181,15 +181,21 @@ impl JobInterchange {
     }
 }
 
-/// The `name` of a malformed envelope, if it can be read at all.
+/// The `name` of a malformed envelope, if it can be read at all: from the parsed object when the
+/// JSON is well formed, else from the first `"name"` string in the text (encoders write it first).
 fn salvage_id(json: &str) -> String {
     #[derive(Deserialize)]
     struct NameOnly {
         name: String,
     }
-    serde_json::from_str::<NameOnly>(json)
-        .map(|only| only.name)
-        .unwrap_or_else(|_| "<unknown>".to_owned())
+    if let Ok(only) = serde_json::from_str::<NameOnly>(json) {
+        return only.name;
+    }
+    let first_name = json.find("\"name\"").and_then(|at| {
+        let rest = json[at + "\"name\"".len()..].trim_start().strip_prefix(':')?;
+        serde_json::Deserializer::from_str(rest).into_iter::<String>().next()?.ok()
+    });
+    first_name.unwrap_or_else(|| "<unknown>".to_owned())
 }
 
 /// Encodes a job as its JSON envelope.

@@ -1,0 +1,84 @@
+//! The queues and runners under test, and what each supports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use amboy::local::LimitedSizeQueue;
+use amboy::runner::LocalWorkers;
+use amboy::{Queue, Result, Runner};
+
+/// A queue implementation in the conformance matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueCase {
+    /// The name used in test paths.
+    pub name: &'static str,
+    /// Builds a queue (no runner, not started) for a runner of `size` workers.
+    pub build: fn(size: usize) -> Arc<dyn Queue>,
+    /// Whether `save` refuses a job whose lock another owner changed (stored copies do; queues
+    /// holding the live job have nothing to compare).
+    pub save_checks_lock: bool,
+}
+
+/// A runner implementation in the conformance matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerCase {
+    /// The name used in test paths.
+    pub name: &'static str,
+    /// Builds a runner of `size` workers.
+    pub build: fn(size: usize) -> Arc<dyn Runner>,
+}
+
+/// amboy's `LimitedSize` case: capacity 1024 × size.
+pub const LIMITED_SIZE: QueueCase = QueueCase {
+    name: "limited_size",
+    build: |size| LimitedSizeQueue::new(1024 * size),
+    save_checks_lock: false,
+};
+
+/// amboy's `Default` runner case.
+pub const LOCAL_WORKERS: RunnerCase = RunnerCase {
+    name: "local_workers",
+    build: |size| LocalWorkers::new(size),
+};
+
+/// A queue of `queue` served by a runner of `runner` with `size` workers, started.
+pub async fn start(queue: QueueCase, runner: RunnerCase, size: usize) -> Result<Arc<dyn Queue>> {
+    let built = (queue.build)(size);
+    built.set_runner((runner.build)(size))?;
+    built.start().await?;
+    Ok(built)
+}
+
+/// A queue of `queue` whose runner runs nothing, started: tests drive `next` and `complete`.
+pub async fn start_idle(queue: QueueCase, size: usize) -> Result<Arc<dyn Queue>> {
+    let built = (queue.build)(size);
+    built.set_runner(Arc::new(IdleRunner::default()))?;
+    built.start().await?;
+    Ok(built)
+}
+
+/// A runner that starts no workers.
+#[derive(Debug, Default)]
+pub struct IdleRunner {
+    started: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Runner for IdleRunner {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn set_queue(&self, _queue: Arc<dyn Queue>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.started.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.started.store(false, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,272 @@
+//! The scenarios of amboy's `TestQueueSmoke`, written against the `Queue` trait.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use amboy::{Base, JobRef, Queue, QueueStats};
+use chrono::{TimeDelta, Utc};
+use futures::TryStreamExt;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+use crate::cases::{self, QueueCase, RunnerCase};
+use crate::jobs::{Count, Noop, Sleep, counter};
+
+/// The longest any scenario may take before it counts as hung.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// One scenario of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Many tasks put and get jobs; all complete with times set.
+    Basic,
+    /// Jobs waiting for a later time stay pending; the others run.
+    WaitUntil,
+    /// Jobs past their dispatch deadline are dropped and counted; the others run.
+    DispatchBy,
+    /// Jobs running past their max time are stopped.
+    MaxTime,
+    /// Every job runs exactly once.
+    OneExecution,
+    /// Enqueue scopes are taken at put and released at completion.
+    EnqueueScopes,
+    /// A job's lock can be taken and saved repeatedly by its queue.
+    SaveLockingCheck,
+}
+
+/// Runs `scenario` for `queue` with `runner` at `size` workers.
+pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size: usize) {
+    let test = async {
+        let built = cases::start(queue, runner, size).await.expect("the queue starts");
+        let prefix = format!("{}-{}-{}-{:?}", queue.name, runner.name, size, scenario);
+        match scenario {
+            Scenario::Basic => basic(&built, size, &prefix).await,
+            Scenario::WaitUntil => wait_until(&built, size, &prefix).await,
+            Scenario::DispatchBy => dispatch_by(&built, size, &prefix).await,
+            Scenario::MaxTime => max_time(&built, size, &prefix).await,
+            Scenario::OneExecution => one_execution(&built, &prefix).await,
+            Scenario::EnqueueScopes => enqueue_scopes(&built, &prefix).await,
+            Scenario::SaveLockingCheck => save_locking_check(&built, queue, &prefix).await,
+        }
+        built.close().await;
+    };
+    timeout(LIMIT, test).await.expect("the scenario finishes");
+}
+
+async fn stats(queue: &Arc<dyn Queue>) -> QueueStats {
+    queue.stats().await.expect("stats")
+}
+
+async fn wait_until_stats(queue: &Arc<dyn Queue>, done: impl Fn(&QueueStats) -> bool) -> QueueStats {
+    loop {
+        let stats = stats(queue).await;
+        if done(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn results(queue: &Arc<dyn Queue>) -> Vec<JobRef> {
+    queue.results().await.try_collect().await.expect("results")
+}
+
+async fn infos(queue: &Arc<dyn Queue>) -> Vec<amboy::JobInfo> {
+    queue.job_info().await.try_collect().await.expect("job info")
+}
+
+async fn basic(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
+    let mut tasks = JoinSet::new();
+    for worker in 0..size {
+        let queue = queue.clone();
+        let prefix = prefix.to_owned();
+        tasks.spawn(async move {
+            for n in 0..7 {
+                let id = format!("{prefix}-{worker}-{n}");
+                queue.put(Noop::new(&id)).await.expect("put");
+                let got = queue.get(&id).await.expect("get right after put");
+                assert_eq!(got.id(), id);
+            }
+        });
+    }
+    while let Some(task) = tasks.join_next().await {
+        task.expect("putting task");
+    }
+    amboy::wait_interval(&**queue, Duration::from_millis(100)).await.expect("wait");
+    let stats = stats(queue).await;
+    assert_eq!(stats.total, 7 * size, "{stats}");
+    assert_eq!(stats.completed, 7 * size, "{stats}");
+    let results = results(queue).await;
+    assert_eq!(results.len(), 7 * size);
+    for job in &results {
+        let status = job.status();
+        let time = job.time_info();
+        assert!(status.completed && !status.in_progress, "{job:?}");
+        assert!(time.start.is_some() && time.end.is_some(), "{job:?} {time:?}");
+    }
+    assert_eq!(infos(queue).await.len(), 7 * size);
+}
+
+async fn wait_until(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
+    let sz = size.clamp(2, 16);
+    let later = Utc::now() + TimeDelta::minutes(40);
+    for n in 0..6 * sz {
+        queue.put(Noop::new(format!("{prefix}-now-{n}"))).await.expect("put");
+        let waiting = Noop {
+            base: Base::with_id(format!("{prefix}-later-{n}")).with_wait_until(later),
+        };
+        queue.put(Arc::new(waiting)).await.expect("put waiting");
+    }
+    wait_until_stats(queue, |s| s.completed >= 6 * sz).await;
+    let stats = stats(queue).await;
+    assert_eq!(stats.total, 12 * sz, "{stats}");
+    assert_eq!(stats.completed, 6 * sz, "{stats}");
+    assert_eq!(stats.pending, 6 * sz, "{stats}");
+    assert!(!stats.is_complete());
+    let infos = infos(queue).await;
+    assert_eq!(infos.len(), 12 * sz);
+    for info in infos {
+        if info.status.completed {
+            assert!(info.time.wait_until.is_none(), "{info:?}");
+        } else {
+            assert_eq!(info.time.wait_until, Some(later), "{info:?}");
+        }
+    }
+}
+
+async fn dispatch_by(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
+    let now = Utc::now();
+    for n in 0..size {
+        let in_time = Noop {
+            base: Base::with_id(format!("{prefix}-in-time-{n}")).with_dispatch_by(now + TimeDelta::minutes(10)),
+        };
+        let too_late = Noop {
+            base: Base::with_id(format!("{prefix}-too-late-{n}")).with_dispatch_by(now - TimeDelta::seconds(1)),
+        };
+        queue.put(Arc::new(in_time)).await.expect("put");
+        queue.put(Arc::new(too_late)).await.expect("put");
+    }
+    // The expired jobs are counted, so waiting for the queue ends (amboy's hung here).
+    amboy::wait(&**queue).await.expect("wait");
+    let stats = stats(queue).await;
+    assert_eq!(stats.total, 2 * size, "{stats}");
+    assert_eq!(stats.completed, size, "{stats}");
+    assert_eq!(stats.expired, size, "{stats}");
+    assert_eq!((stats.running, stats.pending), (0, 0), "{stats}");
+    let ran: HashSet<String> = results(queue).await.iter().map(|job| job.id().to_owned()).collect();
+    assert!(ran.iter().all(|id| id.contains("-in-time-")), "{ran:?}");
+}
+
+async fn max_time(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
+    for n in 0..size {
+        let base = Base::with_id(format!("{prefix}-{n}")).with_max_time(Duration::from_millis(1));
+        queue.put(Sleep::new(base, Duration::from_secs(5))).await.expect("put");
+    }
+    timeout(Duration::from_secs(10), amboy::wait_interval(&**queue, Duration::from_millis(10)))
+        .await
+        .expect("max time stops the jobs well before they finish sleeping")
+        .expect("wait");
+    let results = results(queue).await;
+    assert_eq!(results.len(), size);
+    for job in results {
+        assert!(job.time_info().duration() < Duration::from_secs(5), "{:?}", job.time_info());
+        assert_eq!(
+            job.error().expect("stopped jobs record why").message(),
+            "job was aborted during execution: context deadline exceeded"
+        );
+    }
+}
+
+async fn one_execution(queue: &Arc<dyn Queue>, prefix: &str) {
+    let runs = counter(prefix);
+    for n in 0..40 {
+        queue.put(Count::new(format!("{prefix}-{n}"), prefix)).await.expect("put");
+    }
+    amboy::wait(&**queue).await.expect("wait");
+    assert_eq!(runs.load(Ordering::SeqCst), 40);
+    assert_eq!(stats(queue).await.completed, 40);
+}
+
+async fn enqueue_scopes(queue: &Arc<dyn Queue>, prefix: &str) {
+    let scope = |name: &str| format!("{prefix}-{name}");
+
+    // Put keeps scopes and enqueue scopes.
+    let kept = Noop {
+        base: Base::with_id(format!("{prefix}-kept"))
+            .with_scopes([scope("kept-a"), scope("kept-b")])
+            .with_enqueue_scopes([scope("kept-b")]),
+    };
+    queue.put(Arc::new(kept)).await.expect("put");
+    let got = queue.get(&format!("{prefix}-kept")).await.expect("get");
+    assert_eq!(got.scopes(), [scope("kept-a"), scope("kept-b")]);
+    assert_eq!(got.enqueue_scopes(), [scope("kept-b")]);
+    assert!(!got.enqueue_all_scopes());
+    let all = Noop {
+        base: Base::with_id(format!("{prefix}-all"))
+            .with_scopes([scope("all")])
+            .with_enqueue_all_scopes(),
+    };
+    queue.put(Arc::new(all)).await.expect("put");
+    let got = queue.get(&format!("{prefix}-all")).await.expect("get");
+    assert!(got.enqueue_all_scopes());
+    assert_eq!(got.enqueue_scopes(), [scope("all")]);
+
+    // A job holding an enqueue scope, held back for an hour, can be saved.
+    let later = Utc::now() + TimeDelta::hours(1);
+    let holder: JobRef = Sleep::new(
+        Base::with_id(format!("{prefix}-holder"))
+            .with_scopes([scope("shared"), scope("own")])
+            .with_enqueue_scopes([scope("shared")])
+            .with_wait_until(later),
+        Duration::ZERO,
+    );
+    queue.put(holder.clone()).await.expect("put holder");
+    queue.save(&holder).await.expect("save holder");
+
+    // The same enqueue scope, alone or among others, is refused while the holder lives.
+    let same = || {
+        Base::with_id(format!("{prefix}-same"))
+            .with_scopes([scope("shared")])
+            .with_enqueue_all_scopes()
+    };
+    let rival = |base: Base| -> JobRef { Arc::new(Noop { base }) };
+    let err = queue.put(rival(same())).await.expect_err("the scope is taken");
+    assert!(err.is_duplicate_scope() && err.is_duplicate_job(), "{err}");
+    let subset = Base::with_id(format!("{prefix}-subset"))
+        .with_scopes([scope("other"), scope("shared")])
+        .with_enqueue_scopes([scope("shared")]);
+    let err = queue.put(rival(subset)).await.expect_err("the scope is taken");
+    assert!(err.is_duplicate_scope(), "{err}");
+
+    // Completing the holder frees the scope.
+    queue.complete(&holder).await.expect("complete holder");
+    queue.put(rival(same())).await.expect("the scope is free again");
+}
+
+async fn save_locking_check(queue: &Arc<dyn Queue>, case: QueueCase, prefix: &str) {
+    let owner: Arc<str> = Arc::from(queue.id());
+    let lock_timeout = queue.info().lock_timeout;
+    let id = format!("{prefix}-sleeper");
+    let job: JobRef = Sleep::new(
+        Base::with_id(&id).with_wait_until(Utc::now() + TimeDelta::minutes(40)),
+        Duration::from_secs(300),
+    );
+    queue.put(job.clone()).await.expect("put");
+    job.lock(&owner, lock_timeout).expect("lock");
+    queue.save(&job).await.expect("save after lock");
+    if case.save_checks_lock {
+        job.lock(&owner, lock_timeout).expect("lock");
+        job.lock(&owner, lock_timeout).expect("lock");
+        assert!(queue.save(&job).await.is_err(), "a save two locks ahead of the store must fail");
+    }
+    for _ in 0..25 {
+        let stored = queue.get(&id).await.expect("get");
+        stored.lock(&owner, lock_timeout).expect("lock");
+        queue.save(&stored).await.expect("save");
+    }
+    let stored = queue.get(&id).await.expect("get");
+    queue.complete(&stored).await.expect("complete");
+    assert!(stored.error().is_none(), "{:?}", stored.error());
+}

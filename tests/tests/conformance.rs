@@ -1,0 +1,47 @@
+//! The conformance matrix: every scenario, for every queue × runner × size.
+
+use amboy_tests::cases::{LIMITED_SIZE, LOCAL_WORKERS};
+use amboy_tests::scenarios::{Scenario, run};
+
+/// One test per scenario for a (queue, runner, size).
+macro_rules! scenarios {
+    ($queue:expr, $runner:expr, $size:expr) => {
+        scenarios!(@each $queue, $runner, $size;
+            basic => Basic, wait_until => WaitUntil, dispatch_by => DispatchBy, max_time => MaxTime,
+            one_execution => OneExecution, enqueue_scopes => EnqueueScopes,
+            save_locking_check => SaveLockingCheck);
+    };
+    (@each $queue:expr, $runner:expr, $size:expr; $($test:ident => $scenario:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                run(Scenario::$scenario, $queue, $runner, $size).await;
+            }
+        )*
+    };
+}
+
+/// The scenarios at every size of amboy's matrix.
+macro_rules! sizes {
+    ($queue:expr, $runner:expr) => {
+        sizes!(@each $queue, $runner; size_1 => 1, size_2 => 2, size_4 => 4, size_8 => 8,
+            size_16 => 16, size_32 => 32, size_64 => 64);
+    };
+    (@each $queue:expr, $runner:expr; $($module:ident => $size:expr),*) => {
+        $(
+            mod $module {
+                use super::*;
+                scenarios!($queue, $runner, $size);
+            }
+        )*
+    };
+}
+
+mod limited_size {
+    use super::*;
+
+    mod local_workers {
+        use super::*;
+        sizes!(LIMITED_SIZE, LOCAL_WORKERS);
+    }
+}
