@@ -41,7 +41,9 @@ pub struct Noop {
 impl Noop {
     /// A no-op job with this ID.
     pub fn new(id: impl AsRef<str>) -> Arc<Self> {
-        Arc::new(Noop { base: Base::with_id(id) })
+        Arc::new(Noop {
+            base: Base::with_id(id),
+        })
     }
 }
 
@@ -149,7 +151,10 @@ impl Job for Gated {
 
     async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
         let gate = gate(&self.gate);
-        let _permit = gate.acquire().await.map_err(|_| JobError::new("gate closed"))?;
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| JobError::new("gate closed"))?;
         counter(&self.gate).fetch_add(1, Ordering::SeqCst);
         Ok(())
     }

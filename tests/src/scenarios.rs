@@ -39,7 +39,9 @@ pub enum Scenario {
 /// Runs `scenario` for `queue` with `runner` at `size` workers.
 pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size: usize) {
     let test = async {
-        let built = cases::start(queue, runner, size).await.expect("the queue starts");
+        let built = cases::start(queue, runner, size)
+            .await
+            .expect("the queue starts");
         let prefix = format!("{}-{}-{}-{:?}", queue.name, runner.name, size, scenario);
         match scenario {
             Scenario::Basic => basic(&built, size, &prefix).await,
@@ -59,7 +61,10 @@ async fn stats(queue: &Arc<dyn Queue>) -> QueueStats {
     queue.stats().await.expect("stats")
 }
 
-async fn wait_until_stats(queue: &Arc<dyn Queue>, done: impl Fn(&QueueStats) -> bool) -> QueueStats {
+async fn wait_until_stats(
+    queue: &Arc<dyn Queue>,
+    done: impl Fn(&QueueStats) -> bool,
+) -> QueueStats {
     loop {
         let stats = stats(queue).await;
         if done(&stats) {
@@ -74,7 +79,12 @@ async fn results(queue: &Arc<dyn Queue>) -> Vec<JobRef> {
 }
 
 async fn infos(queue: &Arc<dyn Queue>) -> Vec<amboy::JobInfo> {
-    queue.job_info().await.try_collect().await.expect("job info")
+    queue
+        .job_info()
+        .await
+        .try_collect()
+        .await
+        .expect("job info")
 }
 
 async fn basic(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
@@ -94,7 +104,9 @@ async fn basic(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
     while let Some(task) = tasks.join_next().await {
         task.expect("putting task");
     }
-    amboy::wait_interval(&**queue, Duration::from_millis(100)).await.expect("wait");
+    amboy::wait_interval(&**queue, Duration::from_millis(100))
+        .await
+        .expect("wait");
     let stats = stats(queue).await;
     assert_eq!(stats.total, 7 * size, "{stats}");
     assert_eq!(stats.completed, 7 * size, "{stats}");
@@ -104,7 +116,10 @@ async fn basic(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
         let status = job.status();
         let time = job.time_info();
         assert!(status.completed && !status.in_progress, "{job:?}");
-        assert!(time.start.is_some() && time.end.is_some(), "{job:?} {time:?}");
+        assert!(
+            time.start.is_some() && time.end.is_some(),
+            "{job:?} {time:?}"
+        );
     }
     assert_eq!(infos(queue).await.len(), 7 * size);
 }
@@ -113,7 +128,10 @@ async fn wait_until(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
     let sz = size.clamp(2, 16);
     let later = Utc::now() + TimeDelta::minutes(40);
     for n in 0..6 * sz {
-        queue.put(Noop::new(format!("{prefix}-now-{n}"))).await.expect("put");
+        queue
+            .put(Noop::new(format!("{prefix}-now-{n}")))
+            .await
+            .expect("put");
         let waiting = Noop {
             base: Base::with_id(format!("{prefix}-later-{n}")).with_wait_until(later),
         };
@@ -140,10 +158,12 @@ async fn dispatch_by(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
     let now = Utc::now();
     for n in 0..size {
         let in_time = Noop {
-            base: Base::with_id(format!("{prefix}-in-time-{n}")).with_dispatch_by(now + TimeDelta::minutes(10)),
+            base: Base::with_id(format!("{prefix}-in-time-{n}"))
+                .with_dispatch_by(now + TimeDelta::minutes(10)),
         };
         let too_late = Noop {
-            base: Base::with_id(format!("{prefix}-too-late-{n}")).with_dispatch_by(now - TimeDelta::seconds(1)),
+            base: Base::with_id(format!("{prefix}-too-late-{n}"))
+                .with_dispatch_by(now - TimeDelta::seconds(1)),
         };
         queue.put(Arc::new(in_time)).await.expect("put");
         queue.put(Arc::new(too_late)).await.expect("put");
@@ -155,23 +175,37 @@ async fn dispatch_by(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
     assert_eq!(stats.completed, size, "{stats}");
     assert_eq!(stats.expired, size, "{stats}");
     assert_eq!((stats.running, stats.pending), (0, 0), "{stats}");
-    let ran: HashSet<String> = results(queue).await.iter().map(|job| job.id().to_owned()).collect();
+    let ran: HashSet<String> = results(queue)
+        .await
+        .iter()
+        .map(|job| job.id().to_owned())
+        .collect();
     assert!(ran.iter().all(|id| id.contains("-in-time-")), "{ran:?}");
 }
 
 async fn max_time(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
     for n in 0..size {
         let base = Base::with_id(format!("{prefix}-{n}")).with_max_time(Duration::from_millis(1));
-        queue.put(Sleep::new(base, Duration::from_secs(5))).await.expect("put");
+        queue
+            .put(Sleep::new(base, Duration::from_secs(5)))
+            .await
+            .expect("put");
     }
-    timeout(Duration::from_secs(10), amboy::wait_interval(&**queue, Duration::from_millis(10)))
-        .await
-        .expect("max time stops the jobs well before they finish sleeping")
-        .expect("wait");
+    timeout(
+        Duration::from_secs(10),
+        amboy::wait_interval(&**queue, Duration::from_millis(10)),
+    )
+    .await
+    .expect("max time stops the jobs well before they finish sleeping")
+    .expect("wait");
     let results = results(queue).await;
     assert_eq!(results.len(), size);
     for job in results {
-        assert!(job.time_info().duration() < Duration::from_secs(5), "{:?}", job.time_info());
+        assert!(
+            job.time_info().duration() < Duration::from_secs(5),
+            "{:?}",
+            job.time_info()
+        );
         assert_eq!(
             job.error().expect("stopped jobs record why").message(),
             "job was aborted during execution: context deadline exceeded"
@@ -182,7 +216,10 @@ async fn max_time(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
 async fn one_execution(queue: &Arc<dyn Queue>, prefix: &str) {
     let runs = counter(prefix);
     for n in 0..40 {
-        queue.put(Count::new(format!("{prefix}-{n}"), prefix)).await.expect("put");
+        queue
+            .put(Count::new(format!("{prefix}-{n}"), prefix))
+            .await
+            .expect("put");
     }
     amboy::wait(&**queue).await.expect("wait");
     assert_eq!(runs.load(Ordering::SeqCst), 40);
@@ -232,17 +269,26 @@ async fn enqueue_scopes(queue: &Arc<dyn Queue>, prefix: &str) {
             .with_enqueue_all_scopes()
     };
     let rival = |base: Base| -> JobRef { Arc::new(Noop { base }) };
-    let err = queue.put(rival(same())).await.expect_err("the scope is taken");
+    let err = queue
+        .put(rival(same()))
+        .await
+        .expect_err("the scope is taken");
     assert!(err.is_duplicate_scope() && err.is_duplicate_job(), "{err}");
     let subset = Base::with_id(format!("{prefix}-subset"))
         .with_scopes([scope("other"), scope("shared")])
         .with_enqueue_scopes([scope("shared")]);
-    let err = queue.put(rival(subset)).await.expect_err("the scope is taken");
+    let err = queue
+        .put(rival(subset))
+        .await
+        .expect_err("the scope is taken");
     assert!(err.is_duplicate_scope(), "{err}");
 
     // Completing the holder frees the scope.
     queue.complete(&holder).await.expect("complete holder");
-    queue.put(rival(same())).await.expect("the scope is free again");
+    queue
+        .put(rival(same()))
+        .await
+        .expect("the scope is free again");
 }
 
 async fn save_locking_check(queue: &Arc<dyn Queue>, case: QueueCase, prefix: &str) {
@@ -259,7 +305,10 @@ async fn save_locking_check(queue: &Arc<dyn Queue>, case: QueueCase, prefix: &st
     if case.save_checks_lock {
         job.lock(&owner, lock_timeout).expect("lock");
         job.lock(&owner, lock_timeout).expect("lock");
-        assert!(queue.save(&job).await.is_err(), "a save two locks ahead of the store must fail");
+        assert!(
+            queue.save(&job).await.is_err(),
+            "a save two locks ahead of the store must fail"
+        );
     }
     for _ in 0..25 {
         let stored = queue.get(&id).await.expect("get");

@@ -21,7 +21,12 @@ async fn one_of_a_hundred_concurrent_next_calls_gets_the_job() {
     let mut calls = JoinSet::new();
     for _ in 0..100 {
         let queue = queue.clone();
-        calls.spawn(async move { timeout(Duration::from_millis(300), queue.next()).await.ok().flatten() });
+        calls.spawn(async move {
+            timeout(Duration::from_millis(300), queue.next())
+                .await
+                .ok()
+                .flatten()
+        });
     }
     let mut winners = Vec::new();
     while let Some(call) = calls.join_next().await {
@@ -41,10 +46,17 @@ async fn one_of_a_hundred_concurrent_next_calls_gets_the_job() {
 async fn panicking_job_completes_with_its_panic_and_the_pool_carries_on() {
     let queue = cases::start(LIMITED_SIZE, LOCAL_WORKERS, 1).await.unwrap();
     queue
-        .put(Arc::new(Panics { base: Base::with_id("e2e-panics") }))
+        .put(Arc::new(Panics {
+            base: Base::with_id("e2e-panics"),
+        }))
         .await
         .unwrap();
-    assert!(timeout(PROMPTLY, amboy::wait_job(&*queue, "e2e-panics")).await.unwrap().unwrap());
+    assert!(
+        timeout(PROMPTLY, amboy::wait_job(&*queue, "e2e-panics"))
+            .await
+            .unwrap()
+            .unwrap()
+    );
     let panicked = queue.get("e2e-panics").await.unwrap();
     let status = panicked.status();
     assert!(status.completed && !status.in_progress);
@@ -55,9 +67,18 @@ async fn panicking_job_completes_with_its_panic_and_the_pool_carries_on() {
 
     // The single worker survived: it runs the next hundred jobs.
     for n in 0..100 {
-        queue.put(Count::new(format!("e2e-after-panic-{n}"), "e2e-after-panic")).await.unwrap();
+        queue
+            .put(Count::new(
+                format!("e2e-after-panic-{n}"),
+                "e2e-after-panic",
+            ))
+            .await
+            .unwrap();
     }
-    timeout(PROMPTLY, amboy::wait(&*queue)).await.unwrap().unwrap();
+    timeout(PROMPTLY, amboy::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counter("e2e-after-panic").load(Ordering::SeqCst), 100);
     assert_eq!(queue.stats().await.unwrap().completed, 101);
     queue.close().await;
@@ -66,7 +87,10 @@ async fn panicking_job_completes_with_its_panic_and_the_pool_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_blocked_by_a_scope_runs_as_soon_as_the_scope_is_released() {
     let queue = cases::start(LIMITED_SIZE, LOCAL_WORKERS, 2).await.unwrap();
-    let holder: JobRef = Gated::new(Base::with_id("e2e-scope-holder").with_scopes(["e2e-scope"]), "e2e-scope-gate");
+    let holder: JobRef = Gated::new(
+        Base::with_id("e2e-scope-holder").with_scopes(["e2e-scope"]),
+        "e2e-scope-gate",
+    );
     queue.put(holder.clone()).await.unwrap();
     timeout(PROMPTLY, async {
         while !holder.status().in_progress {
@@ -85,14 +109,25 @@ async fn job_blocked_by_a_scope_runs_as_soon_as_the_scope_is_released() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let status = waiter.status();
     assert!(!status.in_progress && !status.completed, "{status:?}");
-    assert_eq!(status.modification_count, 0, "a blocked job is never locked (amboy's bug 1)");
+    assert_eq!(
+        status.modification_count, 0,
+        "a blocked job is never locked (amboy's bug 1)"
+    );
     assert_eq!(counter("e2e-scope-waiter").load(Ordering::SeqCst), 0);
 
     open_gate("e2e-scope-gate");
     // Runs right after the holder, not after the 10-minute lock timeout.
-    assert!(timeout(PROMPTLY, amboy::wait_job(&*queue, "e2e-scope-waiter")).await.unwrap().unwrap());
+    assert!(
+        timeout(PROMPTLY, amboy::wait_job(&*queue, "e2e-scope-waiter"))
+            .await
+            .unwrap()
+            .unwrap()
+    );
     assert_eq!(counter("e2e-scope-waiter").load(Ordering::SeqCst), 1);
-    assert!(holder.time_info().end <= waiter.time_info().start, "the scope kept them apart");
+    assert!(
+        holder.time_info().end <= waiter.time_info().start,
+        "the scope kept them apart"
+    );
     queue.close().await;
 }
 
@@ -104,12 +139,26 @@ async fn job_past_its_dispatch_by_is_dropped_counted_and_waiting_ends() {
         counter: "e2e-late".into(),
     };
     queue.put(Arc::new(late)).await.unwrap();
-    timeout(PROMPTLY, amboy::wait(&*queue)).await.unwrap().unwrap();
+    timeout(PROMPTLY, amboy::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
     let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.total, stats.expired, stats.completed, stats.running), (1, 1, 0, 0), "{stats}");
+    assert_eq!(
+        (stats.total, stats.expired, stats.completed, stats.running),
+        (1, 1, 0, 0),
+        "{stats}"
+    );
     assert!(stats.is_complete());
-    assert_eq!(counter("e2e-late").load(Ordering::SeqCst), 0, "the job never ran");
-    assert!(queue.get("e2e-late").await.unwrap_err().is_job_not_found(), "dropped from the queue");
+    assert_eq!(
+        counter("e2e-late").load(Ordering::SeqCst),
+        0,
+        "the job never ran"
+    );
+    assert!(
+        queue.get("e2e-late").await.unwrap_err().is_job_not_found(),
+        "dropped from the queue"
+    );
     queue.close().await;
 }
 
@@ -122,11 +171,17 @@ fn bad_input_errors_name_the_job_and_the_reason() {
     unknown.type_name = "e2e-never-registered".into();
     let err = decode_job(&unknown.to_json().unwrap()).unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("'e2e-bad-input'") && message.contains("'e2e-never-registered', which is not registered"), "{message}");
+    assert!(
+        message.contains("'e2e-bad-input'")
+            && message.contains("'e2e-never-registered', which is not registered"),
+        "{message}"
+    );
 
     let mut mismatch = JobInterchange::from_json(&json).unwrap();
     mismatch.version = 3;
-    let message = decode_job(&mismatch.to_json().unwrap()).unwrap_err().to_string();
+    let message = decode_job(&mismatch.to_json().unwrap())
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         message,
         "job 'e2e-bad-input' of type 'conformance-noop' was stored at version 3, but the registered version is 0"
@@ -134,9 +189,15 @@ fn bad_input_errors_name_the_job_and_the_reason() {
 
     let malformed = json.replacen("\"job\":{", "\"job\":[", 1);
     let message = decode_job(&malformed).unwrap_err().to_string();
-    assert!(message.starts_with("stored job 'e2e-bad-input' is malformed: "), "{message}");
+    assert!(
+        message.starts_with("stored job 'e2e-bad-input' is malformed: "),
+        "{message}"
+    );
 
     // Errors convert to the queue error type with the same message.
     let err: amboy::Error = decode_job(&malformed).unwrap_err().into();
-    assert!(err.to_string().starts_with("stored job 'e2e-bad-input' is malformed: "));
+    assert!(
+        err.to_string()
+            .starts_with("stored job 'e2e-bad-input' is malformed: ")
+    );
 }
