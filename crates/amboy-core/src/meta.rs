@@ -93,3 +93,14 @@ pub async fn report(queue: &dyn Queue, limit: Option<usize>) -> Result<QueueRepo
     }
     Ok(report)
 }
+
+/// Compile-time check that the helpers can be spawned.
+#[allow(dead_code)]
+fn _helpers_are_send(queue: &'static dyn Queue, job: JobRef) {
+    fn send<T: Send>(_: T) {}
+    send(enqueue_unique(queue, job.clone()));
+    send(enqueue_many_unique(queue, vec![job.clone()]));
+    send(resolve_errors(queue));
+    send(populate_queue(queue, futures::stream::iter(vec![job])));
+    send(report(queue, None));
+}

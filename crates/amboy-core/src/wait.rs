@@ -13,77 +13,100 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest pause [`wait`] and [`wait_job`] grow to.
 const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
-/// Polls `check` until it returns `Some`: immediately, then after pauses given by `pause`.
-async fn poll<T>(
-    mut pause: impl FnMut() -> Duration,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    loop {
-        if let Some(done) = check().await? {
-            return Ok(done);
-        }
-        tokio::time::sleep(pause()).await;
-    }
+/// The pauses between checks: fixed, or growing from 1 ms to 25 ms (quick for short waits,
+/// cheap for long ones).
+#[derive(Debug, Clone, Copy)]
+enum Pause {
+    Fixed(Duration),
+    Backoff(Duration),
 }
 
-/// A pause that starts at 1 ms and doubles up to 25 ms: quick for short waits, cheap for long.
-fn backoff() -> impl FnMut() -> Duration {
-    let mut next = MIN_INTERVAL;
-    move || {
-        let pause = next;
-        next = (next * 2).min(MAX_BACKOFF);
-        pause
+impl Pause {
+    fn fixed(interval: Duration) -> Self {
+        Pause::Fixed(interval.max(MIN_INTERVAL))
     }
-}
 
-fn fixed(interval: Duration) -> impl FnMut() -> Duration {
-    let interval = interval.max(MIN_INTERVAL);
-    move || interval
+    fn backoff() -> Self {
+        Pause::Backoff(MIN_INTERVAL)
+    }
+
+    async fn sleep(&mut self) {
+        let pause = match *self {
+            Pause::Fixed(interval) => interval,
+            Pause::Backoff(next) => {
+                *self = Pause::Backoff((next * 2).min(MAX_BACKOFF));
+                next
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Waits until the queue's stats are complete.
 pub async fn wait(queue: &dyn Queue) -> Result<()> {
-    poll(backoff(), async || {
-        Ok(queue.stats().await?.is_complete().then_some(()))
-    })
-    .await
+    wait_complete(queue, Pause::backoff()).await
 }
 
 /// Waits until the queue's stats are complete, checking now and then every `interval`.
 pub async fn wait_interval(queue: &dyn Queue, interval: Duration) -> Result<()> {
-    poll(fixed(interval), async || {
-        Ok(queue.stats().await?.is_complete().then_some(()))
-    })
-    .await
+    wait_complete(queue, Pause::fixed(interval)).await
+}
+
+async fn wait_complete(queue: &dyn Queue, mut pause: Pause) -> Result<()> {
+    while !queue.stats().await?.is_complete() {
+        pause.sleep().await;
+    }
+    Ok(())
 }
 
 /// Waits until at least `num` jobs completed without retrying, checking every `interval`.
 pub async fn wait_interval_num(queue: &dyn Queue, interval: Duration, num: usize) -> Result<()> {
-    poll(fixed(interval), async || {
+    let mut pause = Pause::fixed(interval);
+    loop {
         let stats = queue.stats().await?;
-        Ok((stats.completed.saturating_sub(stats.retrying) >= num).then_some(()))
-    })
-    .await
+        if stats.completed.saturating_sub(stats.retrying) >= num {
+            return Ok(());
+        }
+        pause.sleep().await;
+    }
 }
 
 /// Waits until the job is complete and not retrying; `false` if the job is not in the queue.
 pub async fn wait_job(queue: &dyn Queue, id: &str) -> Result<bool> {
-    poll(backoff(), async || job_done(queue, id).await).await
+    wait_for_job(queue, id, Pause::backoff()).await
 }
 
 /// Like [`wait_job`], checking now and then every `interval`.
 pub async fn wait_job_interval(queue: &dyn Queue, id: &str, interval: Duration) -> Result<bool> {
-    poll(fixed(interval), async || job_done(queue, id).await).await
+    wait_for_job(queue, id, Pause::fixed(interval)).await
 }
 
-/// `Some(false)` if the job is gone, `Some(true)` if it is done, `None` to keep waiting.
-async fn job_done(queue: &dyn Queue, id: &str) -> Result<Option<bool>> {
-    match queue.get(id).await {
-        Ok(job) => {
-            let meta = job.base().metadata();
-            Ok((meta.status.completed && !meta.retry_info.should_retry()).then_some(true))
+async fn wait_for_job(queue: &dyn Queue, id: &str, mut pause: Pause) -> Result<bool> {
+    loop {
+        match queue.get(id).await {
+            Ok(job) => {
+                let done = {
+                    let meta = job.base().metadata();
+                    meta.status.completed && !meta.retry_info.should_retry()
+                };
+                if done {
+                    return Ok(true);
+                }
+            }
+            Err(error) if error.is_job_not_found() => return Ok(false),
+            Err(error) => return Err(error),
         }
-        Err(error) if error.is_job_not_found() => Ok(Some(false)),
-        Err(error) => Err(error),
+        pause.sleep().await;
     }
+}
+
+/// Compile-time check that the waits can be spawned.
+#[allow(dead_code)]
+fn _waits_are_send(queue: &'static dyn Queue) {
+    fn send<T: Send>(_: T) {}
+    send(wait(queue));
+    send(wait_interval(queue, Duration::ZERO));
+    send(wait_interval_num(queue, Duration::ZERO, 1));
+    send(wait_job(queue, "id"));
+    send(wait_job_interval(queue, "id", Duration::ZERO));
 }
