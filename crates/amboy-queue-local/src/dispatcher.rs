@@ -145,6 +145,12 @@ impl Dispatcher {
             }
             let refreshed = {
                 let mut meta = job.base().metadata();
+                // Completed or released since the snapshot: no longer ours to refresh. Checked
+                // under the job's lock, and completion and release stop tracking a job before
+                // they change its status, so a finished job is never marked in progress again.
+                if !self.dispatched.contains_key(job.id()) {
+                    continue;
+                }
                 meta.status.in_progress = true;
                 meta.status.completed = false;
                 drop(meta);

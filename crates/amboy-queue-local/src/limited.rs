@@ -57,9 +57,11 @@ impl LimitedSizeOptions {
 /// An in-memory queue holding at most `capacity` pending jobs, dispatching them in the order they
 /// were put (amboy's `LocalLimitedSize`).
 ///
-/// * [`put`](Queue::put) needs a started queue and waits while the queue is full.
+/// * [`put`](Queue::put) needs a started queue and waits while the queue is full (failing with
+///   a closed-queue error if the queue closes meanwhile).
 /// * Jobs whose `wait_until` lies ahead wait in a timer heap, not in the dispatch line; jobs past
-///   their `dispatch_by` are dropped when their turn comes and counted as `expired`.
+///   their `dispatch_by` are dropped when their turn comes, releasing their scopes, and counted
+///   as `expired`.
 /// * A job whose scopes are held waits beside the scope and is put back in line the moment the
 ///   scope is released (amboy left such a job locked until its lock timed out).
 /// * The last `capacity − 1` completed jobs are retained for [`results`](Queue::results) and
@@ -188,6 +190,15 @@ impl LimitedSizeQueue {
         }
         if stale {
             self.jobs.remove(id);
+            // Give up the scopes it holds (those taken at enqueue, or by a save), waking the jobs
+            // waiting for them: a dropped job must not keep them forever.
+            let held: Vec<String> = scopes
+                .into_iter()
+                .filter(|scope| self.scopes.holder(scope).as_deref() == Some(&**id))
+                .collect();
+            if let Ok(woken) = self.scopes.release(id, &held) {
+                self.requeue(woken);
+            }
             self.counts.expired.fetch_add(1, Ordering::SeqCst);
             self.leave_pending();
             tracing::debug!(queue_id = %self.id, job_id = %id, "dropped job past its dispatch_by deadline");
@@ -275,7 +286,12 @@ impl Queue for LimitedSizeQueue {
         if self.jobs.contains_key(&id) {
             return Err(Error::duplicate_job(&*id));
         }
-        self.gate.take().await;
+        // Nobody makes room in a closed queue: stop waiting when it closes.
+        tokio::select! {
+            biased;
+            _ = self.lifetime.cancelled() => return Err(Error::Closed("queue")),
+            _ = self.gate.take() => {}
+        }
         let enqueue_scopes = {
             let mut meta = job.base().metadata();
             meta.time_info.created = Some(Utc::now());
