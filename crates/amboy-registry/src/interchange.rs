@@ -192,8 +192,13 @@ fn salvage_id(json: &str) -> String {
         return only.name;
     }
     let first_name = json.find("\"name\"").and_then(|at| {
-        let rest = json[at + "\"name\"".len()..].trim_start().strip_prefix(':')?;
-        serde_json::Deserializer::from_str(rest).into_iter::<String>().next()?.ok()
+        let rest = json[at + "\"name\"".len()..]
+            .trim_start()
+            .strip_prefix(':')?;
+        serde_json::Deserializer::from_str(rest)
+            .into_iter::<String>()
+            .next()?
+            .ok()
     });
     first_name.unwrap_or_else(|| "<unknown>".to_owned())
 }

@@ -218,12 +218,24 @@ fn malformed_json_names_the_job_when_it_can() {
     let truncated = &json[..json.len() - 5];
     let err = decode_job(truncated).unwrap_err();
     assert!(matches!(err, RegistryError::MalformedEnvelope { .. }));
-    assert_eq!(err.job_id(), "r-bad", "read from the text of the broken JSON");
-    assert!(err.to_string().starts_with("stored job 'r-bad' is malformed: "), "{err}");
+    assert_eq!(
+        err.job_id(),
+        "r-bad",
+        "read from the text of the broken JSON"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("stored job 'r-bad' is malformed: "),
+        "{err}"
+    );
 
     let err = decode_job("{not json at all").unwrap_err();
     assert_eq!(err.job_id(), "<unknown>");
-    assert!(err.to_string().starts_with("stored job '<unknown>' is malformed: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("stored job '<unknown>' is malformed: "),
+        "{err}"
+    );
 
     let err = decode_job(r#"{"name": "r-half", "type": 7}"#).unwrap_err();
     assert_eq!(err.job_id(), "r-half");
