@@ -97,10 +97,10 @@ impl Metadata {
 }
 
 impl Base {
-    /// Metadata for a new job with a fresh, time-ordered unique ID.
+    /// Metadata for a new job with a fresh random unique ID (a UUID).
     pub fn new() -> Self {
         let mut buf = uuid::Uuid::encode_buffer();
-        let id: &str = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        let id: &str = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
         Base::with_id(id)
     }
 

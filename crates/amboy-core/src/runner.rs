@@ -99,6 +99,9 @@ impl std::fmt::Debug for dyn RetryHandler {
 /// cancelled; errors and panics are recorded on the job; the job is completed in the queue; a
 /// retryable queue's handler receives the job if it asked to retry.
 ///
+/// `cancel` is the job's token: runners that abort single jobs pass a token of the job's own,
+/// others may share one token between the jobs a worker runs.
+///
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
 pub async fn execute_job(
     queue: &dyn Queue,
@@ -117,20 +120,29 @@ pub async fn execute_job(
         amboy.job.retry.retryable = retryable,
     );
     async {
-        let ctx =
-            JobContext::with_token(cancel.child_token()).with_deadline(max_time_deadline(max_time));
+        // A job with a time limit gets a token of its own, cancelled when the limit passes, so
+        // that work it spawned stops too; other jobs share the caller's token.
+        let token = if max_time.is_zero() { cancel.clone() } else { cancel.child_token() };
+        let ctx = JobContext::with_token(token).with_deadline(max_time_deadline(max_time));
         let outcome = execute(&**job, &ctx).await;
+        if outcome == RunOutcome::TimedOut {
+            ctx.token().cancel();
+        }
         if let Err(error) = queue.complete(job).await {
             tracing::warn!(error = %error, "could not complete job");
             job.base().metadata().time_info.end = Some(Utc::now());
         }
-        let should_retry = job.base().metadata().retry_info.should_retry();
+        let (should_retry, failed) = {
+            let meta = job.base().metadata();
+            (meta.retry_info.should_retry(), !meta.status.errors.is_empty())
+        };
         if should_retry {
             hand_to_retry_handler(queue, job).await;
         }
-        match job.error() {
-            Some(error) => tracing::error!(outcome = ?outcome, error = %error, "job failed"),
-            None => tracing::debug!(outcome = ?outcome, "job finished"),
+        if failed {
+            tracing::error!(outcome = ?outcome, error = ?job.error(), "job failed");
+        } else {
+            tracing::debug!(outcome = ?outcome, "job finished");
         }
         outcome
     }
