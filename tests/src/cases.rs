@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use amboy::local::LimitedSizeQueue;
+use amboy::local::{
+    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue, PriorityQueue,
+    ShuffledQueue,
+};
 use amboy::runner::LocalWorkers;
 use amboy::{Queue, Result, Runner};
 
@@ -32,6 +35,41 @@ pub struct RunnerCase {
 pub const LIMITED_SIZE: QueueCase = QueueCase {
     name: "limited_size",
     build: |size| LimitedSizeQueue::new(1024 * size),
+    save_checks_lock: false,
+};
+
+/// amboy's `LimitedSizeSerializable` case: stored copies, retries.
+pub const LIMITED_SIZE_SERIALIZABLE: QueueCase = QueueCase {
+    name: "limited_size_serializable",
+    build: |size| LimitedSizeSerializableQueue::new(1024 * size),
+    save_checks_lock: true,
+};
+
+/// The priority queue.
+pub const PRIORITY: QueueCase = QueueCase {
+    name: "priority",
+    build: |size| PriorityQueue::new(1024 * size),
+    save_checks_lock: false,
+};
+
+/// The shuffled queue.
+pub const SHUFFLED: QueueCase = QueueCase {
+    name: "shuffled",
+    build: |size| ShuffledQueue::new(1024 * size),
+    save_checks_lock: false,
+};
+
+/// The dependency-ordered queue.
+pub const DEPENDENCY_ORDERED: QueueCase = QueueCase {
+    name: "dependency_ordered",
+    build: |size| DependencyOrderedQueue::new(1024 * size),
+    save_checks_lock: false,
+};
+
+/// The adaptive-ordering queue.
+pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
+    name: "adaptive_ordering",
+    build: |size| AdaptiveOrderingQueue::new(1024 * size),
     save_checks_lock: false,
 };
 

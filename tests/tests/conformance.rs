@@ -1,6 +1,8 @@
 //! The conformance matrix: every scenario, for every queue × runner × size.
 
-use amboy_tests::cases::{LIMITED_SIZE, LOCAL_WORKERS};
+use amboy_tests::cases::{
+    ADAPTIVE_ORDERING, DEPENDENCY_ORDERED, LIMITED_SIZE, LIMITED_SIZE_SERIALIZABLE, LOCAL_WORKERS, PRIORITY, SHUFFLED,
+};
 use amboy_tests::scenarios::{Scenario, run};
 
 /// One test per scenario for a (queue, runner, size).
@@ -37,11 +39,27 @@ macro_rules! sizes {
     };
 }
 
-mod limited_size {
-    use super::*;
+/// Every runner for one queue.
+macro_rules! runners {
+    ($($queue_module:ident => $queue:expr),* $(,)?) => {
+        $(
+            mod $queue_module {
+                use super::*;
 
-    mod local_workers {
-        use super::*;
-        sizes!(LIMITED_SIZE, LOCAL_WORKERS);
-    }
+                mod local_workers {
+                    use super::*;
+                    sizes!($queue, LOCAL_WORKERS);
+                }
+            }
+        )*
+    };
+}
+
+runners! {
+    limited_size => LIMITED_SIZE,
+    limited_size_serializable => LIMITED_SIZE_SERIALIZABLE,
+    priority => PRIORITY,
+    shuffled => SHUFFLED,
+    dependency_ordered => DEPENDENCY_ORDERED,
+    adaptive_ordering => ADAPTIVE_ORDERING,
 }

@@ -66,6 +66,10 @@ impl Manager for CheckManager {
         self.check().unwrap_or(State::Unresolved)
     }
 
+    fn state_reason(&self) -> Option<String> {
+        self.check().err().map(|error| error.to_string())
+    }
+
     fn edges(&self) -> Vec<String> {
         self.edges.edges()
     }
@@ -87,6 +91,7 @@ mod tests {
     fn unknown_check_is_unresolved() {
         let manager = CheckManager::new("amboy-test-no-such-check");
         assert_eq!(manager.state(), State::Unresolved);
+        assert!(manager.state_reason().unwrap().contains("amboy-test-no-such-check"));
         assert_eq!(
             manager.check().unwrap_err().to_string(),
             "no dependency check named 'amboy-test-no-such-check' is registered"

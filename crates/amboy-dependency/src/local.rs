@@ -88,6 +88,10 @@ impl Manager for LocalFile {
         self.check().unwrap_or(State::Unresolved)
     }
 
+    fn state_reason(&self) -> Option<String> {
+        self.check().err().map(|error| error.to_string())
+    }
+
     fn edges(&self) -> Vec<String> {
         self.edges.edges()
     }
@@ -202,6 +206,10 @@ mod tests {
         deps.insert(1, missing.clone());
         let local = manager(targets, deps);
         assert_eq!(local.state(), State::Unresolved);
+        assert_eq!(
+            local.state_reason().unwrap(),
+            format!("dependency file '{missing}' does not exist")
+        );
         let err = local.check().unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -62,6 +62,12 @@ pub trait Manager: Send + Sync + fmt::Debug {
     /// Adds the ID of a job this job depends on; adding an edge twice is an error.
     fn add_edge(&self, id: &str) -> Result<(), DependencyError>;
 
+    /// Why the state is what it is, when the manager can say (for example, which input of an
+    /// [`Unresolved`](State::Unresolved) job is missing).
+    fn state_reason(&self) -> Option<String> {
+        None
+    }
+
     /// The version of the manager type; bump it when the stored form changes.
     fn version(&self) -> i32 {
         0

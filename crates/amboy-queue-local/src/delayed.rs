@@ -5,41 +5,51 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
-use amboy_core::JobRef;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// A min-heap of jobs by `wait_until`, with a notification when the earliest time changes.
-#[derive(Debug, Default)]
-pub(crate) struct Delayed {
-    heap: Mutex<BinaryHeap<Entry>>,
+/// A min-heap of jobs (or job keys) by `wait_until`, with a notification when the earliest time
+/// changes.
+#[derive(Debug)]
+pub(crate) struct Delayed<T> {
+    heap: Mutex<BinaryHeap<Entry<T>>>,
     sequence: AtomicU64,
     changed: Notify,
 }
 
-#[derive(Debug)]
-struct Entry {
-    at: DateTime<Utc>,
-    sequence: u64,
-    job: JobRef,
+impl<T> Default for Delayed<T> {
+    fn default() -> Self {
+        Delayed {
+            heap: Mutex::new(BinaryHeap::new()),
+            sequence: AtomicU64::new(0),
+            changed: Notify::new(),
+        }
+    }
 }
 
-impl PartialEq for Entry {
+#[derive(Debug)]
+struct Entry<T> {
+    at: DateTime<Utc>,
+    sequence: u64,
+    job: T,
+}
+
+impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for Entry {}
+impl<T> Eq for Entry<T> {}
 
-impl PartialOrd for Entry {
+impl<T> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Entry {
+impl<T> Ord for Entry<T> {
     /// Reversed, so that the max-heap yields the earliest time (then the first pushed).
     fn cmp(&self, other: &Self) -> Ordering {
         other
@@ -49,9 +59,9 @@ impl Ord for Entry {
     }
 }
 
-impl Delayed {
+impl<T> Delayed<T> {
     /// Holds `job` until `at`.
-    pub(crate) fn push(&self, at: DateTime<Utc>, job: JobRef) {
+    pub(crate) fn push(&self, at: DateTime<Utc>, job: T) {
         let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
         let earliest = {
             let mut heap = self.heap.lock();
@@ -64,7 +74,7 @@ impl Delayed {
     }
 
     /// Takes every job whose time has passed; otherwise returns how long until the next one.
-    pub(crate) fn take_due(&self, now: DateTime<Utc>) -> (Vec<JobRef>, Option<Duration>) {
+    pub(crate) fn take_due(&self, now: DateTime<Utc>) -> (Vec<T>, Option<Duration>) {
         let mut heap = self.heap.lock();
         let mut due = Vec::new();
         while let Some(head) = heap.peek() {

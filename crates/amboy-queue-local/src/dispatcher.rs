@@ -4,8 +4,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobRef, Queue, Result};
-use chrono::Utc;
+use amboy_core::{Error, JobRef, Metadata, Queue, Result};
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -63,22 +63,33 @@ impl Dispatcher {
     /// Dispatches `job`: checks that it may be dispatched, records its start, marks it in
     /// progress and locks it for the owner, all under one lock of its metadata.
     pub fn dispatch(&self, job: &JobRef) -> Result<()> {
-        let now = Utc::now();
         let max_time = {
             let mut meta = job.base().metadata();
-            if !meta.is_dispatchable(self.lock_timeout, now) {
-                return Err(Error::invalid_job(
-                    job.id(),
-                    "cannot dispatch in progress or completed job",
-                ));
-            }
-            meta.time_info.start = Some(now);
-            meta.status.in_progress = true;
-            meta.status.owner = Some(self.owner.clone());
-            meta.status.modification_time = Some(now);
-            meta.status.modification_count += 1;
+            self.mark(job.id(), &mut meta, Utc::now())?;
             meta.time_info.max_time
         };
+        self.track(job, max_time);
+        Ok(())
+    }
+
+    /// The first half of [`dispatch`](Self::dispatch), for queues that already hold the job's
+    /// metadata lock: checks that the job may be dispatched and marks it started, in progress
+    /// and locked by the owner. Follow it with [`track`](Self::track) once the lock is released.
+    pub fn mark(&self, id: &str, meta: &mut Metadata, now: DateTime<Utc>) -> Result<()> {
+        if !meta.is_dispatchable(self.lock_timeout, now) {
+            return Err(Error::invalid_job(id, "cannot dispatch in progress or completed job"));
+        }
+        meta.time_info.start = Some(now);
+        meta.status.in_progress = true;
+        meta.status.owner = Some(self.owner.clone());
+        meta.status.modification_time = Some(now);
+        meta.status.modification_count += 1;
+        Ok(())
+    }
+
+    /// The second half of [`dispatch`](Self::dispatch): keeps the lock of a marked job alive
+    /// until it completes or is released, or its `max_time` passes.
+    pub fn track(&self, job: &JobRef, max_time: Duration) {
         let deadline = (!max_time.is_zero()).then(|| Instant::now() + max_time);
         self.dispatched.insert(
             job.base().shared_id().clone(),
@@ -87,7 +98,6 @@ impl Dispatcher {
                 deadline,
             },
         );
-        Ok(())
     }
 
     /// Gives a dispatched job back without running it: stops refreshing its lock and unlocks
@@ -98,11 +108,19 @@ impl Dispatcher {
     }
 
     /// Finishes a dispatched job: stops refreshing its lock and records its end. A job this
-    /// dispatcher did not dispatch is left alone.
-    pub fn complete(&self, job: &JobRef) {
-        if self.dispatched.remove(job.id()).is_some() {
+    /// dispatcher did not dispatch is left alone. Returns whether the job was dispatched here.
+    pub fn complete(&self, job: &JobRef) -> bool {
+        let dispatched = self.forget(job.id());
+        if dispatched {
             job.base().metadata().time_info.end = Some(Utc::now());
         }
+        dispatched
+    }
+
+    /// Stops refreshing the job's lock, without touching the job; returns whether it was
+    /// dispatched here. Queues that complete the job under its own lock use this.
+    pub fn forget(&self, id: &str) -> bool {
+        self.dispatched.remove(id).is_some()
     }
 
     /// Whether the job is dispatched and running here.

@@ -928,7 +928,7 @@ async fn heartbeat_lets_the_lock_of_a_job_past_max_time_lapse() {
 /// heartbeat, at its configured lock timeout, until they complete.
 #[tokio::test(start_paused = true)]
 async fn queue_heartbeat_refreshes_running_jobs() {
-    let queue = LimitedSizeQueue::with_options(amboy_queue_local::LimitedSizeOptions {
+    let queue = LimitedSizeQueue::with_options(amboy_queue_local::LocalQueueOptions {
         capacity: 4,
         lock_timeout: DISPATCH_LOCK_TIMEOUT,
     })

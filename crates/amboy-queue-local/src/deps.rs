@@ -1,0 +1,264 @@
+//! Dependency tracking for the dependency-aware local queues: which jobs wait for which, and
+//! what becomes of a job when its edges complete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use amboy_core::dependency::{Manager, State};
+use amboy_core::{Error, JobRef, Result};
+use parking_lot::Mutex;
+
+/// What to do with a job whose edges are all complete (or that has none).
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Run it.
+    Run(JobRef),
+    /// Its work is done: complete it without running.
+    Pass(JobRef),
+    /// It can never run: complete it with this error.
+    Fail(JobRef, String),
+}
+
+/// The dependency graph of one queue, under one lock.
+#[derive(Debug, Default)]
+pub(crate) struct Dependencies {
+    graph: Mutex<Graph>,
+}
+
+#[derive(Debug, Default)]
+struct Graph {
+    /// Jobs that finished (ran, passed, failed to resolve), so later edges to them are met.
+    finished: HashSet<Arc<str>>,
+    /// Jobs dropped before they ran: edges to them can never be met.
+    expired: HashSet<Arc<str>>,
+    /// Jobs waiting for edges, with how many are not finished yet.
+    waiting: HashMap<Arc<str>, Waiting>,
+    /// For each job, the jobs waiting on it.
+    dependents: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Jobs whose edges are met but whose manager says `Blocked`: asked again later.
+    blocked_by_state: HashMap<Arc<str>, JobRef>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    job: JobRef,
+    unmet: usize,
+}
+
+impl Dependencies {
+    /// Takes in a job being put. `known` says whether a job ID is stored in the queue. Returns
+    /// `Ok(None)` if the job waits (for edges, or for its manager), or the verdict now. An edge to
+    /// a job the queue does not know, or to the job itself, is an error naming both.
+    pub(crate) fn admit(&self, job: &JobRef, known: impl Fn(&str) -> bool) -> Result<Option<Verdict>> {
+        let id = job.base().shared_id().clone();
+        let manager = job.base().metadata().dependency.clone();
+        let Some(manager) = manager else {
+            return Ok(Some(Verdict::Run(job.clone())));
+        };
+        let edges = manager.edges();
+        let mut graph = self.graph.lock();
+        let mut unmet = Vec::new();
+        for edge in &edges {
+            if **edge == *id {
+                return Err(Error::invalid_job(&*id, format!("it depends on itself, a cycle ('{id}' -> '{id}')")));
+            }
+            if graph.expired.contains(edge.as_str()) {
+                drop(graph);
+                return Ok(Some(Verdict::Fail(
+                    job.clone(),
+                    format!("dependency unresolved: edge '{edge}' expired before it ran"),
+                )));
+            }
+            if graph.finished.contains(edge.as_str()) {
+                continue;
+            }
+            if !known(edge) {
+                return Err(Error::invalid_job(&*id, format!("it depends on unknown job '{edge}'")));
+            }
+            unmet.push(edge.as_str());
+        }
+        if unmet.is_empty() {
+            return Ok(graph.judge(job.clone(), &*manager));
+        }
+        for edge in &unmet {
+            graph.dependents.entry(Arc::from(*edge)).or_default().push(id.clone());
+        }
+        graph.waiting.insert(
+            id,
+            Waiting {
+                job: job.clone(),
+                unmet: unmet.len(),
+            },
+        );
+        Ok(None)
+    }
+
+    /// Records that `id` finished; returns the verdicts of the jobs that no longer wait.
+    pub(crate) fn finished(&self, id: &Arc<str>) -> Vec<Verdict> {
+        let mut graph = self.graph.lock();
+        graph.waiting.remove(id);
+        graph.blocked_by_state.remove(id);
+        graph.finished.insert(id.clone());
+        let mut verdicts = Vec::new();
+        for dependent in graph.dependents.remove(id).unwrap_or_default() {
+            let Some(waiting) = graph.waiting.get_mut(&dependent) else {
+                continue;
+            };
+            waiting.unmet -= 1;
+            if waiting.unmet == 0 {
+                let job = graph.waiting.remove(&dependent).expect("present").job;
+                let manager = job.dependency();
+                verdicts.extend(graph.judge(job, &*manager));
+            }
+        }
+        verdicts.extend(graph.recheck());
+        verdicts
+    }
+
+    /// Records that `id` was dropped before it ran; its dependents can never run.
+    pub(crate) fn expired(&self, id: &Arc<str>) -> Vec<Verdict> {
+        let mut graph = self.graph.lock();
+        graph.waiting.remove(id);
+        graph.blocked_by_state.remove(id);
+        graph.expired.insert(id.clone());
+        let mut verdicts = Vec::new();
+        for dependent in graph.dependents.remove(id).unwrap_or_default() {
+            if let Some(waiting) = graph.waiting.remove(&dependent) {
+                verdicts.push(Verdict::Fail(
+                    waiting.job,
+                    format!("dependency unresolved: edge '{id}' expired before it ran"),
+                ));
+            }
+        }
+        verdicts
+    }
+
+    /// Asks the managers of jobs blocked by their state again.
+    pub(crate) fn recheck(&self) -> Vec<Verdict> {
+        self.graph.lock().recheck()
+    }
+
+    /// Forgets a waiting job (completed from outside); returns whether it was waiting.
+    pub(crate) fn forget(&self, id: &str) -> bool {
+        let mut graph = self.graph.lock();
+        graph.waiting.remove(id).is_some() || graph.blocked_by_state.remove(id).is_some()
+    }
+
+    /// The number of jobs waiting for edges or for their manager.
+    pub(crate) fn blocked(&self) -> usize {
+        let graph = self.graph.lock();
+        graph.waiting.len() + graph.blocked_by_state.len()
+    }
+}
+
+impl Graph {
+    /// The verdict on a job whose edges are met, or `None` if its manager still blocks it.
+    fn judge(&mut self, job: JobRef, manager: &dyn Manager) -> Option<Verdict> {
+        match manager.state() {
+            State::Ready => Some(Verdict::Run(job)),
+            State::Passed => Some(Verdict::Pass(job)),
+            State::Unresolved => {
+                let reason = manager
+                    .state_reason()
+                    .map(|reason| format!("dependency unresolved: {reason}"))
+                    .unwrap_or_else(|| format!("dependency unresolved: the '{}' manager cannot be satisfied", manager.manager_type().name));
+                Some(Verdict::Fail(job, reason))
+            }
+            State::Blocked => {
+                self.blocked_by_state.insert(job.base().shared_id().clone(), job);
+                None
+            }
+        }
+    }
+
+    fn recheck(&mut self) -> Vec<Verdict> {
+        if self.blocked_by_state.is_empty() {
+            return Vec::new();
+        }
+        let blocked: Vec<JobRef> = self.blocked_by_state.drain().map(|(_, job)| job).collect();
+        blocked
+            .into_iter()
+            .filter_map(|job| {
+                let manager = job.dependency();
+                self.judge(job, &*manager)
+            })
+            .collect()
+    }
+}
+
+/// Orders a batch so that every job comes after the jobs of the batch it depends on. Jobs on a
+/// cycle, and jobs depending on them, are left out with one error each naming the cycle.
+pub(crate) fn order_batch(jobs: Vec<JobRef>) -> (Vec<JobRef>, Vec<Error>) {
+    let ids: HashMap<Arc<str>, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(index, job)| (job.base().shared_id().clone(), index))
+        .collect();
+    // edges[i]: the jobs of the batch that job i depends on.
+    let edges: Vec<Vec<usize>> = jobs
+        .iter()
+        .map(|job| {
+            let manager = job.base().metadata().dependency.clone();
+            manager
+                .map(|m| m.edges().iter().filter_map(|edge| ids.get(edge.as_str()).copied()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
+    for (job, targets) in edges.iter().enumerate() {
+        for &target in targets {
+            dependents[target].push(job);
+        }
+    }
+
+    // Kahn's algorithm, keeping the batch's order among independent jobs.
+    let mut unmet: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut ready: std::collections::VecDeque<usize> = (0..jobs.len()).filter(|&i| unmet[i] == 0).collect();
+    let mut order = Vec::with_capacity(jobs.len());
+    while let Some(next) = ready.pop_front() {
+        order.push(next);
+        for &dependent in &dependents[next] {
+            unmet[dependent] -= 1;
+            if unmet[dependent] == 0 {
+                ready.push_back(dependent);
+            }
+        }
+    }
+
+    let mut errors = Vec::new();
+    if order.len() < jobs.len() {
+        // What is left is on a cycle or downstream of one. Peel off, from the bottom, the jobs no
+        // remaining job depends on: those are downstream; the rest lie on cycles.
+        let left: HashSet<usize> = (0..jobs.len()).filter(|&i| unmet[i] > 0).collect();
+        let mut on_cycle = left.clone();
+        loop {
+            let leaves: Vec<usize> = on_cycle
+                .iter()
+                .copied()
+                .filter(|&i| !dependents[i].iter().any(|d| on_cycle.contains(d)))
+                .collect();
+            if leaves.is_empty() {
+                break;
+            }
+            for leaf in leaves {
+                on_cycle.remove(&leaf);
+            }
+        }
+        let mut members: Vec<&str> = on_cycle.iter().map(|&i| jobs[i].id()).collect();
+        members.sort_unstable();
+        let cycle = members.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
+        let mut left: Vec<usize> = left.into_iter().collect();
+        left.sort_unstable();
+        for i in left {
+            let reason = if on_cycle.contains(&i) {
+                format!("it is part of a dependency cycle among {cycle}")
+            } else {
+                format!("it depends on a dependency cycle among {cycle}")
+            };
+            errors.push(Error::invalid_job(jobs[i].id(), reason));
+        }
+    }
+    let mut slots: Vec<Option<JobRef>> = jobs.into_iter().map(Some).collect();
+    let ordered = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    (ordered, errors)
+}

@@ -1,0 +1,246 @@
+//! The dispatch line: the order in which a local queue hands out ready jobs.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+
+use amboy_core::JobRef;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// The order in which a [`LocalQueue`](crate::LocalQueue) dispatches its ready jobs, and what
+/// else distinguishes one kind of local queue from another. Implemented by [`Fifo`],
+/// [`ByPriority`], [`Shuffled`], [`Ordered`] and [`Adaptive`]; sealed.
+pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
+    /// The kind of queue, used in its ID (`queue.local.<kind>.<uuid>`).
+    const KIND: &'static str;
+    /// Whether jobs may be put before the queue starts.
+    const PUT_BEFORE_START: bool;
+    /// Whether the queue honours dependencies (edges and state).
+    const DEPENDENCIES: bool;
+
+    /// Adds a ready job; never waits.
+    fn push(&self, job: JobRef);
+
+    /// Takes the next job, waiting for one; `None` once the line is closed.
+    fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send;
+
+    /// Closes the line: waiting and later `pop`s return `None`.
+    fn close(&self);
+}
+
+/// First in, first out (amboy's limited-size queue).
+#[derive(Debug)]
+pub struct Fifo {
+    tx: async_channel::Sender<JobRef>,
+    rx: async_channel::Receiver<JobRef>,
+}
+
+impl Default for Fifo {
+    fn default() -> Self {
+        let (tx, rx) = async_channel::unbounded();
+        Fifo { tx, rx }
+    }
+}
+
+impl sealed::Sealed for Fifo {}
+
+impl Line for Fifo {
+    const KIND: &'static str = "fixed";
+    const PUT_BEFORE_START: bool = false;
+    const DEPENDENCIES: bool = false;
+
+    fn push(&self, job: JobRef) {
+        // Unbounded: sending fails only once closed, and then the job has nowhere to go.
+        let _ = self.tx.try_send(job);
+    }
+
+    async fn pop(&self) -> Option<JobRef> {
+        self.rx.recv().await.ok()
+    }
+
+    fn close(&self) {
+        self.tx.close();
+    }
+}
+
+/// Jobs kept in a collection under a lock, with a notification for waiting takers.
+#[derive(Debug, Default)]
+struct Locked<C> {
+    items: Mutex<C>,
+    added: Notify,
+    closed: AtomicBool,
+}
+
+impl<C: Send> Locked<C> {
+    fn push(&self, add: impl FnOnce(&mut C)) {
+        add(&mut self.items.lock());
+        self.added.notify_one();
+    }
+
+    async fn pop(&self, take: impl Fn(&mut C) -> Option<JobRef>) -> Option<JobRef> {
+        loop {
+            let added = self.added.notified();
+            let mut added = std::pin::pin!(added);
+            added.as_mut().enable();
+            if self.closed.load(AtomicOrdering::SeqCst) {
+                return None;
+            }
+            // Taken under the registration above: a push after this check wakes us.
+            if let Some(job) = take(&mut self.items.lock()) {
+                return Some(job);
+            }
+            added.await;
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, AtomicOrdering::SeqCst);
+        self.added.notify_waiters();
+    }
+}
+
+/// Higher priority first, first in first out among equals (amboy's priority queue).
+#[derive(Debug, Default)]
+pub struct ByPriority {
+    heap: Locked<BinaryHeap<Prioritized>>,
+    sequence: AtomicU64,
+}
+
+struct Prioritized {
+    priority: i32,
+    sequence: u64,
+    job: JobRef,
+}
+
+impl fmt::Debug for Prioritized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.job.id(), self.priority)
+    }
+}
+
+impl PartialEq for Prioritized {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Prioritized {}
+
+impl PartialOrd for Prioritized {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Prioritized {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.sequence.cmp(&self.sequence))
+    }
+}
+
+impl sealed::Sealed for ByPriority {}
+
+impl Line for ByPriority {
+    const KIND: &'static str = "priority";
+    const PUT_BEFORE_START: bool = true;
+    const DEPENDENCIES: bool = false;
+
+    fn push(&self, job: JobRef) {
+        let priority = job.base().metadata().priority;
+        let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
+        self.heap.push(|heap| heap.push(Prioritized { priority, sequence, job }));
+    }
+
+    async fn pop(&self) -> Option<JobRef> {
+        self.heap.pop(|heap| heap.pop().map(|entry| entry.job)).await
+    }
+
+    fn close(&self) {
+        self.heap.close();
+    }
+}
+
+/// A random ready job each time (amboy's shuffled queue).
+#[derive(Debug, Default)]
+pub struct Shuffled {
+    jobs: Locked<Vec<JobRef>>,
+}
+
+impl sealed::Sealed for Shuffled {}
+
+impl Line for Shuffled {
+    const KIND: &'static str = "shuffled";
+    const PUT_BEFORE_START: bool = true;
+    const DEPENDENCIES: bool = false;
+
+    fn push(&self, job: JobRef) {
+        self.jobs.push(|jobs| jobs.push(job));
+    }
+
+    async fn pop(&self) -> Option<JobRef> {
+        self.jobs
+            .pop(|jobs| (!jobs.is_empty()).then(|| jobs.swap_remove(fastrand::usize(..jobs.len()))))
+            .await
+    }
+
+    fn close(&self) {
+        self.jobs.close();
+    }
+}
+
+/// First in, first out among the jobs whose dependencies are met (amboy's ordered queue).
+#[derive(Debug, Default)]
+pub struct Ordered(Fifo);
+
+impl sealed::Sealed for Ordered {}
+
+impl Line for Ordered {
+    const KIND: &'static str = "ordered";
+    const PUT_BEFORE_START: bool = true;
+    const DEPENDENCIES: bool = true;
+
+    fn push(&self, job: JobRef) {
+        self.0.push(job);
+    }
+
+    fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
+        self.0.pop()
+    }
+
+    fn close(&self) {
+        self.0.close();
+    }
+}
+
+/// A random job among those whose dependencies are met (amboy's adaptive-ordering queue).
+#[derive(Debug, Default)]
+pub struct Adaptive(Shuffled);
+
+impl sealed::Sealed for Adaptive {}
+
+impl Line for Adaptive {
+    const KIND: &'static str = "adaptive";
+    const PUT_BEFORE_START: bool = true;
+    const DEPENDENCIES: bool = true;
+
+    fn push(&self, job: JobRef) {
+        self.0.push(job);
+    }
+
+    fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
+        self.0.pop()
+    }
+
+    fn close(&self) {
+        self.0.close();
+    }
+}

@@ -1,0 +1,643 @@
+//! [`LocalQueue`]: the engine of every in-memory queue that holds the jobs themselves, generic
+//! over its dispatch [`Line`].
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amboy_core::{
+    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue, QueueInfo, QueueStats, Result,
+    Runner, collate_write_errors,
+};
+use async_trait::async_trait;
+use chrono::Utc;
+use crossbeam_queue::ArrayQueue;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use futures::stream;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::delayed::Delayed;
+use crate::deps::{Dependencies, Verdict, order_batch};
+use crate::gate::Gate;
+use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
+use crate::{Dispatcher, ScopeManager};
+
+/// The job map's hasher: fast on short string keys.
+type Hasher = foldhash::fast::RandomState;
+
+/// How often jobs blocked by their dependency manager's state are asked again.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Options of a [`LocalQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalQueueOptions {
+    /// How many jobs may wait to run; a put beyond it waits for room. At least 1. The queue also
+    /// retains the last `capacity − 1` completed jobs.
+    pub capacity: usize,
+    /// How long the queue's locks last without a heartbeat.
+    pub lock_timeout: Duration,
+}
+
+impl LocalQueueOptions {
+    /// Options with `capacity` and amboy's lock timeout.
+    pub fn new(capacity: usize) -> Self {
+        LocalQueueOptions {
+            capacity,
+            lock_timeout: LOCK_TIMEOUT,
+        }
+    }
+
+    /// Checks the options.
+    pub fn validate(&self) -> Result<()> {
+        if self.capacity == 0 {
+            return Err(Error::invalid("local queue capacity must be at least 1"));
+        }
+        if self.lock_timeout.is_zero() {
+            return Err(Error::invalid("lock timeout must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory queue that holds the jobs themselves: [`get`](Queue::get) returns the job a
+/// worker runs. The [`Line`] decides the dispatch order and whether dependencies are honoured;
+/// the aliases name amboy's queues:
+///
+/// | alias | line | order | amboy |
+/// |---|---|---|---|
+/// | [`LimitedSizeQueue`] | [`Fifo`] | first in, first out | `LocalLimitedSize` |
+/// | [`PriorityQueue`] | [`ByPriority`] | higher priority first, FIFO among equals | `LocalPriorityQueue` |
+/// | [`ShuffledQueue`] | [`Shuffled`] | random | `LocalShuffled` |
+/// | [`DependencyOrderedQueue`] | [`Ordered`] | after its edges, FIFO | `LocalOrdered` |
+/// | [`AdaptiveOrderingQueue`] | [`Adaptive`] | after its edges, random | `AdaptiveOrdering` |
+///
+/// Every kind:
+///
+/// * holds at most `capacity` pending jobs: [`put`](Queue::put) waits for room (and fails with
+///   a closed-queue error if the queue closes meanwhile). Only the limited-size queue refuses
+///   jobs before it starts, as amboy's does;
+/// * keeps jobs whose `wait_until` lies ahead in a timer heap, out of the line; drops a job past
+///   its `dispatch_by` when its turn comes, releasing its scopes and counting it as `expired`;
+/// * parks a job whose scopes are held beside the scope and puts it back in line the moment the
+///   scope is released (amboy left such a job locked until its lock timed out);
+/// * retains the last `capacity − 1` completed jobs for [`results`](Queue::results) and
+///   [`get`](Queue::get); older ones are forgotten but still counted.
+///
+/// The dependency-aware kinds read a job's edges and state when it is put: an edge to a job the
+/// queue does not know, or a cycle, is an error then; a job runs once all its edges completed
+/// and its manager says `Ready`; a `Passed` job completes without running; an `Unresolved` job
+/// (or one whose edge expired) completes with an error giving the reason. Jobs waiting for
+/// edges or for their manager count as `blocked`.
+#[derive(Debug)]
+pub struct LocalQueue<L: Line> {
+    id: Arc<str>,
+    options: LocalQueueOptions,
+    this: Weak<LocalQueue<L>>,
+    jobs: DashMap<Arc<str>, JobRef, Hasher>,
+    line: Arc<L>,
+    delayed: Arc<Delayed<JobRef>>,
+    scopes: ScopeManager<JobRef>,
+    dispatcher: Arc<Dispatcher>,
+    dependencies: Option<Dependencies>,
+    retained: Option<ArrayQueue<Arc<str>>>,
+    gate: Gate,
+    counts: Counts,
+    runner: Mutex<Option<Arc<dyn Runner>>>,
+    started: AtomicBool,
+    lifetime: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// amboy's limited-size queue: first in, first out.
+pub type LimitedSizeQueue = LocalQueue<Fifo>;
+/// A queue dispatching higher priorities first (amboy's priority queue).
+pub type PriorityQueue = LocalQueue<ByPriority>;
+/// A queue dispatching ready jobs in random order (amboy's shuffled queue).
+pub type ShuffledQueue = LocalQueue<Shuffled>;
+/// A queue running each job after the jobs it depends on (amboy's ordered queue).
+pub type DependencyOrderedQueue = LocalQueue<Ordered>;
+/// A dependency-aware queue dispatching ready jobs in random order (amboy's adaptive-ordering
+/// queue).
+pub type AdaptiveOrderingQueue = LocalQueue<Adaptive>;
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: AtomicUsize,
+    completed: AtomicUsize,
+    expired: AtomicUsize,
+    unresolved: AtomicUsize,
+}
+
+/// What became of a job taken from the line.
+enum Taken {
+    Dispatched(JobRef),
+    Skipped,
+}
+
+impl<L: Line> LocalQueue<L> {
+    /// A queue for at most `capacity` pending jobs (at least 1), with amboy's lock timeout.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_options(LocalQueueOptions::new(capacity.max(1))).expect("valid options")
+    }
+
+    /// A queue with these options.
+    pub fn with_options(options: LocalQueueOptions) -> Result<Arc<Self>> {
+        options.validate()?;
+        let id: Arc<str> = Arc::from(format!("queue.local.{}.{}", L::KIND, uuid::Uuid::new_v4()));
+        let retain = options.capacity - 1;
+        Ok(Arc::new_cyclic(|this| LocalQueue {
+            dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
+            id,
+            options,
+            this: this.clone(),
+            jobs: DashMap::with_hasher(Hasher::default()),
+            line: Arc::new(L::default()),
+            delayed: Arc::new(Delayed::default()),
+            scopes: ScopeManager::new(),
+            dependencies: L::DEPENDENCIES.then(Dependencies::default),
+            retained: (retain > 0).then(|| ArrayQueue::new(retain)),
+            gate: Gate::new(options.capacity),
+            counts: Counts::default(),
+            runner: Mutex::new(None),
+            started: AtomicBool::new(false),
+            lifetime: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The queue's options.
+    pub fn options(&self) -> LocalQueueOptions {
+        self.options
+    }
+
+    /// The queue's dispatcher.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// The number of jobs stored: pending, blocked, running, and retained completed jobs.
+    pub fn stored(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn arc(&self) -> Arc<dyn Queue> {
+        self.this.upgrade().expect("a queue method runs while the queue is alive")
+    }
+
+    /// Sends a job to the line, or to the timer heap if it must wait.
+    fn enqueue(&self, job: JobRef) {
+        let wait_until = job.base().metadata().time_info.wait_until;
+        match wait_until {
+            Some(at) if at >= Utc::now() => self.delayed.push(at, job),
+            _ => self.line.push(job),
+        }
+    }
+
+    fn requeue(&self, jobs: Vec<JobRef>) {
+        for job in jobs {
+            self.line.push(job);
+        }
+    }
+
+    /// Decides what to do with a job taken from the line, under one lock of its metadata.
+    fn take(&self, job: JobRef) -> Taken {
+        let now = Utc::now();
+        let id = job.base().shared_id();
+        let mut meta = job.base().metadata();
+        if meta.status.completed {
+            // Completed while it waited (by a manager, say): nothing is left to do.
+            drop(meta);
+            self.gate.give_back();
+            return Taken::Skipped;
+        }
+        if meta.time_info.is_stale_at(now) {
+            let scopes = meta.scopes.clone();
+            drop(meta);
+            self.expire(&job, &scopes);
+            return Taken::Skipped;
+        }
+        if !meta.time_info.is_dispatchable_at(now) {
+            // Saved with a later wait_until after it was put: wait for it.
+            let at = meta.time_info.wait_until.unwrap_or(now);
+            drop(meta);
+            self.delayed.push(at, job);
+            return Taken::Skipped;
+        }
+        if !meta.scopes.is_empty() && self.scopes.acquire_or_wait(id, &meta.scopes, job.clone()).is_err() {
+            // Parked beside the scope: the release freeing it puts the job back in line.
+            return Taken::Skipped;
+        }
+        if let Err(error) = self.dispatcher.mark(id, &mut meta, now) {
+            let scopes = meta.scopes.clone();
+            drop(meta);
+            self.release_scopes(id, &scopes);
+            self.gate.give_back();
+            tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not dispatch job");
+            return Taken::Skipped;
+        }
+        let max_time = meta.time_info.max_time;
+        drop(meta);
+        self.dispatcher.track(&job, max_time);
+        self.gate.give_back();
+        Taken::Dispatched(job)
+    }
+
+    /// Drops a job that missed its `dispatch_by` deadline.
+    fn expire(&self, job: &JobRef, scopes: &[String]) {
+        let id = job.base().shared_id();
+        self.jobs.remove(id);
+        self.release_scopes(id, scopes);
+        self.counts.expired.fetch_add(1, Ordering::SeqCst);
+        self.gate.give_back();
+        tracing::debug!(queue_id = %self.id, job_id = %id, "dropped job past its dispatch_by deadline");
+        if let Some(dependencies) = &self.dependencies {
+            let verdicts = dependencies.expired(id);
+            self.apply(verdicts);
+        }
+    }
+
+    /// Releases the scopes `id` holds among `scopes`, waking the jobs waiting for them.
+    fn release_scopes(&self, id: &str, scopes: &[String]) {
+        if scopes.is_empty() {
+            return;
+        }
+        let held: Vec<String> = scopes
+            .iter()
+            .filter(|scope| self.scopes.holder(scope).as_deref() == Some(id))
+            .cloned()
+            .collect();
+        match self.scopes.release(id, &held) {
+            Ok(woken) => self.requeue(woken),
+            Err(error) => tracing::warn!(queue_id = %self.id, job_id = id, error = %error, "could not release scopes"),
+        }
+    }
+
+    /// Marks a job completed under its lock; returns its scopes, or `None` if it was completed
+    /// already.
+    fn mark_completed(meta: &mut Metadata, dispatched: bool) -> Option<Vec<String>> {
+        if meta.status.completed && !dispatched {
+            return None;
+        }
+        let now = Utc::now();
+        if dispatched || meta.time_info.end.is_none() {
+            meta.time_info.end = Some(now);
+        }
+        meta.status.completed = true;
+        meta.status.in_progress = false;
+        meta.status.modification_time = Some(now);
+        meta.status.modification_count += 1;
+        Some(if meta.scopes.is_empty() { Vec::new() } else { meta.scopes.clone() })
+    }
+
+    /// Everything that follows a job's completion: its scopes, the counts, retention, and the
+    /// jobs that depended on it.
+    fn finish(&self, id: &Arc<str>, scopes: &[String]) {
+        self.release_scopes(id, scopes);
+        self.counts.completed.fetch_add(1, Ordering::SeqCst);
+        self.retain(id);
+        if let Some(dependencies) = &self.dependencies {
+            let verdicts = dependencies.finished(id);
+            self.apply(verdicts);
+        }
+    }
+
+    /// Carries out dependency verdicts: runs, passes or fails the jobs, and whatever follows.
+    fn apply(&self, verdicts: Vec<Verdict>) {
+        let mut work = verdicts;
+        while let Some(verdict) = work.pop() {
+            let (job, error) = match verdict {
+                Verdict::Run(job) => {
+                    self.enqueue(job);
+                    continue;
+                }
+                Verdict::Pass(job) => (job, None),
+                Verdict::Fail(job, reason) => (job, Some(reason)),
+            };
+            // Completed without running: it leaves the pending set now.
+            let scopes = {
+                let mut meta = job.base().metadata();
+                if let Some(reason) = &error {
+                    meta.add_error(format!("job '{}' cannot run: {reason}", job.id()));
+                }
+                Self::mark_completed(&mut meta, false)
+            };
+            let Some(scopes) = scopes else { continue };
+            if error.is_some() {
+                self.counts.unresolved.fetch_add(1, Ordering::SeqCst);
+            }
+            self.gate.give_back();
+            let id = job.base().shared_id();
+            self.release_scopes(id, &scopes);
+            self.counts.completed.fetch_add(1, Ordering::SeqCst);
+            self.retain(id);
+            if let Some(dependencies) = &self.dependencies {
+                work.extend(dependencies.finished(id));
+            }
+        }
+    }
+
+    /// Retains a completed job, forgetting the oldest retained one when full.
+    fn retain(&self, id: &Arc<str>) {
+        let evicted = match &self.retained {
+            Some(ring) => ring.force_push(id.clone()),
+            None => Some(id.clone()),
+        };
+        if let Some(evicted) = evicted {
+            self.jobs
+                .remove_if(&evicted, |_, job| job.base().metadata().status.completed);
+        }
+    }
+
+    /// Checks and prepares a job being put; returns its enqueue scopes.
+    fn prepare(&self, job: &JobRef) -> Result<Vec<String>> {
+        let mut meta = job.base().metadata();
+        meta.time_info.created = Some(Utc::now());
+        if let Err(error) = meta.time_info.validate() {
+            return Err(Error::invalid_job(job.id(), error));
+        }
+        Ok(meta.effective_enqueue_scopes())
+    }
+
+    async fn put_one(&self, job: JobRef) -> Result<()> {
+        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
+            return Err(Error::NotStarted("queue"));
+        }
+        if self.lifetime.is_cancelled() {
+            return Err(Error::Closed("queue"));
+        }
+        let id = job.base().shared_id().clone();
+        let enqueue_scopes = self.prepare(&job)?;
+        if !self.gate.try_take() {
+            if self.jobs.contains_key(&id) {
+                return Err(Error::duplicate_job(&*id));
+            }
+            // Nobody makes room in a closed queue: stop waiting when it closes.
+            tokio::select! {
+                biased;
+                _ = self.lifetime.cancelled() => return Err(Error::Closed("queue")),
+                _ = self.gate.take() => {}
+            }
+        }
+        match self.jobs.entry(id.clone()) {
+            Entry::Occupied(_) => {
+                self.gate.give_back();
+                return Err(Error::duplicate_job(&*id));
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(job.clone());
+            }
+        }
+        if let Err(error) = self.scopes.acquire(&id, &enqueue_scopes) {
+            self.jobs.remove(&id);
+            self.gate.give_back();
+            return Err(error);
+        }
+        let verdict = match &self.dependencies {
+            None => Some(Verdict::Run(job)),
+            Some(dependencies) => match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
+                Ok(verdict) => verdict,
+                Err(error) => {
+                    self.jobs.remove(&id);
+                    self.release_scopes(&id, &enqueue_scopes);
+                    self.gate.give_back();
+                    return Err(error);
+                }
+            },
+        };
+        self.counts.total.fetch_add(1, Ordering::SeqCst);
+        if let Some(verdict) = verdict {
+            self.apply(vec![verdict]);
+        }
+        Ok(())
+    }
+
+    /// Moves jobs from the timer heap to the line when their time comes, and asks blocked
+    /// managers again now and then.
+    async fn run_timer(queue: Weak<Self>, delayed: Arc<Delayed<JobRef>>, line: Arc<L>, lifetime: CancellationToken) {
+        let mut last_recheck = tokio::time::Instant::now();
+        loop {
+            let (due, wait) = delayed.take_due(Utc::now());
+            for job in due {
+                line.push(job);
+            }
+            let mut wait = wait.unwrap_or(Duration::from_secs(3600));
+            if L::DEPENDENCIES {
+                if last_recheck.elapsed() >= RECHECK_INTERVAL {
+                    last_recheck = tokio::time::Instant::now();
+                    let Some(queue) = queue.upgrade() else { return };
+                    if let Some(dependencies) = &queue.dependencies {
+                        let verdicts = dependencies.recheck();
+                        queue.apply(verdicts);
+                    }
+                }
+                wait = wait.min(RECHECK_INTERVAL);
+            }
+            tokio::select! {
+                _ = lifetime.cancelled() => return,
+                _ = delayed.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<L: Line> Queue for LocalQueue<L> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn put(&self, job: JobRef) -> Result<()> {
+        self.put_one(job).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        let (jobs, mut errors) = if L::DEPENDENCIES { order_batch(jobs) } else { (jobs, Vec::new()) };
+        for job in jobs {
+            if let Err(error) = self.put_one(job).await {
+                errors.push(error);
+            }
+        }
+        collate_write_errors(errors)
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        self.jobs
+            .get(id)
+            .map(|job| job.clone())
+            .ok_or_else(|| Error::job_not_found(id))
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        loop {
+            let job = tokio::select! {
+                biased;
+                _ = self.lifetime.cancelled() => return None,
+                job = self.line.pop() => job?,
+            };
+            if let Taken::Dispatched(job) = self.take(job) {
+                return Some(job);
+            }
+        }
+    }
+
+    fn info(&self) -> QueueInfo {
+        QueueInfo {
+            started: self.started.load(Ordering::SeqCst),
+            lock_timeout: self.options.lock_timeout,
+        }
+    }
+
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        let id = job.base().shared_id();
+        // Stop the heartbeat first, so that it never marks the job in progress again.
+        let dispatched = self.dispatcher.forget(id);
+        if !dispatched {
+            match self.jobs.get_mut(id) {
+                None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
+                Some(mut stored) => {
+                    if !Arc::ptr_eq(&stored, job) {
+                        *stored = job.clone();
+                    }
+                }
+            }
+        }
+        let scopes = Self::mark_completed(&mut job.base().metadata(), dispatched);
+        let Some(scopes) = scopes else {
+            return Ok(());
+        };
+        if !dispatched {
+            // Completed from outside while pending or blocked.
+            if let Some(dependencies) = &self.dependencies {
+                if dependencies.forget(id) {
+                    self.gate.give_back();
+                }
+            }
+        }
+        self.finish(id, &scopes);
+        Ok(())
+    }
+
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
+            return Err(Error::NotStarted("queue"));
+        }
+        let id = job.base().shared_id();
+        let scopes = job.scopes();
+        let Some(mut stored) = self.jobs.get_mut(id) else {
+            return Err(Error::job_not_found(&**id));
+        };
+        self.scopes.acquire(id, &scopes)?;
+        if !Arc::ptr_eq(&stored, job) {
+            *stored = job.clone();
+        }
+        Ok(())
+    }
+
+    async fn results(&self) -> JobStream {
+        let completed: Vec<Result<JobRef>> = self
+            .jobs
+            .iter()
+            .filter(|entry| {
+                let meta = entry.base().metadata();
+                meta.status.completed && !meta.status.in_progress
+            })
+            .map(|entry| Ok(entry.value().clone()))
+            .collect();
+        Box::pin(stream::iter(completed))
+    }
+
+    async fn job_info(&self) -> JobInfoStream {
+        let infos: Vec<Result<JobInfo>> = self.jobs.iter().map(|entry| Ok(JobInfo::new(&**entry))).collect();
+        Box::pin(stream::iter(infos))
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        // Completed and expired are read before total, so that a job put meanwhile can only
+        // make the stats look less complete, never more.
+        let completed = self.counts.completed.load(Ordering::SeqCst);
+        let expired = self.counts.expired.load(Ordering::SeqCst);
+        let total = self.counts.total.load(Ordering::SeqCst);
+        let blocked = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
+        let unfinished = total.saturating_sub(completed + expired);
+        let blocked = blocked.min(unfinished);
+        let pending = self.gate.taken().saturating_sub(blocked).min(unfinished - blocked);
+        let mut stats = QueueStats {
+            running: unfinished - blocked - pending,
+            completed,
+            pending,
+            blocked,
+            expired,
+            total,
+            ..QueueStats::default()
+        };
+        let unresolved = self.counts.unresolved.load(Ordering::SeqCst);
+        if unresolved > 0 {
+            stats.annotate("unresolved", unresolved)?;
+        }
+        Ok(stats)
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.runner.lock().clone()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        if self.started.load(Ordering::SeqCst) {
+            return Err(Error::AlreadyStarted("queue"));
+        }
+        runner.set_queue(self.arc())?;
+        *self.runner.lock() = Some(runner);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        let runner = self
+            .runner()
+            .ok_or_else(|| Error::invalid(format!("queue '{}' has no runner", self.id)))?;
+        if self.lifetime.is_cancelled() {
+            return Err(Error::Closed("queue"));
+        }
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyStarted("queue"));
+        }
+        let this = self.arc();
+        self.dispatcher.start_heartbeat(Arc::downgrade(&this));
+        let timer = Self::run_timer(
+            self.this.clone(),
+            self.delayed.clone(),
+            self.line.clone(),
+            self.lifetime.clone(),
+        );
+        self.tasks.lock().push(tokio::spawn(timer));
+        if let Err(error) = runner.start().await {
+            self.started.store(false, Ordering::SeqCst);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Some(runner) = self.runner() {
+            runner.close().await;
+        }
+        self.lifetime.cancel();
+        self.line.close();
+        self.dispatcher.close().await;
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl<L: Line> Drop for LocalQueue<L> {
+    /// A queue dropped without [`close`](Queue::close) still stops its background tasks.
+    fn drop(&mut self) {
+        self.lifetime.cancel();
+        self.line.close();
+    }
+}
