@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use amboy::local::{
-    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue, PriorityQueue,
-    ShuffledQueue,
+    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue,
+    PriorityQueue, ShuffledQueue,
 };
+use amboy::retry::BasicRetryHandler;
 use amboy::runner::LocalWorkers;
-use amboy::{Queue, Result, Runner};
+use amboy::{Queue, Result, RetryHandlerOptions, RetryableQueue, Runner};
 
 /// A queue implementation in the conformance matrix.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +21,8 @@ pub struct QueueCase {
     /// Whether `save` refuses a job whose lock another owner changed (stored copies do; queues
     /// holding the live job have nothing to compare).
     pub save_checks_lock: bool,
+    /// Whether the queue retries jobs (a `RetryableQueue` with a retry handler).
+    pub retryable: bool,
 }
 
 /// A runner implementation in the conformance matrix.
@@ -36,13 +39,23 @@ pub const LIMITED_SIZE: QueueCase = QueueCase {
     name: "limited_size",
     build: |size| LimitedSizeQueue::new(1024 * size),
     save_checks_lock: false,
+    retryable: false,
 };
 
 /// amboy's `LimitedSizeSerializable` case: stored copies, retries.
 pub const LIMITED_SIZE_SERIALIZABLE: QueueCase = QueueCase {
     name: "limited_size_serializable",
-    build: |size| LimitedSizeSerializableQueue::new(1024 * size),
+    build: |size| {
+        let queue = LimitedSizeSerializableQueue::new(1024 * size);
+        let handler =
+            BasicRetryHandler::new(RetryHandlerOptions::default()).expect("default options");
+        queue
+            .set_retry_handler(handler)
+            .expect("a new queue takes a handler");
+        queue
+    },
     save_checks_lock: true,
+    retryable: true,
 };
 
 /// The priority queue.
@@ -50,6 +63,7 @@ pub const PRIORITY: QueueCase = QueueCase {
     name: "priority",
     build: |size| PriorityQueue::new(1024 * size),
     save_checks_lock: false,
+    retryable: false,
 };
 
 /// The shuffled queue.
@@ -57,6 +71,7 @@ pub const SHUFFLED: QueueCase = QueueCase {
     name: "shuffled",
     build: |size| ShuffledQueue::new(1024 * size),
     save_checks_lock: false,
+    retryable: false,
 };
 
 /// The dependency-ordered queue.
@@ -64,6 +79,7 @@ pub const DEPENDENCY_ORDERED: QueueCase = QueueCase {
     name: "dependency_ordered",
     build: |size| DependencyOrderedQueue::new(1024 * size),
     save_checks_lock: false,
+    retryable: false,
 };
 
 /// The adaptive-ordering queue.
@@ -71,6 +87,7 @@ pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
     name: "adaptive_ordering",
     build: |size| AdaptiveOrderingQueue::new(1024 * size),
     save_checks_lock: false,
+    retryable: false,
 };
 
 /// amboy's `Default` runner case.
@@ -81,8 +98,19 @@ pub const LOCAL_WORKERS: RunnerCase = RunnerCase {
 
 /// A queue of `queue` served by a runner of `runner` with `size` workers, started.
 pub async fn start(queue: QueueCase, runner: RunnerCase, size: usize) -> Result<Arc<dyn Queue>> {
+    start_with(queue, runner, size, size).await
+}
+
+/// A queue of `queue` sized for `size`, served by a runner of `runner` with `workers` workers,
+/// started.
+pub async fn start_with(
+    queue: QueueCase,
+    runner: RunnerCase,
+    size: usize,
+    workers: usize,
+) -> Result<Arc<dyn Queue>> {
     let built = (queue.build)(size);
-    built.set_runner((runner.build)(size))?;
+    built.set_runner((runner.build)(workers))?;
     built.start().await?;
     Ok(built)
 }

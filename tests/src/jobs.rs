@@ -178,3 +178,38 @@ impl Job for Panics {
         panic!("conformance job {} panics on purpose", self.base.id());
     }
 }
+
+/// Asks for a retry on its first attempt and succeeds on the next, counting its runs.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RetryOnce {
+    /// Metadata.
+    pub base: Base,
+    /// The counter's name.
+    pub counter: String,
+}
+
+impl RetryOnce {
+    /// A retryable job that asks for one retry.
+    pub fn new(base: Base, counter: &str) -> Arc<Self> {
+        Arc::new(RetryOnce {
+            base: base.with_retryable(true),
+            counter: counter.to_owned(),
+        })
+    }
+}
+
+#[typetag::serde(name = "conformance-retry-once")]
+#[async_trait::async_trait]
+impl Job for RetryOnce {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        counter(&self.counter).fetch_add(1, Ordering::SeqCst);
+        if self.base.retry_info().current_attempt == 0 {
+            return Err(JobError::retryable("the first attempt asks to retry"));
+        }
+        Ok(())
+    }
+}

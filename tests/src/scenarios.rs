@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use amboy::{Base, JobRef, Queue, QueueStats};
+use amboy::prelude::*;
+use amboy::{Base, JobRef, QueueStats};
 use chrono::{TimeDelta, Utc};
 use futures::TryStreamExt;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::cases::{self, QueueCase, RunnerCase};
-use crate::jobs::{Count, Noop, Sleep, counter};
+use crate::jobs::{Count, Noop, RetryOnce, Sleep, counter};
 
 /// The longest any scenario may take before it counts as hung.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -34,12 +35,46 @@ pub enum Scenario {
     EnqueueScopes,
     /// A job's lock can be taken and saved repeatedly by its queue.
     SaveLockingCheck,
+    /// Jobs sharing a scope run one at a time while the others run freely (dormant in amboy).
+    ScopedLock,
+    /// A job asking for one retry runs twice; both attempts are kept.
+    RetryOnce,
+    /// A retrying job keeps its enqueue scopes until its last attempt, then frees them.
+    RetryScopedAll,
+    /// The same with an enqueue scope that is a subset of the job's scopes.
+    RetryScopedSubset,
+    /// A retrying job whose retry was never processed is found and retried.
+    RetryStale,
+}
+
+impl Scenario {
+    /// Whether the scenario needs a retryable queue.
+    pub fn needs_retry(self) -> bool {
+        matches!(
+            self,
+            Scenario::RetryOnce
+                | Scenario::RetryScopedAll
+                | Scenario::RetryScopedSubset
+                | Scenario::RetryStale
+        )
+    }
 }
 
 /// Runs `scenario` for `queue` with `runner` at `size` workers.
 pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size: usize) {
+    assert!(
+        !scenario.needs_retry() || queue.retryable,
+        "{scenario:?} needs a retryable queue"
+    );
     let test = async {
-        let built = cases::start(queue, runner, size)
+        // amboy's scoped-lock case runs three workers per job slot, so that free jobs always
+        // find a worker while scoped ones wait.
+        let workers = if scenario == Scenario::ScopedLock {
+            3 * size
+        } else {
+            size
+        };
+        let built = cases::start_with(queue, runner, size, workers)
             .await
             .expect("the queue starts");
         let prefix = format!("{}-{}-{}-{:?}", queue.name, runner.name, size, scenario);
@@ -51,6 +86,11 @@ pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size:
             Scenario::OneExecution => one_execution(&built, &prefix).await,
             Scenario::EnqueueScopes => enqueue_scopes(&built, &prefix).await,
             Scenario::SaveLockingCheck => save_locking_check(&built, queue, &prefix).await,
+            Scenario::ScopedLock => scoped_lock(&built, size, &prefix).await,
+            Scenario::RetryOnce => retry_once(&built, &prefix).await,
+            Scenario::RetryScopedAll => retry_scoped(&built, &prefix, false).await,
+            Scenario::RetryScopedSubset => retry_scoped(&built, &prefix, true).await,
+            Scenario::RetryStale => retry_stale(&built, &prefix).await,
         }
         built.close().await;
     };
@@ -318,4 +358,139 @@ async fn save_locking_check(queue: &Arc<dyn Queue>, case: QueueCase, prefix: &st
     let stored = queue.get(&id).await.expect("get");
     queue.complete(&stored).await.expect("complete");
     assert!(stored.error().is_none(), "{:?}", stored.error());
+}
+
+async fn scoped_lock(queue: &Arc<dyn Queue>, size: usize, prefix: &str) {
+    let scope = format!("{prefix}-a");
+    for n in 0..2 * size {
+        let base = Base::with_id(format!("{prefix}-{n}"));
+        let job: JobRef = if n % 2 == 0 {
+            Sleep::new(base.with_scopes([scope.clone()]), Duration::from_secs(3600))
+        } else {
+            Noop::new(format!("{prefix}-{n}"))
+        };
+        queue.put(job).await.expect("put");
+    }
+    let stats = wait_until_stats(queue, |s| s.completed >= size && s.running >= 1).await;
+    // Give a wrongly admitted second scoped job the chance to start.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats_later = stats_of(queue).await;
+    assert_eq!(stats_later.completed, size, "{stats} / {stats_later}");
+    assert_eq!(
+        stats_later.running, 1,
+        "one holder of the scope at a time: {stats_later}"
+    );
+    assert_eq!(
+        stats_later.pending,
+        size - 1,
+        "the other scoped jobs wait: {stats_later}"
+    );
+}
+
+async fn stats_of(queue: &Arc<dyn Queue>) -> QueueStats {
+    stats(queue).await
+}
+
+async fn attempts(queue: &Arc<dyn Queue>, id: &str) -> Vec<JobRef> {
+    let retryable = queue.as_retryable().expect("a retryable queue");
+    retryable.get_all_attempts(id).await.expect("attempts")
+}
+
+async fn retry_once(queue: &Arc<dyn Queue>, prefix: &str) {
+    let id = format!("{prefix}-job");
+    queue
+        .put(RetryOnce::new(Base::with_id(&id), prefix))
+        .await
+        .expect("put");
+    amboy::wait(&**queue).await.expect("wait");
+    assert_eq!(counter(prefix).load(Ordering::SeqCst), 2, "ran twice");
+    let attempts = attempts(queue, &id).await;
+    assert_eq!(attempts.len(), 2);
+    for (n, attempt) in attempts.iter().enumerate() {
+        let retry = attempt.retry_info();
+        assert_eq!(retry.current_attempt, n as u32);
+        assert!(
+            attempt.status().completed && !retry.should_retry(),
+            "{retry:?}"
+        );
+    }
+    assert!(attempts[0].error().is_some() && attempts[1].error().is_none());
+    let in_results = results(queue)
+        .await
+        .iter()
+        .filter(|job| job.id() == id)
+        .count();
+    assert_eq!(in_results, 2, "both attempts are results");
+    let latest = queue.get(&id).await.expect("get");
+    assert_eq!(
+        latest.retry_info().current_attempt,
+        1,
+        "get returns the latest attempt"
+    );
+}
+
+async fn retry_scoped(queue: &Arc<dyn Queue>, prefix: &str, subset: bool) {
+    let scope = format!("{prefix}-scope");
+    let base = Base::with_id(format!("{prefix}-retrying"));
+    let base = if subset {
+        base.with_scopes([scope.clone(), format!("{prefix}-other")])
+            .with_enqueue_scopes([scope.clone()])
+    } else {
+        base.with_scopes([scope.clone()]).with_enqueue_all_scopes()
+    };
+    queue.put(RetryOnce::new(base, prefix)).await.expect("put");
+    amboy::wait(&**queue).await.expect("wait");
+    assert_eq!(counter(prefix).load(Ordering::SeqCst), 2);
+    // The scope went from attempt to attempt and is free once the job stopped retrying.
+    let later = Count {
+        base: Base::with_id(format!("{prefix}-later"))
+            .with_scopes([scope])
+            .with_enqueue_all_scopes(),
+        counter: format!("{prefix}-later"),
+    };
+    queue
+        .put(Arc::new(later))
+        .await
+        .expect("the scope is free again");
+    amboy::wait(&**queue).await.expect("wait");
+    let stats = stats(queue).await;
+    assert_eq!(
+        (stats.completed, stats.total, stats.retrying),
+        (3, 3, 0),
+        "{stats}"
+    );
+    assert_eq!(
+        counter(&format!("{prefix}-later")).load(Ordering::SeqCst),
+        1
+    );
+}
+
+async fn retry_stale(queue: &Arc<dyn Queue>, prefix: &str) {
+    let id = format!("{prefix}-stale");
+    let job = RetryOnce::new(Base::with_id(&id), prefix);
+    {
+        let mut meta = job.base().metadata();
+        meta.status.completed = true;
+        meta.retry_info.needs_retry = true;
+        let long_ago = queue.info().lock_timeout * 100;
+        meta.status.modification_time =
+            Some(Utc::now() - TimeDelta::from_std(long_ago).expect("in range"));
+    }
+    queue.put(job).await.expect("put");
+    assert_eq!(stats(queue).await.retrying, 1);
+    // The stale-retrying monitor finds it and the retry handler enqueues attempt 1.
+    amboy::wait(&**queue).await.expect("wait");
+    let stats = stats(queue).await;
+    assert_eq!((stats.total, stats.completed), (2, 2), "{stats}");
+    let attempts = attempts(queue, &id).await;
+    assert_eq!(attempts.len(), 2);
+    for attempt in &attempts {
+        let retry = attempt.retry_info();
+        assert!(retry.retryable && !retry.needs_retry, "{retry:?}");
+    }
+    assert_eq!(
+        counter(prefix).load(Ordering::SeqCst),
+        1,
+        "only attempt 1 ran here"
+    );
 }

@@ -1,17 +1,24 @@
 //! The conformance matrix: every scenario, for every queue × runner × size.
 
 use amboy_tests::cases::{
-    ADAPTIVE_ORDERING, DEPENDENCY_ORDERED, LIMITED_SIZE, LIMITED_SIZE_SERIALIZABLE, LOCAL_WORKERS, PRIORITY, SHUFFLED,
+    ADAPTIVE_ORDERING, DEPENDENCY_ORDERED, LIMITED_SIZE, LIMITED_SIZE_SERIALIZABLE, LOCAL_WORKERS,
+    PRIORITY, SHUFFLED,
 };
 use amboy_tests::scenarios::{Scenario, run};
 
-/// One test per scenario for a (queue, runner, size).
+/// One test per scenario for a (queue, runner, size); `[retry]` adds the retry scenarios.
 macro_rules! scenarios {
-    ($queue:expr, $runner:expr, $size:expr) => {
+    ([] $queue:expr, $runner:expr, $size:expr) => {
         scenarios!(@each $queue, $runner, $size;
             basic => Basic, wait_until => WaitUntil, dispatch_by => DispatchBy, max_time => MaxTime,
             one_execution => OneExecution, enqueue_scopes => EnqueueScopes,
-            save_locking_check => SaveLockingCheck);
+            save_locking_check => SaveLockingCheck, scoped_lock => ScopedLock);
+    };
+    ([retry] $queue:expr, $runner:expr, $size:expr) => {
+        scenarios!([] $queue, $runner, $size);
+        scenarios!(@each $queue, $runner, $size;
+            retry_once => RetryOnce, retry_scoped_all => RetryScopedAll,
+            retry_scoped_subset => RetryScopedSubset, retry_stale => RetryStale);
     };
     (@each $queue:expr, $runner:expr, $size:expr; $($test:ident => $scenario:ident),*) => {
         $(
@@ -25,30 +32,30 @@ macro_rules! scenarios {
 
 /// The scenarios at every size of amboy's matrix.
 macro_rules! sizes {
-    ($queue:expr, $runner:expr) => {
-        sizes!(@each $queue, $runner; size_1 => 1, size_2 => 2, size_4 => 4, size_8 => 8,
-            size_16 => 16, size_32 => 32, size_64 => 64);
-    };
-    (@each $queue:expr, $runner:expr; $($module:ident => $size:expr),*) => {
+    (@each $kind:tt $queue:expr, $runner:expr; $($module:ident => $size:expr),*) => {
         $(
             mod $module {
                 use super::*;
-                scenarios!($queue, $runner, $size);
+                scenarios!($kind $queue, $runner, $size);
             }
         )*
     };
+    ($kind:tt $queue:expr, $runner:expr) => {
+        sizes!(@each $kind $queue, $runner; size_1 => 1, size_2 => 2, size_4 => 4, size_8 => 8,
+            size_16 => 16, size_32 => 32, size_64 => 64);
+    };
 }
 
-/// Every runner for one queue.
+/// Every runner for each queue; `[retry]` adds the retry scenarios.
 macro_rules! runners {
-    ($($queue_module:ident => $queue:expr),* $(,)?) => {
+    ($kind:tt $($queue_module:ident => $queue:expr),* $(,)?) => {
         $(
             mod $queue_module {
                 use super::*;
 
                 mod local_workers {
                     use super::*;
-                    sizes!($queue, LOCAL_WORKERS);
+                    sizes!($kind $queue, LOCAL_WORKERS);
                 }
             }
         )*
@@ -56,10 +63,15 @@ macro_rules! runners {
 }
 
 runners! {
+    []
     limited_size => LIMITED_SIZE,
-    limited_size_serializable => LIMITED_SIZE_SERIALIZABLE,
     priority => PRIORITY,
     shuffled => SHUFFLED,
     dependency_ordered => DEPENDENCY_ORDERED,
     adaptive_ordering => ADAPTIVE_ORDERING,
+}
+
+runners! {
+    [retry]
+    limited_size_serializable => LIMITED_SIZE_SERIALIZABLE,
 }

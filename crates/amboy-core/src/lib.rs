@@ -3,7 +3,8 @@
 //! [`QueueGroup`] and [`QueueOptions`] traits; the info types ([`JobType`], [`JobStatusInfo`],
 //! [`JobTimeInfo`], [`JobRetryInfo`], [`JobInfo`], [`QueueInfo`], [`QueueStats`],
 //! [`RetryHandlerOptions`]); the shared [`Error`] kinds; and the helpers that work over any queue
-//! (enqueue-unique, [`report`], [`run_job`], the [`wait`] family).
+//! (enqueue-unique, [`report`], [`run_job`], the [`wait`] family, periodic queue operations such
+//! as [`interval_queue_operation`]).
 //!
 //! Every other amboy crate depends on this one, and it depends on none of them except
 //! `amboy-dependency` (a job carries a dependency manager). It holds no storage and no worker
@@ -20,6 +21,7 @@ mod error;
 mod info;
 mod job;
 mod meta;
+mod periodic;
 mod queue;
 mod runner;
 mod serde_util;
@@ -39,6 +41,11 @@ pub use job::{
 };
 pub use meta::{
     QueueReport, enqueue_many_unique, enqueue_unique, populate_queue, report, resolve_errors,
+};
+pub use periodic::{
+    GroupQueueCheck, GroupQueueOperation, PeriodicHandle, QueueOperation, QueueOperationConfig,
+    group_queue_operations, interval_group_queue_operation, interval_queue_operation,
+    next_aligned_start, schedule_job, schedule_jobs_from_generator, schedule_many_jobs,
 };
 pub use queue::{
     JobInfoStream, JobStream, Queue, QueueGroup, QueueOptions, RetryableQueue, with_retryable_queue,

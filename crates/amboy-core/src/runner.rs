@@ -122,7 +122,11 @@ pub async fn execute_job(
     async {
         // A job with a time limit gets a token of its own, cancelled when the limit passes, so
         // that work it spawned stops too; other jobs share the caller's token.
-        let token = if max_time.is_zero() { cancel.clone() } else { cancel.child_token() };
+        let token = if max_time.is_zero() {
+            cancel.clone()
+        } else {
+            cancel.child_token()
+        };
         let ctx = JobContext::with_token(token).with_deadline(max_time_deadline(max_time));
         let outcome = execute(&**job, &ctx).await;
         if outcome == RunOutcome::TimedOut {
@@ -134,7 +138,10 @@ pub async fn execute_job(
         }
         let (should_retry, failed) = {
             let meta = job.base().metadata();
-            (meta.retry_info.should_retry(), !meta.status.errors.is_empty())
+            (
+                meta.retry_info.should_retry(),
+                !meta.status.errors.is_empty(),
+            )
         };
         if should_retry {
             hand_to_retry_handler(queue, job).await;

@@ -91,7 +91,12 @@ mod tests {
     fn unknown_check_is_unresolved() {
         let manager = CheckManager::new("amboy-test-no-such-check");
         assert_eq!(manager.state(), State::Unresolved);
-        assert!(manager.state_reason().unwrap().contains("amboy-test-no-such-check"));
+        assert!(
+            manager
+                .state_reason()
+                .unwrap()
+                .contains("amboy-test-no-such-check")
+        );
         assert_eq!(
             manager.check().unwrap_err().to_string(),
             "no dependency check named 'amboy-test-no-such-check' is registered"

@@ -49,7 +49,11 @@ impl Dependencies {
     /// Takes in a job being put. `known` says whether a job ID is stored in the queue. Returns
     /// `Ok(None)` if the job waits (for edges, or for its manager), or the verdict now. An edge to
     /// a job the queue does not know, or to the job itself, is an error naming both.
-    pub(crate) fn admit(&self, job: &JobRef, known: impl Fn(&str) -> bool) -> Result<Option<Verdict>> {
+    pub(crate) fn admit(
+        &self,
+        job: &JobRef,
+        known: impl Fn(&str) -> bool,
+    ) -> Result<Option<Verdict>> {
         let id = job.base().shared_id().clone();
         let manager = job.base().metadata().dependency.clone();
         let Some(manager) = manager else {
@@ -60,7 +64,10 @@ impl Dependencies {
         let mut unmet = Vec::new();
         for edge in &edges {
             if **edge == *id {
-                return Err(Error::invalid_job(&*id, format!("it depends on itself, a cycle ('{id}' -> '{id}')")));
+                return Err(Error::invalid_job(
+                    &*id,
+                    format!("it depends on itself, a cycle ('{id}' -> '{id}')"),
+                ));
             }
             if graph.expired.contains(edge.as_str()) {
                 drop(graph);
@@ -73,7 +80,10 @@ impl Dependencies {
                 continue;
             }
             if !known(edge) {
-                return Err(Error::invalid_job(&*id, format!("it depends on unknown job '{edge}'")));
+                return Err(Error::invalid_job(
+                    &*id,
+                    format!("it depends on unknown job '{edge}'"),
+                ));
             }
             unmet.push(edge.as_str());
         }
@@ -81,7 +91,11 @@ impl Dependencies {
             return Ok(graph.judge(job.clone(), &*manager));
         }
         for edge in &unmet {
-            graph.dependents.entry(Arc::from(*edge)).or_default().push(id.clone());
+            graph
+                .dependents
+                .entry(Arc::from(*edge))
+                .or_default()
+                .push(id.clone());
         }
         graph.waiting.insert(
             id,
@@ -161,11 +175,17 @@ impl Graph {
                 let reason = manager
                     .state_reason()
                     .map(|reason| format!("dependency unresolved: {reason}"))
-                    .unwrap_or_else(|| format!("dependency unresolved: the '{}' manager cannot be satisfied", manager.manager_type().name));
+                    .unwrap_or_else(|| {
+                        format!(
+                            "dependency unresolved: the '{}' manager cannot be satisfied",
+                            manager.manager_type().name
+                        )
+                    });
                 Some(Verdict::Fail(job, reason))
             }
             State::Blocked => {
-                self.blocked_by_state.insert(job.base().shared_id().clone(), job);
+                self.blocked_by_state
+                    .insert(job.base().shared_id().clone(), job);
                 None
             }
         }
@@ -200,7 +220,12 @@ pub(crate) fn order_batch(jobs: Vec<JobRef>) -> (Vec<JobRef>, Vec<Error>) {
         .map(|job| {
             let manager = job.base().metadata().dependency.clone();
             manager
-                .map(|m| m.edges().iter().filter_map(|edge| ids.get(edge.as_str()).copied()).collect())
+                .map(|m| {
+                    m.edges()
+                        .iter()
+                        .filter_map(|edge| ids.get(edge.as_str()).copied())
+                        .collect()
+                })
                 .unwrap_or_default()
         })
         .collect();
@@ -213,7 +238,8 @@ pub(crate) fn order_batch(jobs: Vec<JobRef>) -> (Vec<JobRef>, Vec<Error>) {
 
     // Kahn's algorithm, keeping the batch's order among independent jobs.
     let mut unmet: Vec<usize> = edges.iter().map(Vec::len).collect();
-    let mut ready: std::collections::VecDeque<usize> = (0..jobs.len()).filter(|&i| unmet[i] == 0).collect();
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..jobs.len()).filter(|&i| unmet[i] == 0).collect();
     let mut order = Vec::with_capacity(jobs.len());
     while let Some(next) = ready.pop_front() {
         order.push(next);
@@ -246,7 +272,11 @@ pub(crate) fn order_batch(jobs: Vec<JobRef>) -> (Vec<JobRef>, Vec<Error>) {
         }
         let mut members: Vec<&str> = on_cycle.iter().map(|&i| jobs[i].id()).collect();
         members.sort_unstable();
-        let cycle = members.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(", ");
+        let cycle = members
+            .iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut left: Vec<usize> = left.into_iter().collect();
         left.sort_unstable();
         for i in left {

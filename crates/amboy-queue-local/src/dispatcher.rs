@@ -77,7 +77,10 @@ impl Dispatcher {
     /// and locked by the owner. Follow it with [`track`](Self::track) once the lock is released.
     pub fn mark(&self, id: &str, meta: &mut Metadata, now: DateTime<Utc>) -> Result<()> {
         if !meta.is_dispatchable(self.lock_timeout, now) {
-            return Err(Error::invalid_job(id, "cannot dispatch in progress or completed job"));
+            return Err(Error::invalid_job(
+                id,
+                "cannot dispatch in progress or completed job",
+            ));
         }
         meta.time_info.start = Some(now);
         meta.status.in_progress = true;

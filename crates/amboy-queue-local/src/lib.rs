@@ -1,7 +1,7 @@
 //! In-memory amboy queues, the embedded default: the [`LocalQueue`] engine and its kinds
 //! ([`LimitedSizeQueue`], [`PriorityQueue`], [`ShuffledQueue`], [`DependencyOrderedQueue`],
 //! [`AdaptiveOrderingQueue`]), the retryable [`LimitedSizeSerializableQueue`] that stores copies
-//! of its jobs, the [`Dispatcher`] that locks dispatched jobs and keeps their
+//! of its jobs, the [`LocalQueueGroup`] of named queues, the [`Dispatcher`] that locks dispatched jobs and keeps their
 //! locks alive, and the [`ScopeManager`] that enforces scopes.
 //!
 //! Depend on this crate (or the `amboy` facade's default features) to run jobs inside one
@@ -20,16 +20,21 @@ mod delayed;
 mod deps;
 mod dispatcher;
 mod gate;
+mod group;
 mod line;
 mod queue;
 mod scope;
 mod serializable;
 
 pub use dispatcher::Dispatcher;
+pub use group::{
+    CleanupHook, GroupCache, LocalGroupQueueOptions, LocalQueueGroup, LocalQueueGroupOptions,
+    QueueConstructor,
+};
 pub use line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
 pub use queue::{
-    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LocalQueue, LocalQueueOptions, PriorityQueue,
-    ShuffledQueue,
+    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LocalQueue, LocalQueueOptions,
+    PriorityQueue, ShuffledQueue,
 };
 pub use scope::{Parked, ScopeManager};
 pub use serializable::{LimitedSizeSerializableQueue, SerializableQueueOptions};

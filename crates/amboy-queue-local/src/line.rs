@@ -157,11 +157,19 @@ impl Line for ByPriority {
     fn push(&self, job: JobRef) {
         let priority = job.base().metadata().priority;
         let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
-        self.heap.push(|heap| heap.push(Prioritized { priority, sequence, job }));
+        self.heap.push(|heap| {
+            heap.push(Prioritized {
+                priority,
+                sequence,
+                job,
+            })
+        });
     }
 
     async fn pop(&self) -> Option<JobRef> {
-        self.heap.pop(|heap| heap.pop().map(|entry| entry.job)).await
+        self.heap
+            .pop(|heap| heap.pop().map(|entry| entry.job))
+            .await
     }
 
     fn close(&self) {

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue, QueueInfo, QueueStats, Result,
-    Runner, collate_write_errors,
+    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue, QueueInfo,
+    QueueStats, Result, Runner, collate_write_errors,
 };
 use async_trait::async_trait;
 use chrono::Utc;
@@ -184,7 +184,9 @@ impl<L: Line> LocalQueue<L> {
     }
 
     fn arc(&self) -> Arc<dyn Queue> {
-        self.this.upgrade().expect("a queue method runs while the queue is alive")
+        self.this
+            .upgrade()
+            .expect("a queue method runs while the queue is alive")
     }
 
     /// Sends a job to the line, or to the timer heap if it must wait.
@@ -226,7 +228,12 @@ impl<L: Line> LocalQueue<L> {
             self.delayed.push(at, job);
             return Taken::Skipped;
         }
-        if !meta.scopes.is_empty() && self.scopes.acquire_or_wait(id, &meta.scopes, job.clone()).is_err() {
+        if !meta.scopes.is_empty()
+            && self
+                .scopes
+                .acquire_or_wait(id, &meta.scopes, job.clone())
+                .is_err()
+        {
             // Parked beside the scope: the release freeing it puts the job back in line.
             return Taken::Skipped;
         }
@@ -271,7 +278,9 @@ impl<L: Line> LocalQueue<L> {
             .collect();
         match self.scopes.release(id, &held) {
             Ok(woken) => self.requeue(woken),
-            Err(error) => tracing::warn!(queue_id = %self.id, job_id = id, error = %error, "could not release scopes"),
+            Err(error) => {
+                tracing::warn!(queue_id = %self.id, job_id = id, error = %error, "could not release scopes")
+            }
         }
     }
 
@@ -289,7 +298,11 @@ impl<L: Line> LocalQueue<L> {
         meta.status.in_progress = false;
         meta.status.modification_time = Some(now);
         meta.status.modification_count += 1;
-        Some(if meta.scopes.is_empty() { Vec::new() } else { meta.scopes.clone() })
+        Some(if meta.scopes.is_empty() {
+            Vec::new()
+        } else {
+            meta.scopes.clone()
+        })
     }
 
     /// Everything that follows a job's completion: its scopes, the counts, retention, and the
@@ -397,15 +410,17 @@ impl<L: Line> LocalQueue<L> {
         }
         let verdict = match &self.dependencies {
             None => Some(Verdict::Run(job)),
-            Some(dependencies) => match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
-                Ok(verdict) => verdict,
-                Err(error) => {
-                    self.jobs.remove(&id);
-                    self.release_scopes(&id, &enqueue_scopes);
-                    self.gate.give_back();
-                    return Err(error);
+            Some(dependencies) => {
+                match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
+                    Ok(verdict) => verdict,
+                    Err(error) => {
+                        self.jobs.remove(&id);
+                        self.release_scopes(&id, &enqueue_scopes);
+                        self.gate.give_back();
+                        return Err(error);
+                    }
                 }
-            },
+            }
         };
         self.counts.total.fetch_add(1, Ordering::SeqCst);
         if let Some(verdict) = verdict {
@@ -416,7 +431,12 @@ impl<L: Line> LocalQueue<L> {
 
     /// Moves jobs from the timer heap to the line when their time comes, and asks blocked
     /// managers again now and then.
-    async fn run_timer(queue: Weak<Self>, delayed: Arc<Delayed<JobRef>>, line: Arc<L>, lifetime: CancellationToken) {
+    async fn run_timer(
+        queue: Weak<Self>,
+        delayed: Arc<Delayed<JobRef>>,
+        line: Arc<L>,
+        lifetime: CancellationToken,
+    ) {
         let mut last_recheck = tokio::time::Instant::now();
         loop {
             let (due, wait) = delayed.take_due(Utc::now());
@@ -455,7 +475,11 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
-        let (jobs, mut errors) = if L::DEPENDENCIES { order_batch(jobs) } else { (jobs, Vec::new()) };
+        let (jobs, mut errors) = if L::DEPENDENCIES {
+            order_batch(jobs)
+        } else {
+            (jobs, Vec::new())
+        };
         for job in jobs {
             if let Err(error) = self.put_one(job).await {
                 errors.push(error);
@@ -511,10 +535,10 @@ impl<L: Line> Queue for LocalQueue<L> {
         };
         if !dispatched {
             // Completed from outside while pending or blocked.
-            if let Some(dependencies) = &self.dependencies {
-                if dependencies.forget(id) {
-                    self.gate.give_back();
-                }
+            if let Some(dependencies) = &self.dependencies
+                && dependencies.forget(id)
+            {
+                self.gate.give_back();
             }
         }
         self.finish(id, &scopes);
@@ -551,7 +575,11 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     async fn job_info(&self) -> JobInfoStream {
-        let infos: Vec<Result<JobInfo>> = self.jobs.iter().map(|entry| Ok(JobInfo::new(&**entry))).collect();
+        let infos: Vec<Result<JobInfo>> = self
+            .jobs
+            .iter()
+            .map(|entry| Ok(JobInfo::new(&**entry)))
+            .collect();
         Box::pin(stream::iter(infos))
     }
 
@@ -564,7 +592,11 @@ impl<L: Line> Queue for LocalQueue<L> {
         let blocked = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
         let unfinished = total.saturating_sub(completed + expired);
         let blocked = blocked.min(unfinished);
-        let pending = self.gate.taken().saturating_sub(blocked).min(unfinished - blocked);
+        let pending = self
+            .gate
+            .taken()
+            .saturating_sub(blocked)
+            .min(unfinished - blocked);
         let mut stats = QueueStats {
             running: unfinished - blocked - pending,
             completed,

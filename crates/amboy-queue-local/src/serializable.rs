@@ -7,8 +7,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobInfo, JobInfoStream, JobRef, JobStatusInfo, JobStream, JobType, LOCK_TIMEOUT, Queue, QueueInfo,
-    QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
+    Error, JobInfo, JobInfoStream, JobRef, JobStatusInfo, JobStream, JobType, LOCK_TIMEOUT, Queue,
+    QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
 };
 use amboy_registry::JobInterchange;
 use async_trait::async_trait;
@@ -52,7 +52,9 @@ impl SerializableQueueOptions {
     /// Checks the options and fills in defaults.
     pub fn validate(&mut self) -> Result<()> {
         if self.capacity == 0 {
-            return Err(Error::invalid("serializable queue capacity must be at least 1"));
+            return Err(Error::invalid(
+                "serializable queue capacity must be at least 1",
+            ));
         }
         if self.lock_timeout.is_zero() {
             return Err(Error::invalid("lock timeout must be positive"));
@@ -113,6 +115,14 @@ struct Store {
     expired: usize,
 }
 
+/// A job checked and encoded for putting.
+struct Prepared {
+    key: Arc<str>,
+    envelope: JobInterchange,
+    enqueue_scopes: Vec<String>,
+    wait_until: Option<DateTime<Utc>>,
+}
+
 /// The storage key of a job: its ID, or `attempt-<n>.<id>` for a retryable job.
 fn storage_key(id: &str, retryable: bool, attempt: u32) -> Arc<str> {
     if retryable {
@@ -147,7 +157,13 @@ impl Store {
     /// Whether a copy whose status is `copy` may overwrite the stored record (amboy's atomic
     /// query): the stored lock expired or was never taken, or this queue holds it and the copy
     /// is at most one lock ahead.
-    fn lock_allows(stored: &JobStatusInfo, copy: &JobStatusInfo, owner: &str, timeout: Duration, now: DateTime<Utc>) -> bool {
+    fn lock_allows(
+        stored: &JobStatusInfo,
+        copy: &JobStatusInfo,
+        owner: &str,
+        timeout: Duration,
+        now: DateTime<Utc>,
+    ) -> bool {
         let expired = stored
             .modification_time
             .is_none_or(|time| (now - time).to_std().unwrap_or_default() >= timeout);
@@ -163,8 +179,14 @@ impl Store {
     fn retain(&mut self, key: Arc<str>, keep: usize) {
         self.results.push_back(key);
         while self.results.len() > keep {
-            let Some(oldest) = self.results.pop_front() else { break };
-            if self.records.get(&oldest).is_some_and(|record| record.status.completed && !is_retrying(record)) {
+            let Some(oldest) = self.results.pop_front() else {
+                break;
+            };
+            if self
+                .records
+                .get(&oldest)
+                .is_some_and(|record| record.status.completed && !is_retrying(record))
+            {
                 self.records.remove(&oldest);
             }
         }
@@ -196,7 +218,10 @@ impl LimitedSizeSerializableQueue {
     /// A queue with these options.
     pub fn with_options(mut options: SerializableQueueOptions) -> Result<Arc<Self>> {
         options.validate()?;
-        let id: Arc<str> = Arc::from(format!("queue.local.fixed.serializable.{}", uuid::Uuid::new_v4()));
+        let id: Arc<str> = Arc::from(format!(
+            "queue.local.fixed.serializable.{}",
+            uuid::Uuid::new_v4()
+        ));
         let (line_tx, line_rx) = async_channel::unbounded();
         Ok(Arc::new_cyclic(|this| LimitedSizeSerializableQueue {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
@@ -232,7 +257,9 @@ impl LimitedSizeSerializableQueue {
     }
 
     fn arc(&self) -> Arc<LimitedSizeSerializableQueue> {
-        self.this.upgrade().expect("a queue method runs while the queue is alive")
+        self.this
+            .upgrade()
+            .expect("a queue method runs while the queue is alive")
     }
 
     fn route(&self, key: Arc<str>, wait_until: Option<DateTime<Utc>>) {
@@ -250,12 +277,14 @@ impl LimitedSizeSerializableQueue {
         }
     }
 
-    /// Checks and prepares a job being put; returns its key, envelope and `wait_until`.
-    fn prepare(&self, job: &JobRef) -> Result<(Arc<str>, JobInterchange, Vec<String>, Option<DateTime<Utc>>)> {
+    /// Checks and prepares a job being put.
+    fn prepare(&self, job: &JobRef) -> Result<Prepared> {
         let (key, enqueue_scopes, wait_until) = {
             let mut meta = job.base().metadata();
             meta.time_info.created = Some(Utc::now());
-            meta.time_info.validate().map_err(|error| Error::invalid_job(job.id(), error))?;
+            meta.time_info
+                .validate()
+                .map_err(|error| Error::invalid_job(job.id(), error))?;
             if meta.retry_info.retryable {
                 meta.retry_info.base_job_id = job.id().to_owned();
             }
@@ -264,30 +293,61 @@ impl LimitedSizeSerializableQueue {
             } else {
                 job.base().shared_id().clone()
             };
-            (key, meta.effective_enqueue_scopes(), meta.time_info.wait_until)
+            (
+                key,
+                meta.effective_enqueue_scopes(),
+                meta.time_info.wait_until,
+            )
         };
-        Ok((key, encode(job)?, enqueue_scopes, wait_until))
+        Ok(Prepared {
+            key,
+            envelope: encode(job)?,
+            enqueue_scopes,
+            wait_until,
+        })
     }
 
     async fn put_one(&self, job: JobRef) -> Result<()> {
         if self.lifetime.is_cancelled() {
             return Err(Error::Closed("queue"));
         }
-        let (key, envelope, enqueue_scopes, wait_until) = self.prepare(&job)?;
+        let Prepared {
+            key,
+            envelope,
+            enqueue_scopes,
+            wait_until,
+        } = self.prepare(&job)?;
+        // A job put as already completed (restored from elsewhere, say) is recorded, not run;
+        // if it asks to retry, the stale-retrying monitor picks it up.
+        let finished = envelope.status.completed;
         {
             let mut store = self.store.lock();
             if store.records.contains_key(&key) {
                 return Err(Error::duplicate_job(job.id()));
             }
-            if store.pending >= self.options.capacity {
-                return Err(Error::QueueFull { id: job.id().to_owned() });
+            if !finished && store.pending >= self.options.capacity {
+                return Err(Error::QueueFull {
+                    id: job.id().to_owned(),
+                });
             }
             self.scopes.acquire(&key, &enqueue_scopes)?;
+            let retrying = is_retrying(&envelope);
             store.records.insert(key.clone(), envelope);
-            store.pending += 1;
             store.total += 1;
+            if !finished {
+                store.pending += 1;
+            } else if retrying {
+                store.completed += 1;
+                store.retrying += 1;
+            } else {
+                store.completed += 1;
+                store.retain(key, self.options.capacity - 1);
+                return Ok(());
+            }
         }
-        self.route(key, wait_until);
+        if !finished {
+            self.route(key, wait_until);
+        }
         Ok(())
     }
 
@@ -330,7 +390,12 @@ impl LimitedSizeSerializableQueue {
             self.delayed.push(at, key);
             return None;
         }
-        if !meta.scopes.is_empty() && self.scopes.acquire_or_wait(&key, &meta.scopes, key.clone()).is_err() {
+        if !meta.scopes.is_empty()
+            && self
+                .scopes
+                .acquire_or_wait(&key, &meta.scopes, key.clone())
+                .is_err()
+        {
             return None;
         }
         if let Err(error) = self.dispatcher.mark(job.id(), &mut meta, now) {
@@ -364,18 +429,32 @@ impl LimitedSizeSerializableQueue {
             .collect();
         match self.scopes.release(key, &held) {
             Ok(woken) => self.requeue(woken),
-            Err(error) => tracing::warn!(queue_id = %self.id, key, error = %error, "could not release scopes"),
+            Err(error) => {
+                tracing::warn!(queue_id = %self.id, key, error = %error, "could not release scopes")
+            }
         }
     }
 
     /// The stored record under `key`, checked against the copy's lock.
-    fn check_lock(&self, store: &Store, key: &Arc<str>, job: &JobRef, now: DateTime<Utc>) -> Result<()> {
+    fn check_lock(
+        &self,
+        store: &Store,
+        key: &Arc<str>,
+        job: &JobRef,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let record = store
             .records
             .get(key)
             .ok_or_else(|| Error::job_not_found_because(job.id(), "not owned by the queue"))?;
         let copy = job.base().metadata().status.clone();
-        if !Store::lock_allows(&record.status, &copy, &self.id, self.options.lock_timeout, now) {
+        if !Store::lock_allows(
+            &record.status,
+            &copy,
+            &self.id,
+            self.options.lock_timeout,
+            now,
+        ) {
             return Err(Error::job_not_found_because(
                 job.id(),
                 format!(
@@ -390,7 +469,13 @@ impl LimitedSizeSerializableQueue {
     }
 
     /// Completes `job` under the store's lock; returns the scopes to release.
-    fn complete_locked(&self, store: &mut Store, key: &Arc<str>, job: &JobRef, dispatched: bool) -> Result<Vec<String>> {
+    fn complete_locked(
+        &self,
+        store: &mut Store,
+        key: &Arc<str>,
+        job: &JobRef,
+        dispatched: bool,
+    ) -> Result<Vec<String>> {
         let now = Utc::now();
         self.check_lock(store, key, job, now)?;
         let was_completed = store.records[key].status.completed;
@@ -405,8 +490,17 @@ impl LimitedSizeSerializableQueue {
             meta.status.modification_count += 1;
             let should_retry = meta.retry_info.should_retry();
             // A retrying job keeps its enqueue scopes for its next attempt.
-            let keep = if should_retry { meta.effective_enqueue_scopes() } else { Vec::new() };
-            let release: Vec<String> = meta.scopes.iter().filter(|s| !keep.contains(s)).cloned().collect();
+            let keep = if should_retry {
+                meta.effective_enqueue_scopes()
+            } else {
+                Vec::new()
+            };
+            let release: Vec<String> = meta
+                .scopes
+                .iter()
+                .filter(|s| !keep.contains(s))
+                .cloned()
+                .collect();
             (release, should_retry)
         };
         let envelope = encode(job)?;
@@ -421,14 +515,20 @@ impl LimitedSizeSerializableQueue {
                 store.retrying -= 1;
                 store.retain(key.clone(), self.options.capacity - 1);
             }
-            (false, false) if !was_completed => store.retain(key.clone(), self.options.capacity - 1),
+            (false, false) if !was_completed => {
+                store.retain(key.clone(), self.options.capacity - 1)
+            }
             _ => {}
         }
         Ok(scopes)
     }
 
     /// Hands retrying jobs whose retry was never processed to the retry handler.
-    async fn monitor_stale_retrying(queue: Weak<Self>, interval: Duration, lifetime: CancellationToken) {
+    async fn monitor_stale_retrying(
+        queue: Weak<Self>,
+        interval: Duration,
+        lifetime: CancellationToken,
+    ) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -437,7 +537,9 @@ impl LimitedSizeSerializableQueue {
                 _ = ticks.tick() => {}
             }
             let Some(queue) = queue.upgrade() else { return };
-            let Some(handler) = queue.retry_handler() else { continue };
+            let Some(handler) = queue.retry_handler() else {
+                continue;
+            };
             for job in queue.stale_retrying() {
                 if let Err(error) = handler.put(job).await {
                     tracing::warn!(queue_id = %queue.id, error = %error, "could not hand a stale retrying job over");
@@ -463,7 +565,11 @@ impl LimitedSizeSerializableQueue {
             .collect()
     }
 
-    async fn run_timer(delayed: Arc<Delayed<Arc<str>>>, line: async_channel::Sender<Arc<str>>, lifetime: CancellationToken) {
+    async fn run_timer(
+        delayed: Arc<Delayed<Arc<str>>>,
+        line: async_channel::Sender<Arc<str>>,
+        lifetime: CancellationToken,
+    ) {
         loop {
             let (due, wait) = delayed.take_due(Utc::now());
             for key in due {
@@ -500,7 +606,9 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn get(&self, id: &str) -> Result<JobRef> {
         let store = self.store.lock();
-        let key = store.latest_key(id).ok_or_else(|| Error::job_not_found(id))?;
+        let key = store
+            .latest_key(id)
+            .ok_or_else(|| Error::job_not_found(id))?;
         decode(&store.records[&key])
     }
 
@@ -551,7 +659,9 @@ impl Queue for LimitedSizeSerializableQueue {
         let jobs: Vec<Result<JobRef>> = store
             .records
             .values()
-            .filter(|record| record.status.completed && !is_retrying(record) && !record.status.in_progress)
+            .filter(|record| {
+                record.status.completed && !is_retrying(record) && !record.status.in_progress
+            })
             .map(decode)
             .collect();
         Box::pin(stream::iter(jobs))
@@ -615,7 +725,11 @@ impl Queue for LimitedSizeSerializableQueue {
         let this = self.arc();
         let as_queue: Arc<dyn Queue> = this.clone();
         self.dispatcher.start_heartbeat(Arc::downgrade(&as_queue));
-        let timer = Self::run_timer(self.delayed.clone(), self.line_tx.clone(), self.lifetime.clone());
+        let timer = Self::run_timer(
+            self.delayed.clone(),
+            self.line_tx.clone(),
+            self.lifetime.clone(),
+        );
         let monitor = Self::monitor_stale_retrying(
             self.this.clone(),
             self.options.stale_retrying_monitor_interval,
@@ -664,7 +778,10 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
     }
 
     fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
-        if self.retry_handler().is_some_and(|current| current.started()) {
+        if self
+            .retry_handler()
+            .is_some_and(|current| current.started())
+        {
             return Err(Error::AlreadyStarted("retry handler"));
         }
         handler.set_queue(self.arc())?;
@@ -699,7 +816,12 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
 
     async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
         let key = key_of(to_complete);
-        let (put_key, envelope, enqueue_scopes, wait_until) = self.prepare(&to_put)?;
+        let Prepared {
+            key: put_key,
+            envelope,
+            enqueue_scopes,
+            wait_until,
+        } = self.prepare(&to_put)?;
         let woken = {
             let mut store = self.store.lock();
             self.check_lock(&store, &key, to_complete, Utc::now())?;
@@ -707,10 +829,14 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
                 return Err(Error::duplicate_job(to_put.id()));
             }
             if store.pending >= self.options.capacity {
-                return Err(Error::QueueFull { id: to_put.id().to_owned() });
+                return Err(Error::QueueFull {
+                    id: to_put.id().to_owned(),
+                });
             }
             let release = to_complete.scopes();
-            let woken = self.scopes.release_and_acquire(&key, &release, &put_key, &enqueue_scopes)?;
+            let woken =
+                self.scopes
+                    .release_and_acquire(&key, &release, &put_key, &enqueue_scopes)?;
             {
                 let mut meta = to_complete.base().metadata();
                 meta.retry_info.needs_retry = false;
@@ -722,7 +848,9 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
             };
             if let Err(error) = completed {
                 // Put the scopes back as they were.
-                let _ = self.scopes.release_and_acquire(&put_key, &enqueue_scopes, &key, &release);
+                let _ = self
+                    .scopes
+                    .release_and_acquire(&put_key, &enqueue_scopes, &key, &release);
                 return Err(error);
             }
             store.records.insert(put_key.clone(), envelope);

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use amboy_core::dependency::{CheckManager, Manager, MockDependency, State, register_check};
 use amboy_core::{Base, Error, Job, JobContext, JobError, JobRef, Queue, Result, Runner};
-use amboy_queue_local::{AdaptiveOrderingQueue, DependencyOrderedQueue, LocalQueue, Line, PriorityQueue, ShuffledQueue};
+use amboy_queue_local::{
+    AdaptiveOrderingQueue, DependencyOrderedQueue, Line, LocalQueue, PriorityQueue, ShuffledQueue,
+};
 use amboy_runner::LocalWorkers;
 use chrono::{TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -114,7 +116,10 @@ async fn running<L: Line>(queue: Arc<LocalQueue<L>>, workers: usize) -> Arc<Loca
 
 /// Takes the next job and completes it, returning its ID.
 async fn next_id(queue: &dyn Queue) -> String {
-    let job = timeout(PROMPTLY, queue.next()).await.expect("a job is ready").expect("open");
+    let job = timeout(PROMPTLY, queue.next())
+        .await
+        .expect("a job is ready")
+        .expect("open");
     queue.complete(&job).await.unwrap();
     job.id().to_owned()
 }
@@ -122,7 +127,13 @@ async fn next_id(queue: &dyn Queue) -> String {
 #[tokio::test]
 async fn priority_queue_takes_higher_priorities_first_fifo_among_equals() {
     let queue = idle(PriorityQueue::new(100)).await;
-    for (id, priority) in [("low", 1), ("high-1", 5), ("mid", 3), ("high-2", 5), ("negative", -2)] {
+    for (id, priority) in [
+        ("low", 1),
+        ("high-1", 5),
+        ("mid", 3),
+        ("high-2", 5),
+        ("negative", -2),
+    ] {
         let job = step("priority", id, &[]);
         job.set_priority(priority);
         queue.put(job).await.unwrap();
@@ -155,11 +166,19 @@ async fn priority_queue_honours_wait_until_and_dispatch_by() {
     queue.put(step("priority-times", "now", &[])).await.unwrap();
     // The expired job is dropped and the waiting one is not handed out before its time.
     assert_eq!(next_id(&*queue).await, "now");
-    assert!(timeout(Duration::from_millis(50), queue.next()).await.is_err());
+    assert!(
+        timeout(Duration::from_millis(50), queue.next())
+            .await
+            .is_err()
+    );
     // amboy's priority queue re-inserted waiting jobs into itself and failed; ours waits.
     assert_eq!(next_id(&*queue).await, "soon");
     let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.completed, stats.expired, stats.total), (2, 1, 3), "{stats}");
+    assert_eq!(
+        (stats.completed, stats.expired, stats.total),
+        (2, 1, 3),
+        "{stats}"
+    );
     queue.close().await;
 }
 
@@ -197,10 +216,16 @@ async fn diamond_runs_each_job_after_its_edges() {
     assert_eq!(queue.stats().await.unwrap().blocked, 3);
     assert_eq!(next_id(&*queue).await, "a");
     let middle = [next_id(&*queue).await, next_id(&*queue).await];
-    assert!(middle.contains(&"b".to_owned()) && middle.contains(&"c".to_owned()), "{middle:?}");
+    assert!(
+        middle.contains(&"b".to_owned()) && middle.contains(&"c".to_owned()),
+        "{middle:?}"
+    );
     assert_eq!(next_id(&*queue).await, "d");
     let stats = queue.stats().await.unwrap();
-    assert!(stats.is_complete() && stats.completed == 4 && stats.blocked == 0, "{stats}");
+    assert!(
+        stats.is_complete() && stats.completed == 4 && stats.blocked == 0,
+        "{stats}"
+    );
     queue.close().await;
 }
 
@@ -213,7 +238,9 @@ async fn random_dag<L: Line>(queue: Arc<LocalQueue<L>>, name: &str) {
             Vec::new()
         } else {
             let count = rng.usize(0..4);
-            let mut edges: Vec<String> = (0..count).map(|_| format!("{name}-{}", rng.usize(0..n))).collect();
+            let mut edges: Vec<String> = (0..count)
+                .map(|_| format!("{name}-{}", rng.usize(0..n)))
+                .collect();
             edges.sort();
             edges.dedup();
             edges
@@ -224,11 +251,22 @@ async fn random_dag<L: Line>(queue: Arc<LocalQueue<L>>, name: &str) {
     rng.shuffle(&mut jobs);
     let queue = running(queue, 8).await;
     queue.put_many(jobs).await.unwrap();
-    timeout(Duration::from_secs(60), amboy_core::wait(&*queue)).await.unwrap().unwrap();
+    timeout(Duration::from_secs(60), amboy_core::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
     let stats = queue.stats().await.unwrap();
-    assert_eq!((stats.completed, stats.total, stats.blocked), (JOBS, JOBS, 0), "{stats}");
+    assert_eq!(
+        (stats.completed, stats.total, stats.blocked),
+        (JOBS, JOBS, 0),
+        "{stats}"
+    );
     log(name, |log| {
-        assert!(log.early.is_empty(), "jobs ran before their edges: {:?}", &log.early[..log.early.len().min(5)]);
+        assert!(
+            log.early.is_empty(),
+            "jobs ran before their edges: {:?}",
+            &log.early[..log.early.len().min(5)]
+        );
         assert_eq!(log.ran.len(), JOBS, "every job ran");
         assert_eq!(log.done.len(), JOBS, "and each exactly once");
     });
@@ -259,22 +297,46 @@ async fn cycles_are_rejected_naming_the_jobs() {
     let message = err.to_string();
     assert!(!err.is_duplicate_job());
     for id in ["'x'", "'y'", "'z'"] {
-        assert!(message.contains(&format!("invalid job {id}: it is part of a dependency cycle among 'x', 'y', 'z'")), "{message}");
+        assert!(
+            message.contains(&format!(
+                "invalid job {id}: it is part of a dependency cycle among 'x', 'y', 'z'"
+            )),
+            "{message}"
+        );
     }
-    assert!(message.contains("invalid job 'below': it depends on a dependency cycle among 'x', 'y', 'z'"), "{message}");
-    assert!(queue.get("free").await.is_ok(), "the rest of the batch was put");
+    assert!(
+        message
+            .contains("invalid job 'below': it depends on a dependency cycle among 'x', 'y', 'z'"),
+        "{message}"
+    );
+    assert!(
+        queue.get("free").await.is_ok(),
+        "the rest of the batch was put"
+    );
     assert!(queue.get("x").await.unwrap_err().is_job_not_found());
 
-    let err = queue.put(step("cycle", "self", &["self"])).await.unwrap_err();
-    assert_eq!(err.to_string(), "invalid job 'self': it depends on itself, a cycle ('self' -> 'self')");
+    let err = queue
+        .put(step("cycle", "self", &["self"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid job 'self': it depends on itself, a cycle ('self' -> 'self')"
+    );
     queue.close().await;
 }
 
 #[tokio::test]
 async fn unknown_edges_are_rejected_naming_both_jobs() {
     let queue = idle(DependencyOrderedQueue::new(100)).await;
-    let err = queue.put(step("unknown", "orphan", &["never-put"])).await.unwrap_err();
-    assert_eq!(err.to_string(), "invalid job 'orphan': it depends on unknown job 'never-put'");
+    let err = queue
+        .put(step("unknown", "orphan", &["never-put"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid job 'orphan': it depends on unknown job 'never-put'"
+    );
     assert!(queue.get("orphan").await.unwrap_err().is_job_not_found());
     assert_eq!(queue.stats().await.unwrap().total, 0);
     queue.close().await;
@@ -283,11 +345,23 @@ async fn unknown_edges_are_rejected_naming_both_jobs() {
 #[tokio::test]
 async fn jobs_are_accepted_before_and_after_start() {
     let queue = DependencyOrderedQueue::new(100);
-    queue.put(step("before-after", "before", &[])).await.unwrap();
+    queue
+        .put(step("before-after", "before", &[]))
+        .await
+        .unwrap();
     let queue = running(queue, 2).await;
-    queue.put(step("before-after", "after", &["before"])).await.unwrap();
-    timeout(PROMPTLY, amboy_core::wait(&*queue)).await.unwrap().unwrap();
-    assert_eq!(log("before-after", |log| log.ran.clone()), ["before", "after"]);
+    queue
+        .put(step("before-after", "after", &["before"]))
+        .await
+        .unwrap();
+    timeout(PROMPTLY, amboy_core::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        log("before-after", |log| log.ran.clone()),
+        ["before", "after"]
+    );
     queue.close().await;
 }
 
@@ -295,12 +369,25 @@ async fn jobs_are_accepted_before_and_after_start() {
 async fn passed_jobs_complete_without_running() {
     let queue = running(DependencyOrderedQueue::new(100), 2).await;
     queue.put(step("passed", "first", &[])).await.unwrap();
-    let passed = with_manager("passed", "nothing-to-do", MockDependency::new(State::Passed));
+    let passed = with_manager(
+        "passed",
+        "nothing-to-do",
+        MockDependency::new(State::Passed),
+    );
     passed.dependency().add_edge("first").unwrap();
     queue.put(passed.clone()).await.unwrap();
-    queue.put(step("passed", "after-passed", &["nothing-to-do"])).await.unwrap();
-    timeout(PROMPTLY, amboy_core::wait(&*queue)).await.unwrap().unwrap();
-    assert_eq!(log("passed", |log| log.ran.clone()), ["first", "after-passed"]);
+    queue
+        .put(step("passed", "after-passed", &["nothing-to-do"]))
+        .await
+        .unwrap();
+    timeout(PROMPTLY, amboy_core::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        log("passed", |log| log.ran.clone()),
+        ["first", "after-passed"]
+    );
     let status = passed.status();
     assert!(status.completed && status.errors.is_empty(), "{status:?}");
     assert!(passed.time_info().start.is_none(), "it never started");
@@ -310,11 +397,25 @@ async fn passed_jobs_complete_without_running() {
 #[tokio::test]
 async fn unresolved_jobs_complete_with_a_reason_and_are_counted() {
     let queue = running(DependencyOrderedQueue::new(100), 2).await;
-    let stuck = with_manager("unresolved", "stuck", CheckManager::new("ordering-test-no-such-check"));
+    let stuck = with_manager(
+        "unresolved",
+        "stuck",
+        CheckManager::new("ordering-test-no-such-check"),
+    );
     queue.put(stuck.clone()).await.unwrap();
-    queue.put(step("unresolved", "after-stuck", &["stuck"])).await.unwrap();
-    timeout(PROMPTLY, amboy_core::wait(&*queue)).await.unwrap().unwrap();
-    let error = stuck.error().expect("an unresolved job records why").message().to_owned();
+    queue
+        .put(step("unresolved", "after-stuck", &["stuck"]))
+        .await
+        .unwrap();
+    timeout(PROMPTLY, amboy_core::wait(&*queue))
+        .await
+        .unwrap()
+        .unwrap();
+    let error = stuck
+        .error()
+        .expect("an unresolved job records why")
+        .message()
+        .to_owned();
     assert_eq!(
         error,
         "job 'stuck' cannot run: dependency unresolved: no dependency check named 'ordering-test-no-such-check' is registered"
@@ -325,8 +426,13 @@ async fn unresolved_jobs_complete_with_a_reason_and_are_counted() {
     let stats = queue.stats().await.unwrap();
     assert_eq!(stats.context["unresolved"], 1, "{stats}");
     assert_eq!(stats.completed, 2, "{stats}");
-    let results: Vec<JobRef> = futures::TryStreamExt::try_collect(queue.results().await).await.unwrap();
-    assert!(results.iter().any(|job| job.id() == "stuck"), "unresolved jobs appear in the results");
+    let results: Vec<JobRef> = futures::TryStreamExt::try_collect(queue.results().await)
+        .await
+        .unwrap();
+    assert!(
+        results.iter().any(|job| job.id() == "stuck"),
+        "unresolved jobs appear in the results"
+    );
     queue.close().await;
 }
 
@@ -344,7 +450,11 @@ async fn dependents_of_an_expired_job_are_unresolved() {
     assert_eq!(next_id(&*queue).await, "other");
     let stats = queue.stats().await.unwrap();
     assert!(stats.is_complete(), "{stats}");
-    assert_eq!((stats.expired, stats.completed, stats.blocked), (1, 2, 0), "{stats}");
+    assert_eq!(
+        (stats.expired, stats.completed, stats.blocked),
+        (1, 2, 0),
+        "{stats}"
+    );
     assert_eq!(
         orphan.error().unwrap().message(),
         "job 'waits-for-expired' cannot run: dependency unresolved: edge 'expires' expired before it ran"
@@ -358,16 +468,27 @@ async fn jobs_blocked_by_state_run_once_their_manager_allows() {
     static CHECKS: AtomicUsize = AtomicUsize::new(0);
     register_check("ordering-test-flip", |_: &[String]| {
         CHECKS.fetch_add(1, Ordering::SeqCst);
-        if OPEN.load(Ordering::SeqCst) { State::Ready } else { State::Blocked }
+        if OPEN.load(Ordering::SeqCst) {
+            State::Ready
+        } else {
+            State::Blocked
+        }
     });
     let queue = running(AdaptiveOrderingQueue::new(100), 2).await;
     queue
-        .put(with_manager("flip", "flipped", CheckManager::new("ordering-test-flip")))
+        .put(with_manager(
+            "flip",
+            "flipped",
+            CheckManager::new("ordering-test-flip"),
+        ))
         .await
         .unwrap();
     let stats = queue.stats().await.unwrap();
     assert_eq!(stats.blocked, 1, "{stats}");
-    assert!(stats.is_complete(), "blocked jobs count as done for waiting: {stats}");
+    assert!(
+        stats.is_complete(),
+        "blocked jobs count as done for waiting: {stats}"
+    );
     OPEN.store(true, Ordering::SeqCst);
     timeout(PROMPTLY, async {
         while !log("flip", |log| log.done.contains("flipped")) {
@@ -376,7 +497,10 @@ async fn jobs_blocked_by_state_run_once_their_manager_allows() {
     })
     .await
     .expect("the job runs once its check passes");
-    assert!(CHECKS.load(Ordering::SeqCst) >= 2, "the check was asked again");
+    assert!(
+        CHECKS.load(Ordering::SeqCst) >= 2,
+        "the check was asked again"
+    );
     queue.close().await;
 }
 
@@ -388,7 +512,10 @@ async fn completing_a_blocked_job_from_outside_frees_its_place() {
     queue.put(blocked.clone()).await.unwrap();
     queue.complete(&blocked).await.unwrap();
     // Both places were taken; completing the blocked job gave one back.
-    timeout(PROMPTLY, queue.put(step("outside", "third", &[]))).await.unwrap().unwrap();
+    timeout(PROMPTLY, queue.put(step("outside", "third", &[])))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(queue.stats().await.unwrap().blocked, 0);
     queue.close().await;
 }
@@ -397,5 +524,8 @@ async fn completing_a_blocked_job_from_outside_frees_its_place() {
 fn errors_name_jobs() {
     // A compile-time reminder that dependency errors are amboy errors naming the job.
     let error = Error::invalid_job("a", "it depends on unknown job 'b'");
-    assert_eq!(error.to_string(), "invalid job 'a': it depends on unknown job 'b'");
+    assert_eq!(
+        error.to_string(),
+        "invalid job 'a': it depends on unknown job 'b'"
+    );
 }

@@ -15,6 +15,7 @@
 //! | `local` | `queue-local` (default) | `amboy-queue-local` | in-memory queues, dispatcher, scope manager |
 //! | `runner` | `runner` (default) | `amboy-runner` | worker pools |
 //! | `registry` | `registry` (default) | `amboy-registry` | job type registry, interchange envelope |
+//! | `retry` | `retry` | `amboy-retry` | the retry handler |
 //!
 //! `full` enables every feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -49,6 +50,37 @@ pub use amboy_runner as runner;
 #[cfg_attr(docsrs, doc(cfg(feature = "registry")))]
 pub use amboy_registry as registry;
 
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub use amboy_retry as retry;
+
+/// An in-memory queue of kind `L` holding up to `capacity` pending jobs, served by a pool of
+/// `workers` local workers, ready to [`start`](Queue::start).
+///
+/// ```
+/// use amboy::local::{ByPriority, PriorityQueue};
+/// use amboy::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue: std::sync::Arc<PriorityQueue> = amboy::new_local_queue::<ByPriority>(4, 1024);
+/// queue.start().await?;
+/// assert!(queue.id().starts_with("queue.local.priority."));
+/// queue.close().await;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "queue-local", feature = "runner"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "queue-local", feature = "runner"))))]
+pub fn new_local_queue<L: local::Line>(
+    workers: usize,
+    capacity: usize,
+) -> std::sync::Arc<local::LocalQueue<L>> {
+    let queue = local::LocalQueue::<L>::new(capacity);
+    queue
+        .set_runner(runner::LocalWorkers::new(workers))
+        .expect("a new queue accepts a runner");
+    queue
+}
+
 /// A limited-size queue served by a pool of `workers` local workers, ready to
 /// [`start`](Queue::start) (amboy's `NewLocalLimitedSize`).
 ///
@@ -68,10 +100,41 @@ pub fn new_local_limited_size(
     workers: usize,
     capacity: usize,
 ) -> std::sync::Arc<local::LimitedSizeQueue> {
-    let queue = local::LimitedSizeQueue::new(capacity);
+    new_local_queue(workers, capacity)
+}
+
+/// A retryable queue storing copies of its jobs, served by a pool of `workers` local workers and
+/// a retry handler with amboy's defaults, ready to [`start`](Queue::start) (amboy's
+/// `NewLocalLimitedSizeSerializable`).
+///
+/// ```
+/// use amboy::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue = amboy::new_local_limited_size_serializable(4, 1024);
+/// queue.start().await?;
+/// assert!(queue.retry_handler().is_some_and(|handler| handler.started()));
+/// queue.close().await;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "queue-local", feature = "runner", feature = "retry"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "queue-local", feature = "runner", feature = "retry")))
+)]
+pub fn new_local_limited_size_serializable(
+    workers: usize,
+    capacity: usize,
+) -> std::sync::Arc<local::LimitedSizeSerializableQueue> {
+    let queue = local::LimitedSizeSerializableQueue::new(capacity);
     queue
         .set_runner(runner::LocalWorkers::new(workers))
         .expect("a new queue accepts a runner");
+    let handler = retry::BasicRetryHandler::new(RetryHandlerOptions::default())
+        .expect("default options are valid");
+    queue
+        .set_retry_handler(handler)
+        .expect("a new queue accepts a retry handler");
     queue
 }
 

@@ -1,0 +1,445 @@
+//! What every worker pool shares: the queue(s) it serves, starting and closing, the worker loop
+//! (take a job, run it through [`execute_job`], report it), optional pacing, and, for abortable
+//! pools, the register of running jobs.
+//!
+//! Each public runner is a thin wrapper around one [`Pool`] configured for it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amboy_core::{Error, JobRef, Queue, Result, execute_job};
+use dashmap::DashMap;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::moving_average::Throttle;
+
+/// How a pool spaces its jobs.
+#[derive(Debug)]
+pub(crate) enum Pace {
+    /// Each worker takes the next job as soon as it is free.
+    Free,
+    /// Each worker waits this long after every job (the simple rate-limited pool).
+    After(Duration),
+    /// The whole pool starts jobs on a shared schedule (the moving-average pool).
+    Throttled(Throttle),
+}
+
+/// One pool of workers over one queue, or over several served in turn.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    size: usize,
+    /// Whether `set_queue` adds a queue (several queues) or replaces the one queue.
+    many: bool,
+    exec: Arc<Exec>,
+    state: Mutex<State>,
+}
+
+/// What the workers need besides their source of jobs.
+#[derive(Debug)]
+struct Exec {
+    pace: Pace,
+    /// The running jobs, for abortable pools.
+    register: Option<Register>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queues: Vec<Weak<dyn Queue>>,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    token: CancellationToken,
+    workers: JoinSet<()>,
+}
+
+impl Pool {
+    /// A pool of `size` workers (at least 1) serving one queue.
+    pub(crate) fn new(size: usize, pace: Pace) -> Self {
+        Pool {
+            size: size.max(1),
+            many: false,
+            exec: Arc::new(Exec {
+                pace,
+                register: None,
+            }),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The same pool, keeping a register of running jobs so that they can be aborted.
+    pub(crate) fn abortable(mut self) -> Self {
+        let exec = Arc::get_mut(&mut self.exec).expect("not shared before start");
+        exec.register = Some(Register::default());
+        self
+    }
+
+    /// The same pool, serving every queue it is given.
+    pub(crate) fn serving_many(mut self) -> Self {
+        self.many = true;
+        self
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    pub(crate) fn throttle(&self) -> Option<&Throttle> {
+        match &self.exec.pace {
+            Pace::Throttled(throttle) => Some(throttle),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn started(&self) -> bool {
+        self.state.lock().running.is_some()
+    }
+
+    /// Sets the queue (or, for a pool serving several, adds it); not possible once started.
+    pub(crate) fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.running.is_some() {
+            return Err(Error::AlreadyStarted("runner"));
+        }
+        if self.many {
+            // Forget dropped queues, and serve each queue once however often it is added.
+            state.queues.retain(|known| match known.upgrade() {
+                Some(known) => known.id() != queue.id(),
+                None => false,
+            });
+            state.queues.push(Arc::downgrade(&queue));
+        } else {
+            state.queues = vec![Arc::downgrade(&queue)];
+        }
+        Ok(())
+    }
+
+    /// The number of queues set (including dropped ones not yet forgotten).
+    pub(crate) fn queue_count(&self) -> usize {
+        self.state.lock().queues.len()
+    }
+
+    pub(crate) async fn start(&self) -> Result<()> {
+        let mut state = self.state.lock();
+        if state.running.is_some() {
+            return Ok(());
+        }
+        if state.queues.is_empty() {
+            return Err(Error::invalid("runner has no queue"));
+        }
+        let source = if self.many {
+            state.queues.retain(|queue| queue.strong_count() > 0);
+            let queues: Vec<Arc<dyn Queue>> =
+                state.queues.iter().filter_map(Weak::upgrade).collect();
+            if queues.is_empty() {
+                return Err(Error::invalid("the runner's queues were dropped"));
+            }
+            Source::Many(Rotation::new(queues))
+        } else {
+            let queue = state.queues[0]
+                .upgrade()
+                .ok_or_else(|| Error::invalid("the runner's queue was dropped"))?;
+            Source::One(queue)
+        };
+        let source = Arc::new(source);
+        let token = CancellationToken::new();
+        let mut workers = JoinSet::new();
+        for _ in 0..self.size {
+            workers.spawn(worker(
+                source.clone(),
+                self.exec.clone(),
+                token.child_token(),
+            ));
+        }
+        state.running = Some(Running { token, workers });
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        let running = self.state.lock().running.take();
+        if let Some(mut running) = running {
+            // Every job's token is a child of the pool's: this cancels the running jobs too.
+            running.token.cancel();
+            while running.workers.join_next().await.is_some() {}
+        }
+    }
+
+    pub(crate) fn register(&self) -> &Register {
+        self.exec
+            .register
+            .as_ref()
+            .expect("only abortable pools are asked about running jobs")
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Workers
+// -------------------------------------------------------------------------------------------------
+
+/// Takes jobs until the pool closes or its queues do. Jobs' panics are caught where they run;
+/// should the worker itself panic (a queue's bug), it starts over, so the pool keeps its size.
+async fn worker(source: Arc<Source>, exec: Arc<Exec>, token: CancellationToken) {
+    loop {
+        let work = std::panic::AssertUnwindSafe(exec.work(&source, &token));
+        match work.catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => tracing::error!(
+                panic = amboy_core::panic_message(&*panic),
+                "worker panicked outside a job; restarting it"
+            ),
+        }
+    }
+}
+
+impl Exec {
+    async fn work(&self, source: &Source, token: &CancellationToken) {
+        loop {
+            // A throttled pool books its start before taking a job, so that jobs wait in the
+            // queue, pending, rather than dispatched in a sleeping worker.
+            let slot = match &self.pace {
+                Pace::Throttled(throttle) => {
+                    let slot = throttle.reserve();
+                    if !sleep_until(slot, token).await {
+                        return;
+                    }
+                    Some(slot)
+                }
+                _ => None,
+            };
+            let Some((queue, job)) = source.next(token).await else {
+                return;
+            };
+            if let (Pace::Throttled(throttle), Some(slot)) = (&self.pace, slot)
+                && throttle.is_stale(slot)
+            {
+                // The job came long after the slot: the pool was idle, and every worker holds
+                // an old slot. Book a new one, or they would all start at once.
+                // Should the pool close meanwhile, the job (already dispatched) goes on with a
+                // cancelled token: `execute_job` stops it and completes it as aborted.
+                sleep_until(throttle.reserve(), token).await;
+            }
+            // Only the throttle reads the clock around a run.
+            let started = slot.map(|_| Instant::now());
+            self.run(&*queue, &job, token).await;
+            match &self.pace {
+                Pace::Free => {}
+                Pace::After(interval) => {
+                    if !sleep_until(Instant::now() + *interval, token).await {
+                        return;
+                    }
+                }
+                Pace::Throttled(throttle) => {
+                    if let Some(started) = started {
+                        throttle.record(started.elapsed());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(&self, queue: &dyn Queue, job: &JobRef, token: &CancellationToken) {
+        match &self.register {
+            None => {
+                execute_job(queue, job, token).await;
+            }
+            Some(register) => {
+                let running = register.enter(job, token);
+                execute_job(queue, job, &running.token).await;
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`; false if the pool closed first.
+async fn sleep_until(deadline: Instant, token: &CancellationToken) -> bool {
+    if deadline <= Instant::now() {
+        return !token.is_cancelled();
+    }
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => false,
+        _ = tokio::time::sleep_until(deadline) => true,
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Sources of jobs
+// -------------------------------------------------------------------------------------------------
+
+/// Where a started pool's workers take jobs from.
+#[derive(Debug)]
+enum Source {
+    One(Arc<dyn Queue>),
+    Many(Rotation),
+}
+
+impl Source {
+    /// The next job and its queue; `None` once the pool closes or every queue has.
+    async fn next(&self, token: &CancellationToken) -> Option<(Arc<dyn Queue>, JobRef)> {
+        match self {
+            Source::One(queue) => tokio::select! {
+                biased;
+                _ = token.cancelled() => None,
+                job = queue.next() => job.map(|job| (queue.clone(), job)),
+            },
+            Source::Many(rotation) => rotation.next(token).await,
+        }
+    }
+}
+
+/// Several queues served in turn.
+///
+/// A worker waits on every open queue's `next` at once and takes the first job offered; the
+/// others' `next` futures are dropped, which the `Queue` contract allows without losing a job.
+/// The queues are polled in an order that starts one queue further on at every take, so that
+/// when several queues have jobs ready they are served round-robin, and a queue without jobs
+/// never holds up the others.
+#[derive(Debug)]
+struct Rotation {
+    queues: Vec<Arc<dyn Queue>>,
+    /// Queues whose `next` returned `None`: closed, skipped from then on.
+    closed: Vec<AtomicBool>,
+    turn: AtomicUsize,
+}
+
+impl Rotation {
+    fn new(queues: Vec<Arc<dyn Queue>>) -> Self {
+        let closed = queues.iter().map(|_| AtomicBool::new(false)).collect();
+        Rotation {
+            queues,
+            closed,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    async fn next(&self, token: &CancellationToken) -> Option<(Arc<dyn Queue>, JobRef)> {
+        let n = self.queues.len();
+        loop {
+            let first = self.turn.fetch_add(1, Ordering::Relaxed);
+            let order: Vec<usize> = (first..first + n)
+                .map(|i| i % n)
+                .filter(|&i| !self.closed[i].load(Ordering::Relaxed))
+                .collect();
+            if order.is_empty() {
+                return None;
+            }
+            let offers = futures::future::select_all(order.iter().map(|&i| self.queues[i].next()));
+            let (job, position) = tokio::select! {
+                biased;
+                _ = token.cancelled() => return None,
+                (job, position, _others) = offers => (job, position),
+            };
+            let i = order[position];
+            match job {
+                Some(job) => return Some((self.queues[i].clone(), job)),
+                None => self.closed[i].store(true, Ordering::Relaxed),
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Running jobs of abortable pools
+// -------------------------------------------------------------------------------------------------
+
+/// The jobs running in an abortable pool, by ID, each with its own token.
+#[derive(Debug, Default)]
+pub(crate) struct Register {
+    jobs: DashMap<Arc<str>, Entry>,
+    serial: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Tells this run from a later run of a job with the same ID.
+    serial: u64,
+    token: CancellationToken,
+    /// Cancelled once the run is over and the job completed in its queue.
+    finished: CancellationToken,
+}
+
+/// A job's registration, removed when the run is over, even if the worker panics.
+struct Entered<'a> {
+    register: &'a Register,
+    id: Arc<str>,
+    serial: u64,
+    token: CancellationToken,
+    finished: CancellationToken,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.register
+            .jobs
+            .remove_if(&self.id, |_, entry| entry.serial == self.serial);
+        self.finished.cancel();
+    }
+}
+
+impl Register {
+    fn enter(&self, job: &JobRef, pool: &CancellationToken) -> Entered<'_> {
+        let id = job.base().shared_id().clone();
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let token = pool.child_token();
+        let finished = CancellationToken::new();
+        self.jobs.insert(
+            id.clone(),
+            Entry {
+                serial,
+                token: token.clone(),
+                finished: finished.clone(),
+            },
+        );
+        Entered {
+            register: self,
+            id,
+            serial,
+            token,
+            finished,
+        }
+    }
+
+    pub(crate) fn is_running(&self, id: &str) -> bool {
+        self.jobs.contains_key(id)
+    }
+
+    pub(crate) fn running_jobs(&self) -> Vec<String> {
+        self.jobs
+            .iter()
+            .map(|entry| entry.key().to_string())
+            .collect()
+    }
+
+    /// Cancels the job and waits until its worker has completed it in the queue (with amboy's
+    /// "aborted" error, unless it finished first).
+    pub(crate) async fn abort(&self, id: &str) -> Result<()> {
+        let (_, entry) = self.jobs.remove(id).ok_or_else(|| {
+            Error::job_not_found_because(id, "no such job is running in this pool")
+        })?;
+        entry.token.cancel();
+        entry.finished.cancelled().await;
+        Ok(())
+    }
+
+    /// Cancels every running job, then waits until each is completed.
+    pub(crate) async fn abort_all(&self) -> Result<()> {
+        let ids: Vec<Arc<str>> = self.jobs.iter().map(|entry| entry.key().clone()).collect();
+        let entries: Vec<Entry> = ids
+            .iter()
+            .filter_map(|id| self.jobs.remove(id).map(|(_, entry)| entry))
+            .collect();
+        for entry in &entries {
+            entry.token.cancel();
+        }
+        for entry in &entries {
+            entry.finished.cancelled().await;
+        }
+        Ok(())
+    }
+}
