@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use amboy::local::{
     AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue,
     PriorityQueue, ShuffledQueue,
 };
 use amboy::retry::BasicRetryHandler;
-use amboy::runner::LocalWorkers;
+use amboy::runner::{
+    AbortablePool, LocalWorkers, MovingAverageRateLimitedWorkers, MultiQueuePool,
+    RateLimitedWorkers, SingleWorker,
+};
 use amboy::{Queue, Result, RetryHandlerOptions, RetryableQueue, Runner};
 
 /// A queue implementation in the conformance matrix.
@@ -32,6 +36,17 @@ pub struct RunnerCase {
     pub name: &'static str,
     /// Builds a runner of `size` workers.
     pub build: fn(size: usize) -> Arc<dyn Runner>,
+    /// How many workers the runner really has.
+    pub workers: Workers,
+}
+
+/// How many workers a runner case has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// As many as asked for.
+    Many,
+    /// One, whatever was asked for.
+    One,
 }
 
 /// amboy's `LimitedSize` case: capacity 1024 × size.
@@ -94,6 +109,45 @@ pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
 pub const LOCAL_WORKERS: RunnerCase = RunnerCase {
     name: "local_workers",
     build: |size| LocalWorkers::new(size),
+    workers: Workers::Many,
+};
+
+/// amboy's `Abortable` runner case.
+pub const ABORTABLE: RunnerCase = RunnerCase {
+    name: "abortable",
+    build: |size| AbortablePool::new(size),
+    workers: Workers::Many,
+};
+
+/// A single worker, whatever the size.
+pub const SINGLE: RunnerCase = RunnerCase {
+    name: "single",
+    build: |_| SingleWorker::new(),
+    workers: Workers::One,
+};
+
+/// Workers pausing 1 ms after every job.
+pub const RATE_LIMITED: RunnerCase = RunnerCase {
+    name: "rate_limited",
+    build: |size| RateLimitedWorkers::new(size, Duration::from_millis(1)).expect("valid"),
+    workers: Workers::Many,
+};
+
+/// amboy's `RateLimitedAverage` case: `size · 100` jobs per 10 ms.
+pub const MOVING_AVERAGE: RunnerCase = RunnerCase {
+    name: "moving_average",
+    build: |size| {
+        MovingAverageRateLimitedWorkers::new(size, size * 100, Duration::from_millis(10))
+            .expect("valid")
+    },
+    workers: Workers::Many,
+};
+
+/// One pool serving several queues, here serving the queue under test.
+pub const MULTI_QUEUE: RunnerCase = RunnerCase {
+    name: "multi_queue",
+    build: |size| MultiQueuePool::new(size),
+    workers: Workers::Many,
 };
 
 /// A queue of `queue` served by a runner of `runner` with `size` workers, started.

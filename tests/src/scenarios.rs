@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::cases::{self, QueueCase, RunnerCase};
+use crate::cases::{self, QueueCase, RunnerCase, Workers};
 use crate::jobs::{Count, Noop, RetryOnce, Sleep, counter};
 
 /// The longest any scenario may take before it counts as hung.
@@ -69,6 +69,10 @@ pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size:
     let test = async {
         // amboy's scoped-lock case runs three workers per job slot, so that free jobs always
         // find a worker while scoped ones wait.
+        assert!(
+            scenario != Scenario::ScopedLock || runner.workers == Workers::Many,
+            "the scoped-lock scenario needs several workers"
+        );
         let workers = if scenario == Scenario::ScopedLock {
             3 * size
         } else {
