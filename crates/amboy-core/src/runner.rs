@@ -119,7 +119,7 @@ pub async fn execute_job(
         amboy.job.name = %job.job_type().name,
         amboy.job.retry.retryable = retryable,
     );
-    async {
+    let work = async {
         // A job with a time limit gets a token of its own, cancelled when the limit passes, so
         // that work it spawned stops too; other jobs share the caller's token.
         let token = if max_time.is_zero() {
@@ -152,9 +152,13 @@ pub async fn execute_job(
             tracing::debug!(outcome = ?outcome, "job finished");
         }
         outcome
+    };
+    // Without a subscriber listening, skip the instrumentation wrapper and its per-poll checks.
+    if span.is_disabled() {
+        work.await
+    } else {
+        work.instrument(span).await
     }
-    .instrument(span)
-    .await
 }
 
 async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef) {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Dispatcher {
     owner: Arc<str>,
     lock_timeout: Duration,
-    dispatched: DashMap<Arc<str>, Dispatched>,
+    dispatched: DashMap<Arc<str>, Dispatched, foldhash::fast::RandomState>,
     heartbeat: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
@@ -40,7 +40,7 @@ impl Dispatcher {
         Dispatcher {
             owner,
             lock_timeout,
-            dispatched: DashMap::new(),
+            dispatched: DashMap::default(),
             heartbeat: Mutex::new(None),
         }
     }

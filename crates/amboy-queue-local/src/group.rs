@@ -137,7 +137,7 @@ impl GroupCache {
             match queue.stats().await {
                 Ok(stats) if stats.is_complete() => {
                     queue.close().await;
-                    Some(Ok(id))
+                    Some(Ok((id, queue)))
                 }
                 Ok(_) => None,
                 Err(error) => Some(Err(error)),
@@ -146,8 +146,17 @@ impl GroupCache {
         .await;
         for outcome in pruned.into_iter().flatten() {
             match outcome {
-                Ok(id) => {
-                    self.items.lock().remove(&id);
+                Ok((id, queue)) => {
+                    // Forget the queue that was closed, not one set under its name meanwhile.
+                    {
+                        let mut items = self.items.lock();
+                        if items
+                            .get(&id)
+                            .is_some_and(|item| Arc::ptr_eq(&item.queue, &queue))
+                        {
+                            items.remove(&id);
+                        }
+                    }
                     if let Some(hook) = &self.hook
                         && let Err(error) = hook(id).await
                     {
@@ -327,6 +336,9 @@ impl QueueGroup for LocalQueueGroup {
     }
 
     async fn put(&self, id: &str, queue: Arc<dyn Queue>) -> Result<()> {
+        if self.lifetime.is_cancelled() {
+            return Err(Error::Closed("queue group"));
+        }
         self.cache.set(id, queue, Duration::ZERO)
     }
 

@@ -10,7 +10,7 @@ use amboy_core::{
     QueueStats, Result, Runner, collate_write_errors,
 };
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -192,8 +192,13 @@ impl<L: Line> LocalQueue<L> {
     /// Sends a job to the line, or to the timer heap if it must wait.
     fn enqueue(&self, job: JobRef) {
         let wait_until = job.base().metadata().time_info.wait_until;
+        self.route(job, wait_until, Utc::now());
+    }
+
+    /// Sends a job whose `wait_until` is known to the line or the timer heap.
+    fn route(&self, job: JobRef, wait_until: Option<DateTime<Utc>>, now: DateTime<Utc>) {
         match wait_until {
-            Some(at) if at >= Utc::now() => self.delayed.push(at, job),
+            Some(at) if at >= now => self.delayed.push(at, job),
             _ => self.line.push(job),
         }
     }
@@ -210,9 +215,7 @@ impl<L: Line> LocalQueue<L> {
         let id = job.base().shared_id();
         let mut meta = job.base().metadata();
         if meta.status.completed {
-            // Completed while it waited (by a manager, say): nothing is left to do.
-            drop(meta);
-            self.gate.give_back();
+            // Completed while it waited (by a manager, say), which gave its place back already.
             return Taken::Skipped;
         }
         if meta.time_info.is_stale_at(now) {
@@ -290,6 +293,11 @@ impl<L: Line> LocalQueue<L> {
         if meta.status.completed && !dispatched {
             return None;
         }
+        Some(Self::mark(meta, dispatched))
+    }
+
+    /// Marks a job completed under its lock; returns its scopes.
+    fn mark(meta: &mut Metadata, dispatched: bool) -> Vec<String> {
         let now = Utc::now();
         if dispatched || meta.time_info.end.is_none() {
             meta.time_info.end = Some(now);
@@ -298,11 +306,11 @@ impl<L: Line> LocalQueue<L> {
         meta.status.in_progress = false;
         meta.status.modification_time = Some(now);
         meta.status.modification_count += 1;
-        Some(if meta.scopes.is_empty() {
+        if meta.scopes.is_empty() {
             Vec::new()
         } else {
             meta.scopes.clone()
-        })
+        }
     }
 
     /// Everything that follows a job's completion: its scopes, the counts, retention, and the
@@ -358,20 +366,30 @@ impl<L: Line> LocalQueue<L> {
             Some(ring) => ring.force_push(id.clone()),
             None => Some(id.clone()),
         };
+        // Each completion pushes its ID once, and a completed job leaves the map only here, so
+        // the entry under an evicted ID is that completed job.
         if let Some(evicted) = evicted {
-            self.jobs
-                .remove_if(&evicted, |_, job| job.base().metadata().status.completed);
+            self.jobs.remove(&evicted);
         }
     }
 
     /// Checks and prepares a job being put; returns its enqueue scopes.
-    fn prepare(&self, job: &JobRef) -> Result<Vec<String>> {
+    fn prepare(
+        &self,
+        job: &JobRef,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
         let mut meta = job.base().metadata();
-        meta.time_info.created = Some(Utc::now());
+        meta.time_info.created = Some(now);
         if let Err(error) = meta.time_info.validate() {
             return Err(Error::invalid_job(job.id(), error));
         }
-        Ok(meta.effective_enqueue_scopes())
+        let scopes = if meta.scopes.is_empty() {
+            Vec::new()
+        } else {
+            meta.effective_enqueue_scopes()
+        };
+        Ok((scopes, meta.time_info.wait_until))
     }
 
     async fn put_one(&self, job: JobRef) -> Result<()> {
@@ -382,7 +400,8 @@ impl<L: Line> LocalQueue<L> {
             return Err(Error::Closed("queue"));
         }
         let id = job.base().shared_id().clone();
-        let enqueue_scopes = self.prepare(&job)?;
+        let now = Utc::now();
+        let (enqueue_scopes, wait_until) = self.prepare(&job, now)?;
         if !self.gate.try_take() {
             if self.jobs.contains_key(&id) {
                 return Err(Error::duplicate_job(&*id));
@@ -408,18 +427,18 @@ impl<L: Line> LocalQueue<L> {
             self.gate.give_back();
             return Err(error);
         }
-        let verdict = match &self.dependencies {
-            None => Some(Verdict::Run(job)),
-            Some(dependencies) => {
-                match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
-                    Ok(verdict) => verdict,
-                    Err(error) => {
-                        self.jobs.remove(&id);
-                        self.release_scopes(&id, &enqueue_scopes);
-                        self.gate.give_back();
-                        return Err(error);
-                    }
-                }
+        let Some(dependencies) = &self.dependencies else {
+            self.counts.total.fetch_add(1, Ordering::SeqCst);
+            self.route(job, wait_until, now);
+            return Ok(());
+        };
+        let verdict = match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                self.jobs.remove(&id);
+                self.release_scopes(&id, &enqueue_scopes);
+                self.gate.give_back();
+                return Err(error);
             }
         };
         self.counts.total.fetch_add(1, Ordering::SeqCst);
@@ -496,12 +515,9 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     async fn next(&self) -> Option<JobRef> {
+        // Closing the queue closes the line, which ends this wait.
         loop {
-            let job = tokio::select! {
-                biased;
-                _ = self.lifetime.cancelled() => return None,
-                job = self.line.pop() => job?,
-            };
+            let job = self.line.pop().await?;
             if let Taken::Dispatched(job) = self.take(job) {
                 return Some(job);
             }
@@ -529,17 +545,22 @@ impl<L: Line> Queue for LocalQueue<L> {
                 }
             }
         }
-        let scopes = Self::mark_completed(&mut job.base().metadata(), dispatched);
-        let Some(scopes) = scopes else {
-            return Ok(());
-        };
-        if !dispatched {
-            // Completed from outside while pending or blocked.
-            if let Some(dependencies) = &self.dependencies
-                && dependencies.forget(id)
-            {
-                self.gate.give_back();
+        // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
+        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip in.
+        let (scopes, was_pending) = {
+            let mut meta = job.base().metadata();
+            if meta.status.completed && !dispatched {
+                return Ok(());
             }
+            let was_pending = !dispatched && !meta.status.in_progress;
+            (Self::mark(&mut meta, dispatched), was_pending)
+        };
+        if was_pending {
+            // It leaves the pending set now; the line skips it when its turn comes.
+            if let Some(dependencies) = &self.dependencies {
+                dependencies.forget(id);
+            }
+            self.gate.give_back();
         }
         self.finish(id, &scopes);
         Ok(())
@@ -550,11 +571,18 @@ impl<L: Line> Queue for LocalQueue<L> {
             return Err(Error::NotStarted("queue"));
         }
         let id = job.base().shared_id();
-        let scopes = job.scopes();
         let Some(mut stored) = self.jobs.get_mut(id) else {
             return Err(Error::job_not_found(&**id));
         };
-        self.scopes.acquire(id, &scopes)?;
+        {
+            // A finished job holds no scopes: taking them again would keep them forever (a
+            // heartbeat's save racing the completion did). Checked under the job's lock, which
+            // the completion takes to mark the job, so it cannot slip in between.
+            let meta = job.base().metadata();
+            if !meta.status.completed {
+                self.scopes.acquire(id, &meta.scopes)?;
+            }
+        }
         if !Arc::ptr_eq(&stored, job) {
             *stored = job.clone();
         }
@@ -592,11 +620,13 @@ impl<L: Line> Queue for LocalQueue<L> {
         let blocked = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
         let unfinished = total.saturating_sub(completed + expired);
         let blocked = blocked.min(unfinished);
+        // A job completed from outside while it waited keeps its place in the gate until it
+        // leaves the line: the jobs the dispatcher runs bound the pending ones too.
         let pending = self
             .gate
             .taken()
             .saturating_sub(blocked)
-            .min(unfinished - blocked);
+            .min((unfinished - blocked).saturating_sub(self.dispatcher.len()));
         let mut stats = QueueStats {
             running: unfinished - blocked - pending,
             completed,

@@ -141,6 +141,20 @@ fn key_of(job: &JobRef) -> Arc<str> {
     }
 }
 
+/// The scopes a job holds in its state: all of them while it runs, its enqueue scopes while
+/// it waits to run or to retry, none once it finished. A retrying job's dispatch scopes were
+/// released when it completed and may be held by another job.
+fn held_scopes(job: &JobRef) -> Vec<String> {
+    let meta = job.base().metadata();
+    if meta.status.in_progress {
+        meta.scopes.clone()
+    } else if meta.status.completed && !meta.retry_info.should_retry() {
+        Vec::new()
+    } else {
+        meta.effective_enqueue_scopes()
+    }
+}
+
 fn is_retrying(envelope: &JobInterchange) -> bool {
     envelope.status.completed && envelope.retry_info.should_retry()
 }
@@ -369,7 +383,7 @@ impl LimitedSizeSerializableQueue {
         };
         let mut meta = job.base().metadata();
         if meta.status.completed {
-            store.pending -= 1;
+            // Completed while it waited, which counted it out of the pending jobs already.
             return None;
         }
         if meta.time_info.is_stale_at(now) {
@@ -478,7 +492,12 @@ impl LimitedSizeSerializableQueue {
     ) -> Result<Vec<String>> {
         let now = Utc::now();
         self.check_lock(store, key, job, now)?;
-        let was_completed = store.records[key].status.completed;
+        let stored = &store.records[key].status;
+        let was_completed = stored.completed;
+        // A job completed before it ran leaves the pending jobs now; the line skips it later.
+        if !stored.completed && !stored.in_progress {
+            store.pending -= 1;
+        }
         let (scopes, should_retry) = {
             let mut meta = job.base().metadata();
             if dispatched || meta.time_info.end.is_none() {
@@ -613,12 +632,9 @@ impl Queue for LimitedSizeSerializableQueue {
     }
 
     async fn next(&self) -> Option<JobRef> {
+        // Closing the queue closes the line, which ends this wait.
         loop {
-            let key = tokio::select! {
-                biased;
-                _ = self.lifetime.cancelled() => return None,
-                key = self.line_rx.recv() => key.ok()?,
-            };
+            let key = self.line_rx.recv().await.ok()?;
             if let Some(job) = self.take(key) {
                 return Some(job);
             }
@@ -645,7 +661,7 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn save(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
-        let scopes = job.scopes();
+        let scopes = held_scopes(job);
         let mut store = self.store.lock();
         self.check_lock(&store, &key, job, Utc::now())?;
         self.scopes.acquire(&key, &scopes)?;
@@ -687,12 +703,17 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn stats(&self) -> Result<QueueStats> {
         let store = self.store.lock();
-        let finished = store.completed + store.expired + store.pending;
+        let unfinished = store.total.saturating_sub(store.completed + store.expired);
+        // A job completed from outside while it waited counts as pending until it leaves the
+        // line: the jobs the dispatcher runs bound the pending ones too.
+        let pending = store
+            .pending
+            .min(unfinished.saturating_sub(self.dispatcher.len()));
         Ok(QueueStats {
-            running: store.total.saturating_sub(finished),
+            running: unfinished - pending,
             completed: store.completed,
             retrying: store.retrying,
-            pending: store.pending,
+            pending,
             expired: store.expired,
             total: store.total,
             ..QueueStats::default()
@@ -833,7 +854,13 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
                     id: to_put.id().to_owned(),
                 });
             }
-            let release = to_complete.scopes();
+            // The old attempt holds its enqueue scopes only (its dispatch scopes were released
+            // when it completed, and may be held by another job by now).
+            let release: Vec<String> = to_complete
+                .scopes()
+                .into_iter()
+                .filter(|scope| self.scopes.holder(scope).as_deref() == Some(&*key))
+                .collect();
             let woken =
                 self.scopes
                     .release_and_acquire(&key, &release, &put_key, &enqueue_scopes)?;

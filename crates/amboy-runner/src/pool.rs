@@ -226,7 +226,7 @@ impl Exec {
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            self.run(&*queue, &job, token).await;
+            self.run(&**queue, &job, token).await;
             match &self.pace {
                 Pace::Free => {}
                 Pace::After(interval) => {
@@ -281,13 +281,20 @@ enum Source {
 
 impl Source {
     /// The next job and its queue; `None` once the pool closes or every queue has.
-    async fn next(&self, token: &CancellationToken) -> Option<(Arc<dyn Queue>, JobRef)> {
+    async fn next(&self, token: &CancellationToken) -> Option<(&Arc<dyn Queue>, JobRef)> {
         match self {
-            Source::One(queue) => tokio::select! {
-                biased;
-                _ = token.cancelled() => None,
-                job = queue.next() => job.map(|job| (queue.clone(), job)),
-            },
+            // The queue comes first: when it has a job ready, the pool's token is only read, not
+            // waited on (waiting registers with the token, a lock shared by every worker).
+            Source::One(queue) => {
+                if token.is_cancelled() {
+                    return None;
+                }
+                tokio::select! {
+                    biased;
+                    job = queue.next() => job.map(|job| (queue, job)),
+                    _ = token.cancelled() => None,
+                }
+            }
             Source::Many(rotation) => rotation.next(token).await,
         }
     }
@@ -318,7 +325,7 @@ impl Rotation {
         }
     }
 
-    async fn next(&self, token: &CancellationToken) -> Option<(Arc<dyn Queue>, JobRef)> {
+    async fn next(&self, token: &CancellationToken) -> Option<(&Arc<dyn Queue>, JobRef)> {
         let n = self.queues.len();
         loop {
             let first = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +344,7 @@ impl Rotation {
             };
             let i = order[position];
             match job {
-                Some(job) => return Some((self.queues[i].clone(), job)),
+                Some(job) => return Some((&self.queues[i], job)),
                 None => self.closed[i].store(true, Ordering::Relaxed),
             }
         }
