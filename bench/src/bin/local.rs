@@ -1,21 +1,30 @@
-//! In-memory throughput: no-op jobs put, run and completed per second, against a bare-channel
-//! baseline measured in the same run.
+//! In-memory throughput, run by `cargo xtask bench local`: no-op jobs put, run and completed
+//! per second through the local queues with the local worker pool, each case against a
+//! bare-channel baseline measured in the same run, and the memory a pending job takes.
+//!
+//! Prints one JSON line per case. Arguments: `[jobs]` (default 1,000,000).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use amboy::dependency::Always;
+use amboy::local::{ByPriority, Fifo, Line, LocalQueue, Ordered};
 use amboy::prelude::*;
 use amboy::{Base, JobRef};
 use amboy_bench::NoopJob;
+use serde_json::json;
 use tokio::sync::Mutex;
+
+/// The capacity of every queue and of the baseline channel.
+const CAPACITY: usize = 1024;
 
 type Task =
     Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
 
-/// The same number of boxed no-op async closures through a bounded tokio mpsc channel, consumed
-/// by `workers` tasks sharing the receiver.
-async fn baseline(jobs: usize, workers: usize, capacity: usize) -> f64 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Task>(capacity);
+/// `jobs` boxed no-op async closures through a bounded tokio mpsc channel, consumed by
+/// `workers` tasks sharing the receiver.
+async fn baseline(jobs: usize, workers: usize) -> f64 {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Task>(CAPACITY);
     let rx = Arc::new(Mutex::new(rx));
     let started = Instant::now();
     let consumers: Vec<_> = (0..workers)
@@ -45,26 +54,95 @@ async fn baseline(jobs: usize, workers: usize, capacity: usize) -> f64 {
     jobs as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn limited(jobs: usize, workers: usize, capacity: usize) -> f64 {
-    let queue = amboy::new_local_limited_size(workers, capacity);
+/// A no-op job: with a fresh random ID, or `job-<n>` when `named` (for edges to find); with
+/// `edge`, it depends on that earlier job.
+fn job(n: usize, named: bool, edge: Option<usize>) -> JobRef {
+    let base = if named {
+        Base::with_id(format!("job-{n}"))
+    } else {
+        Base::new()
+    };
+    let job = NoopJob { base };
+    if let Some(edge) = edge {
+        let always = Always::new();
+        always
+            .edges
+            .add_edge(&format!("job-{edge}"))
+            .expect("new edge");
+        job.base.set_dependency(Arc::new(always));
+    }
+    Arc::new(job)
+}
+
+/// Puts `jobs` no-op jobs into a started queue of kind `L` served by `workers` local workers
+/// and waits for all of them; `edges` gives job `n` an edge to an earlier job, or none.
+async fn throughput<L: Line>(
+    jobs: usize,
+    workers: usize,
+    named: bool,
+    edges: impl Fn(usize) -> Option<usize>,
+) -> f64 {
+    let queue: Arc<LocalQueue<L>> = amboy::new_local_queue(workers, CAPACITY);
     queue.start().await.expect("start");
+    // Jobs are made inside the timed loop, as the baseline makes its closures.
     let started = Instant::now();
-    for _ in 0..jobs {
-        let job: JobRef = Arc::new(NoopJob { base: Base::new() });
-        queue.put(job).await.expect("put");
+    for n in 0..jobs {
+        queue.put(job(n, named, edges(n))).await.expect("put");
     }
     amboy::wait(&*queue).await.expect("wait");
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
     let stats = queue.stats().await.expect("stats");
-    assert_eq!(stats.completed, jobs, "{stats}");
+    assert_eq!(stats.completed, jobs, "every job completed: {stats}");
     queue.close().await;
     rate
 }
 
+/// The resident memory of this process, in bytes.
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The memory each pending job takes, job included, with `jobs` jobs waiting in a
+/// limited-size queue whose runner runs nothing.
+async fn bytes_per_pending_job(jobs: usize) -> f64 {
+    let queue = amboy::local::LimitedSizeQueue::new(jobs);
+    queue
+        .set_runner(amboy::runner::NoopRunner::new())
+        .expect("runner");
+    queue.start().await.expect("start");
+    let before = resident_bytes();
+    for n in 0..jobs {
+        queue.put(job(n, false, None)).await.expect("put");
+    }
+    let after = resident_bytes();
+    assert_eq!(queue.stats().await.expect("stats").pending, jobs);
+    queue.close().await;
+    after.saturating_sub(before) as f64 / jobs as f64
+}
+
+fn line(bench: &str, jobs: usize, workers: usize, rate: f64, base: f64) {
+    println!(
+        "{}",
+        json!({
+            "bench": bench,
+            "jobs": jobs,
+            "workers": workers,
+            "jobs_per_sec": rate.round(),
+            "baseline_jobs_per_sec": base.round(),
+            "ratio": (rate / base * 1000.0).round() / 1000.0,
+        })
+    );
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let jobs: usize = args
-        .get(1)
+    let jobs: usize = std::env::args()
+        .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -73,17 +151,34 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         for workers in [2, 8, 64] {
-            let capacity = 10_000;
-            let base = baseline(jobs, workers, capacity).await;
-            let rate = limited(jobs, workers, capacity).await;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "bench": "limited_size/local_workers", "jobs": jobs, "workers": workers,
-                    "jobs_per_sec": rate.round(), "baseline_jobs_per_sec": base.round(),
-                    "ratio": (rate / base * 1000.0).round() / 1000.0,
-                })
+            let base = baseline(jobs, workers).await;
+            let limited = throughput::<Fifo>(jobs, workers, false, |_| None).await;
+            line("limited_size/local_workers", jobs, workers, limited, base);
+            let priority = throughput::<ByPriority>(jobs, workers, false, |_| None).await;
+            line("priority/local_workers", jobs, workers, priority, base);
+            let ordered = throughput::<Ordered>(jobs, workers, false, |_| None).await;
+            line(
+                "dependency_ordered/no_edges/local_workers",
+                jobs,
+                workers,
+                ordered,
+                base,
+            );
+            // One job in ten depends on the job put just before it.
+            let edged =
+                throughput::<Ordered>(jobs, workers, true, |n| (n % 10 == 9).then(|| n - 1)).await;
+            line(
+                "dependency_ordered/10pct_edges/local_workers",
+                jobs,
+                workers,
+                edged,
+                base,
             );
         }
+        let bytes = bytes_per_pending_job(jobs).await;
+        println!(
+            "{}",
+            json!({"bench": "limited_size/memory", "jobs": jobs, "bytes_per_job": bytes.round()})
+        );
     });
 }

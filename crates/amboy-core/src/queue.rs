@@ -41,6 +41,22 @@ pub trait Queue: Send + Sync + 'static {
     /// and marked in progress. `None` once the queue is closed.
     async fn next(&self) -> Option<JobRef>;
 
+    /// Dispatches the next job if one is ready now, without waiting: the non-blocking
+    /// counterpart of [`next`](Queue::next). Runners call it first, to skip the cost of an
+    /// asynchronous call while jobs are queued. Queues that cannot tell without waiting (on a
+    /// database, say) keep the default, `None`.
+    fn try_next(&self) -> Option<JobRef> {
+        None
+    }
+
+    /// Completes a dispatched job if the queue can do so without waiting (in memory): `Some`
+    /// with what [`complete`](Queue::complete) would return. `None`, the default, means the
+    /// caller must call `complete`.
+    fn try_complete(&self, job: &JobRef) -> Option<Result<()>> {
+        let _ = job;
+        None
+    }
+
     /// The queue's state and lock timeout.
     fn info(&self) -> QueueInfo;
 

@@ -132,7 +132,11 @@ pub async fn execute_job(
         if outcome == RunOutcome::TimedOut {
             ctx.token().cancel();
         }
-        if let Err(error) = queue.complete(job).await {
+        let completed = match queue.try_complete(job) {
+            Some(result) => result,
+            None => queue.complete(job).await,
+        };
+        if let Err(error) = completed {
             tracing::warn!(error = %error, "could not complete job");
             job.base().metadata().time_info.end = Some(Utc::now());
         }

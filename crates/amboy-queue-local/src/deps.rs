@@ -27,8 +27,9 @@ pub(crate) struct Dependencies {
 
 #[derive(Debug, Default)]
 struct Graph {
-    /// Jobs that finished (ran, passed, failed to resolve), so later edges to them are met.
-    finished: HashSet<Arc<str>>,
+    /// Finished jobs the queue no longer retains, so that later edges to them are met. Jobs
+    /// still retained answer for themselves.
+    evicted: HashSet<Arc<str>>,
     /// Jobs dropped before they ran: edges to them can never be met.
     expired: HashSet<Arc<str>>,
     /// Jobs waiting for edges, with how many are not finished yet.
@@ -45,14 +46,25 @@ struct Waiting {
     unmet: usize,
 }
 
+/// What the queue knows of a job an edge names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Edge {
+    /// Stored and finished.
+    Finished,
+    /// Stored and not finished.
+    Unfinished,
+    /// Not stored.
+    Missing,
+}
+
 impl Dependencies {
-    /// Takes in a job being put. `known` says whether a job ID is stored in the queue. Returns
-    /// `Ok(None)` if the job waits (for edges, or for its manager), or the verdict now. An edge to
-    /// a job the queue does not know, or to the job itself, is an error naming both.
+    /// Takes in a job being put. `lookup` says what the queue knows of a job ID it stores.
+    /// Returns `Ok(None)` if the job waits (for edges, or for its manager), or the verdict now.
+    /// An edge to a job the queue does not know, or to the job itself, is an error naming both.
     pub(crate) fn admit(
         &self,
         job: &JobRef,
-        known: impl Fn(&str) -> bool,
+        lookup: impl Fn(&str) -> Edge,
     ) -> Result<Option<Verdict>> {
         let id = job.base().shared_id().clone();
         let manager = job.base().metadata().dependency.clone();
@@ -76,16 +88,21 @@ impl Dependencies {
                     format!("dependency unresolved: edge '{edge}' expired before it ran"),
                 )));
             }
-            if graph.finished.contains(edge.as_str()) {
+            if graph.evicted.contains(edge.as_str()) {
                 continue;
             }
-            if !known(edge) {
-                return Err(Error::invalid_job(
-                    &*id,
-                    format!("it depends on unknown job '{edge}'"),
-                ));
+            // Looked up under the graph's lock: a job finishing meanwhile reports it through
+            // `finished`, which waits for this lock, and so sees the registration below.
+            match lookup(edge) {
+                Edge::Finished => continue,
+                Edge::Unfinished => unmet.push(edge.as_str()),
+                Edge::Missing => {
+                    return Err(Error::invalid_job(
+                        &*id,
+                        format!("it depends on unknown job '{edge}'"),
+                    ));
+                }
             }
-            unmet.push(edge.as_str());
         }
         if unmet.is_empty() {
             return Ok(graph.judge(job.clone(), &*manager));
@@ -107,12 +124,15 @@ impl Dependencies {
         Ok(None)
     }
 
-    /// Records that `id` finished; returns the verdicts of the jobs that no longer wait.
-    pub(crate) fn finished(&self, id: &Arc<str>) -> Vec<Verdict> {
+    /// Records that `id` finished, and that the queue forgot `evicted` (a finished job it no
+    /// longer retains); returns the verdicts of the jobs that no longer wait.
+    pub(crate) fn finished(&self, id: &Arc<str>, evicted: Option<Arc<str>>) -> Vec<Verdict> {
         let mut graph = self.graph.lock();
         graph.waiting.remove(id);
         graph.blocked_by_state.remove(id);
-        graph.finished.insert(id.clone());
+        if let Some(evicted) = evicted {
+            graph.evicted.insert(evicted);
+        }
         let mut verdicts = Vec::new();
         for dependent in graph.dependents.remove(id).unwrap_or_default() {
             let Some(waiting) = graph.waiting.get_mut(&dependent) else {

@@ -31,6 +31,9 @@ pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
     /// Takes the next job, waiting for one; `None` once the line is closed.
     fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send;
 
+    /// Takes the next job if there is one now.
+    fn try_pop(&self) -> Option<JobRef>;
+
     /// Closes the line: waiting and later `pop`s return `None`.
     fn close(&self);
 }
@@ -65,6 +68,10 @@ impl Line for Fifo {
         self.rx.recv().await.ok()
     }
 
+    fn try_pop(&self) -> Option<JobRef> {
+        self.rx.try_recv().ok()
+    }
+
     fn close(&self) {
         self.tx.close();
     }
@@ -82,6 +89,13 @@ impl<C: Send> Locked<C> {
     fn push(&self, add: impl FnOnce(&mut C)) {
         add(&mut self.items.lock());
         self.added.notify_one();
+    }
+
+    fn try_pop(&self, take: impl Fn(&mut C) -> Option<JobRef>) -> Option<JobRef> {
+        if self.closed.load(AtomicOrdering::SeqCst) {
+            return None;
+        }
+        take(&mut self.items.lock())
     }
 
     async fn pop(&self, take: impl Fn(&mut C) -> Option<JobRef>) -> Option<JobRef> {
@@ -172,6 +186,10 @@ impl Line for ByPriority {
             .await
     }
 
+    fn try_pop(&self) -> Option<JobRef> {
+        self.heap.try_pop(|heap| heap.pop().map(|entry| entry.job))
+    }
+
     fn close(&self) {
         self.heap.close();
     }
@@ -200,6 +218,12 @@ impl Line for Shuffled {
             .await
     }
 
+    fn try_pop(&self) -> Option<JobRef> {
+        self.jobs.try_pop(|jobs| {
+            (!jobs.is_empty()).then(|| jobs.swap_remove(fastrand::usize(..jobs.len())))
+        })
+    }
+
     fn close(&self) {
         self.jobs.close();
     }
@@ -224,6 +248,10 @@ impl Line for Ordered {
         self.0.pop()
     }
 
+    fn try_pop(&self) -> Option<JobRef> {
+        self.0.try_pop()
+    }
+
     fn close(&self) {
         self.0.close();
     }
@@ -246,6 +274,10 @@ impl Line for Adaptive {
 
     fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
         self.0.pop()
+    }
+
+    fn try_pop(&self) -> Option<JobRef> {
+        self.0.try_pop()
     }
 
     fn close(&self) {

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
-use crate::deps::{Dependencies, Verdict, order_batch};
+use crate::deps::{Dependencies, Edge, Verdict, order_batch};
 use crate::gate::Gate;
 use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
 use crate::{Dispatcher, ScopeManager};
@@ -318,10 +318,12 @@ impl<L: Line> LocalQueue<L> {
     fn finish(&self, id: &Arc<str>, scopes: &[String]) {
         self.release_scopes(id, scopes);
         self.counts.completed.fetch_add(1, Ordering::SeqCst);
-        self.retain(id);
+        let evicted = self.retain(id);
         if let Some(dependencies) = &self.dependencies {
-            let verdicts = dependencies.finished(id);
-            self.apply(verdicts);
+            let verdicts = dependencies.finished(id, evicted);
+            if !verdicts.is_empty() {
+                self.apply(verdicts);
+            }
         }
     }
 
@@ -353,24 +355,26 @@ impl<L: Line> LocalQueue<L> {
             let id = job.base().shared_id();
             self.release_scopes(id, &scopes);
             self.counts.completed.fetch_add(1, Ordering::SeqCst);
-            self.retain(id);
+            let evicted = self.retain(id);
             if let Some(dependencies) = &self.dependencies {
-                work.extend(dependencies.finished(id));
+                work.extend(dependencies.finished(id, evicted));
             }
         }
     }
 
     /// Retains a completed job, forgetting the oldest retained one when full.
-    fn retain(&self, id: &Arc<str>) {
+    /// Returns the ID of the job forgotten, if any.
+    fn retain(&self, id: &Arc<str>) -> Option<Arc<str>> {
         let evicted = match &self.retained {
             Some(ring) => ring.force_push(id.clone()),
             None => Some(id.clone()),
         };
         // Each completion pushes its ID once, and a completed job leaves the map only here, so
         // the entry under an evicted ID is that completed job.
-        if let Some(evicted) = evicted {
-            self.jobs.remove(&evicted);
+        if let Some(evicted) = &evicted {
+            self.jobs.remove(evicted);
         }
+        evicted
     }
 
     /// Checks and prepares a job being put; returns its enqueue scopes.
@@ -432,7 +436,12 @@ impl<L: Line> LocalQueue<L> {
             self.route(job, wait_until, now);
             return Ok(());
         };
-        let verdict = match dependencies.admit(&job, |edge| self.jobs.contains_key(edge)) {
+        let lookup = |edge: &str| match self.jobs.get(edge) {
+            None => Edge::Missing,
+            Some(stored) if stored.base().metadata().status.completed => Edge::Finished,
+            Some(_) => Edge::Unfinished,
+        };
+        let verdict = match dependencies.admit(&job, lookup) {
             Ok(verdict) => verdict,
             Err(error) => {
                 self.jobs.remove(&id);
@@ -442,8 +451,71 @@ impl<L: Line> LocalQueue<L> {
             }
         };
         self.counts.total.fetch_add(1, Ordering::SeqCst);
-        if let Some(verdict) = verdict {
-            self.apply(vec![verdict]);
+        match verdict {
+            Some(Verdict::Run(job)) => self.route(job, wait_until, now),
+            Some(verdict) => self.apply(vec![verdict]),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Completes a job; everything a completion does happens here, without waiting.
+    fn complete_now(&self, job: &JobRef) -> Result<()> {
+        let id = job.base().shared_id();
+
+        // Stop the heartbeat first, so that it never marks the job in progress again.
+        let dispatched = self.dispatcher.forget(id);
+        if !dispatched {
+            match self.jobs.get_mut(id) {
+                None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
+                Some(mut stored) => {
+                    if !Arc::ptr_eq(&stored, job) {
+                        *stored = job.clone();
+                    }
+                }
+            }
+        }
+        // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
+        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip in.
+        let (scopes, was_pending) = {
+            let mut meta = job.base().metadata();
+            if meta.status.completed && !dispatched {
+                return Ok(());
+            }
+            let was_pending = !dispatched && !meta.status.in_progress;
+            (Self::mark(&mut meta, dispatched), was_pending)
+        };
+        if was_pending {
+            // It leaves the pending set now; the line skips it when its turn comes.
+            if let Some(dependencies) = &self.dependencies {
+                dependencies.forget(id);
+            }
+            self.gate.give_back();
+        }
+        self.finish(id, &scopes);
+        Ok(())
+    }
+
+    /// Stores a job's state, without waiting.
+    fn save_now(&self, job: &JobRef) -> Result<()> {
+        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
+            return Err(Error::NotStarted("queue"));
+        }
+        let id = job.base().shared_id();
+        let Some(mut stored) = self.jobs.get_mut(id) else {
+            return Err(Error::job_not_found(&**id));
+        };
+        {
+            // A finished job holds no scopes: taking them again would keep them forever (a
+            // heartbeat's save racing the completion did). Checked under the job's lock, which
+            // the completion takes to mark the job, so it cannot slip in between.
+            let meta = job.base().metadata();
+            if !meta.status.completed {
+                self.scopes.acquire(id, &meta.scopes)?;
+            }
+        }
+        if !Arc::ptr_eq(&stored, job) {
+            *stored = job.clone();
         }
         Ok(())
     }
@@ -532,61 +604,24 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
-        let id = job.base().shared_id();
-        // Stop the heartbeat first, so that it never marks the job in progress again.
-        let dispatched = self.dispatcher.forget(id);
-        if !dispatched {
-            match self.jobs.get_mut(id) {
-                None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
-                Some(mut stored) => {
-                    if !Arc::ptr_eq(&stored, job) {
-                        *stored = job.clone();
-                    }
-                }
+        self.complete_now(job)
+    }
+
+    fn try_next(&self) -> Option<JobRef> {
+        while let Some(job) = self.line.try_pop() {
+            if let Taken::Dispatched(job) = self.take(job) {
+                return Some(job);
             }
         }
-        // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
-        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip in.
-        let (scopes, was_pending) = {
-            let mut meta = job.base().metadata();
-            if meta.status.completed && !dispatched {
-                return Ok(());
-            }
-            let was_pending = !dispatched && !meta.status.in_progress;
-            (Self::mark(&mut meta, dispatched), was_pending)
-        };
-        if was_pending {
-            // It leaves the pending set now; the line skips it when its turn comes.
-            if let Some(dependencies) = &self.dependencies {
-                dependencies.forget(id);
-            }
-            self.gate.give_back();
-        }
-        self.finish(id, &scopes);
-        Ok(())
+        None
+    }
+
+    fn try_complete(&self, job: &JobRef) -> Option<Result<()>> {
+        Some(self.complete_now(job))
     }
 
     async fn save(&self, job: &JobRef) -> Result<()> {
-        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
-            return Err(Error::NotStarted("queue"));
-        }
-        let id = job.base().shared_id();
-        let Some(mut stored) = self.jobs.get_mut(id) else {
-            return Err(Error::job_not_found(&**id));
-        };
-        {
-            // A finished job holds no scopes: taking them again would keep them forever (a
-            // heartbeat's save racing the completion did). Checked under the job's lock, which
-            // the completion takes to mark the job, so it cannot slip in between.
-            let meta = job.base().metadata();
-            if !meta.status.completed {
-                self.scopes.acquire(id, &meta.scopes)?;
-            }
-        }
-        if !Arc::ptr_eq(&stored, job) {
-            *stored = job.clone();
-        }
-        Ok(())
+        self.save_now(job)
     }
 
     async fn results(&self) -> JobStream {
@@ -620,13 +655,11 @@ impl<L: Line> Queue for LocalQueue<L> {
         let blocked = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
         let unfinished = total.saturating_sub(completed + expired);
         let blocked = blocked.min(unfinished);
-        // A job completed from outside while it waited keeps its place in the gate until it
-        // leaves the line: the jobs the dispatcher runs bound the pending ones too.
         let pending = self
             .gate
             .taken()
             .saturating_sub(blocked)
-            .min((unfinished - blocked).saturating_sub(self.dispatcher.len()));
+            .min(unfinished - blocked);
         let mut stats = QueueStats {
             running: unfinished - blocked - pending,
             completed,

@@ -649,10 +649,16 @@ impl Queue for LimitedSizeSerializableQueue {
     }
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
-        let dispatched = self.dispatcher.forget(job.id());
         let key = key_of(job);
         let scopes = {
             let mut store = self.store.lock();
+            // The dispatcher knows jobs by ID: only the attempt running here is its to forget,
+            // not an older attempt of the same job completed again while the next one runs.
+            let dispatched = store
+                .records
+                .get(&key)
+                .is_some_and(|record| record.status.in_progress)
+                && self.dispatcher.forget(job.id());
             self.complete_locked(&mut store, &key, job, dispatched)?
         };
         self.release_scopes(&key, &scopes);
@@ -703,17 +709,12 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn stats(&self) -> Result<QueueStats> {
         let store = self.store.lock();
-        let unfinished = store.total.saturating_sub(store.completed + store.expired);
-        // A job completed from outside while it waited counts as pending until it leaves the
-        // line: the jobs the dispatcher runs bound the pending ones too.
-        let pending = store
-            .pending
-            .min(unfinished.saturating_sub(self.dispatcher.len()));
+        let finished = store.completed + store.expired + store.pending;
         Ok(QueueStats {
-            running: unfinished - pending,
+            running: store.total.saturating_sub(finished),
             completed: store.completed,
             retrying: store.retrying,
-            pending,
+            pending: store.pending,
             expired: store.expired,
             total: store.total,
             ..QueueStats::default()

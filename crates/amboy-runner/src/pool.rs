@@ -289,6 +289,9 @@ impl Source {
                 if token.is_cancelled() {
                     return None;
                 }
+                if let Some(job) = queue.try_next() {
+                    return Some((queue, job));
+                }
                 tokio::select! {
                     biased;
                     job = queue.next() => job.map(|job| (queue, job)),

@@ -29,6 +29,11 @@ pub use amboy_core::{
     execute, execute_job, populate_queue, report, resolve_errors, run_job, wait, wait_interval,
     wait_interval_num, wait_job, wait_job_interval, with_retryable_queue,
 };
+pub use amboy_core::{
+    GroupQueueCheck, GroupQueueOperation, PeriodicHandle, QueueOperation, QueueOperationConfig,
+    group_queue_operations, interval_group_queue_operation, interval_queue_operation,
+    next_aligned_start, schedule_job, schedule_jobs_from_generator, schedule_many_jobs,
+};
 
 /// The attribute that makes a trait's methods async for trait objects; implementations of
 /// [`Job`] carry it.
