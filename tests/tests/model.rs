@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amboy::local::{
-    Dispatcher, LimitedSizeQueue, LimitedSizeSerializableQueue, Line, LocalQueue, PriorityQueue,
-    ShuffledQueue,
+    LimitedSizeQueue, LimitedSizeSerializableQueue, Line, LocalQueue, PriorityQueue, ShuffledQueue,
 };
 use amboy::{Base, JobRef, JobStatusInfo, JobTimeInfo, Queue, QueueStats};
 use amboy_tests::cases::IdleRunner;
@@ -82,6 +81,18 @@ macro_rules! ensure_eq {
 // ---------------------------------------------------------------------------------------------
 
 /// The queue under test.
+/// The jobs whose locks a queue keeps alive: how many, and whether a given one is among them.
+struct Heartbeat {
+    count: Box<dyn Fn() -> usize + Send + Sync>,
+    covers: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heartbeat").finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Fifo,
@@ -91,11 +102,16 @@ enum Kind {
 }
 
 impl Kind {
-    /// A queue of this kind, and its dispatcher.
-    fn build(self) -> (Arc<dyn Queue>, Arc<Dispatcher>) {
-        fn local<L: Line>(queue: Arc<LocalQueue<L>>) -> (Arc<dyn Queue>, Arc<Dispatcher>) {
-            let dispatcher = queue.dispatcher().clone();
-            (queue, dispatcher)
+    /// A queue of this kind, and what keeps the locks of its running jobs alive.
+    fn build(self) -> (Arc<dyn Queue>, Heartbeat) {
+        fn local<L: Line>(queue: Arc<LocalQueue<L>>) -> (Arc<dyn Queue>, Heartbeat) {
+            // Queues holding the jobs themselves refresh the jobs running there.
+            let (counted, asked) = (queue.clone(), queue.clone());
+            let heartbeat = Heartbeat {
+                count: Box::new(move || counted.dispatched()),
+                covers: Box::new(move |id| asked.is_dispatched(id)),
+            };
+            (queue, heartbeat)
         }
         match self {
             Kind::Fifo => local(LimitedSizeQueue::new(CAPACITY)),
@@ -103,8 +119,13 @@ impl Kind {
             Kind::Shuffled => local(ShuffledQueue::new(CAPACITY)),
             Kind::Serializable => {
                 let queue = LimitedSizeSerializableQueue::new(CAPACITY);
-                let dispatcher = queue.dispatcher().clone();
-                (queue, dispatcher)
+                // Queues of copies track the copies their workers run.
+                let (counted, asked) = (queue.dispatcher().clone(), queue.dispatcher().clone());
+                let heartbeat = Heartbeat {
+                    count: Box::new(move || counted.len()),
+                    covers: Box::new(move |id| asked.is_dispatched(id)),
+                };
+                (queue, heartbeat)
             }
         }
     }
@@ -415,8 +436,8 @@ impl Model {
 struct Machine {
     kind: Kind,
     queue: Arc<dyn Queue>,
-    /// The queue's dispatcher, which keeps the locks of running jobs alive.
-    dispatcher: Arc<Dispatcher>,
+    /// What keeps the locks of running jobs alive.
+    heartbeat: Heartbeat,
     model: Model,
 }
 
@@ -485,7 +506,7 @@ fn attempt_of(job: &JobRef) -> u32 {
 
 impl Machine {
     async fn new(kind: Kind) -> Checked<Self> {
-        let (queue, dispatcher) = kind.build();
+        let (queue, heartbeat) = kind.build();
         queue
             .set_runner(Arc::new(IdleRunner::default()))
             .map_err(fail)?;
@@ -493,7 +514,7 @@ impl Machine {
         Ok(Machine {
             kind,
             queue,
-            dispatcher,
+            heartbeat,
             model: Model::default(),
         })
     }
@@ -991,13 +1012,13 @@ impl Machine {
 
         // The dispatcher keeps the lock of every running job alive, and of no other.
         ensure_eq!(
-            self.dispatcher.len(),
+            (self.heartbeat.count)(),
             running,
             "jobs the dispatcher keeps locked"
         );
         for e in model.entities.iter().filter(|e| e.state == State::Running) {
             ensure!(
-                self.dispatcher.is_dispatched(&e.id),
+                (self.heartbeat.covers)(&e.id),
                 "{e:?} runs, but the dispatcher no longer keeps its lock alive"
             );
         }

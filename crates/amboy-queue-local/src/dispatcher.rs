@@ -90,6 +90,29 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Refreshes the lock of a job this owner dispatched, under its metadata lock: only a job in
+    /// progress, not completed, locked by this owner and within its `max_time`. Returns whether
+    /// it did. Queues holding the jobs themselves refresh their running jobs with this instead of
+    /// tracking them.
+    pub fn refresh(&self, meta: &mut Metadata, now: DateTime<Utc>) -> bool {
+        let status = &meta.status;
+        if !status.in_progress || status.completed || status.owner.as_deref() != Some(&*self.owner)
+        {
+            return false;
+        }
+        let max_time = meta.time_info.max_time;
+        if !max_time.is_zero()
+            && let Some(start) = meta.time_info.start
+            && (now - start).to_std().unwrap_or_default() >= max_time
+        {
+            // Past its limit: let the lock lapse, so that a stuck job is taken over.
+            return false;
+        }
+        meta.status.modification_time = Some(now);
+        meta.status.modification_count += 1;
+        true
+    }
+
     /// The second half of [`dispatch`](Self::dispatch): keeps the lock of a marked job alive
     /// until it completes or is released, or its `max_time` passes.
     pub fn track(&self, job: &JobRef, max_time: Duration) {

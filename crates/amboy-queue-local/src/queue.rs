@@ -248,9 +248,8 @@ impl<L: Line> LocalQueue<L> {
             tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not dispatch job");
             return Taken::Skipped;
         }
-        let max_time = meta.time_info.max_time;
         drop(meta);
-        self.dispatcher.track(&job, max_time);
+        // The heartbeat finds running jobs in the map: nothing to register.
         self.gate.give_back();
         Taken::Dispatched(job)
     }
@@ -462,23 +461,28 @@ impl<L: Line> LocalQueue<L> {
     /// Completes a job; everything a completion does happens here, without waiting.
     fn complete_now(&self, job: &JobRef) -> Result<()> {
         let id = job.base().shared_id();
-
-        // Stop the heartbeat first, so that it never marks the job in progress again.
-        let dispatched = self.dispatcher.forget(id);
-        if !dispatched {
-            match self.jobs.get_mut(id) {
+        // A job this queue dispatched is the one it stores (only completed jobs leave the map
+        // otherwise); any other must be the very job the queue holds, not a copy or a stale
+        // job whose ID was reused.
+        if !self.runs_here(&job.base().metadata()) {
+            match self.jobs.get(id) {
                 None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
-                Some(mut stored) => {
-                    if !Arc::ptr_eq(&stored, job) {
-                        *stored = job.clone();
-                    }
+                Some(stored) if !Arc::ptr_eq(&stored, job) => {
+                    return Err(Error::job_not_found_because(
+                        &**id,
+                        "the queue holds another job with this ID",
+                    ));
                 }
+                Some(_) => {}
             }
         }
-        // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
-        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip in.
+        // Whether the job ran here or waited to run (in the line, the timer heap, beside a scope
+        // or in the dependency graph), decided under its lock so that a concurrent dispatch
+        // cannot slip in. The heartbeat refreshes only jobs in progress, so once marked here a
+        // job is never refreshed again.
         let (scopes, was_pending) = {
             let mut meta = job.base().metadata();
+            let dispatched = self.runs_here(&meta);
             if meta.status.completed && !dispatched {
                 return Ok(());
             }
@@ -494,6 +498,51 @@ impl<L: Line> LocalQueue<L> {
         }
         self.finish(id, &scopes);
         Ok(())
+    }
+
+    /// Whether the job is running, dispatched by this queue.
+    fn runs_here(&self, meta: &Metadata) -> bool {
+        meta.status.in_progress && meta.status.owner.as_deref() == Some(&*self.id)
+    }
+
+    /// Whether the job `id` is running, dispatched by this queue (its lock is kept alive).
+    pub fn is_dispatched(&self, id: &str) -> bool {
+        self.jobs
+            .get(id)
+            .is_some_and(|job| self.runs_here(&job.base().metadata()))
+    }
+
+    /// The number of jobs running, dispatched by this queue. Scans every stored job.
+    pub fn dispatched(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|job| self.runs_here(&job.base().metadata()))
+            .count()
+    }
+
+    /// Refreshes the locks of the jobs running here (the lock heartbeat runs this every quarter
+    /// of the lock timeout); returns how many it refreshed. A job past its `max_time` is left
+    /// to lapse.
+    pub fn refresh_locks(&self) -> usize {
+        let now = Utc::now();
+        self.jobs
+            .iter()
+            .filter(|job| self.dispatcher.refresh(&mut job.base().metadata(), now))
+            .count()
+    }
+
+    async fn run_heartbeat(queue: Weak<Self>, interval: Duration, lifetime: CancellationToken) {
+        let start = tokio::time::Instant::now() + interval;
+        let mut ticks = tokio::time::interval_at(start, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = lifetime.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let Some(queue) = queue.upgrade() else { return };
+            queue.refresh_locks();
+        }
     }
 
     /// Stores a job's state, without waiting.
@@ -699,8 +748,12 @@ impl<L: Line> Queue for LocalQueue<L> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyStarted("queue"));
         }
-        let this = self.arc();
-        self.dispatcher.start_heartbeat(Arc::downgrade(&this));
+        let heartbeat = Self::run_heartbeat(
+            self.this.clone(),
+            self.dispatcher.heartbeat_interval(),
+            self.lifetime.clone(),
+        );
+        self.tasks.lock().push(tokio::spawn(heartbeat));
         let timer = Self::run_timer(
             self.this.clone(),
             self.delayed.clone(),

@@ -636,10 +636,10 @@ async fn concurrent_next_dispatches_a_job_once() {
     assert_eq!(status.owner.as_deref(), Some(queue.id()));
     assert!(status.modification_count > 0);
     assert!(status.modification_time.is_some());
-    assert!(queue.dispatcher().is_dispatched("only"));
+    assert!(queue.is_dispatched("only"));
 
     queue.complete(job).await.unwrap();
-    assert!(!queue.dispatcher().is_dispatched("only"));
+    assert!(!queue.is_dispatched("only"));
     assert!(job.status().completed);
     assert!(
         timeout(NOT_WITHIN, queue.next()).await.is_err(),
