@@ -2,7 +2,8 @@
 //! per second through the local queues with the local worker pool, each case against a
 //! bare-channel baseline measured in the same run, and the memory a pending job takes.
 //!
-//! Prints one JSON line per case. Arguments: `[jobs]` (default 1,000,000).
+//! Each rate is the median of three runs. Prints one JSON line per case. Arguments: `[jobs]`
+//! (default 1,000,000) and `[filter]`, a substring of the case names to run (default: all).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,13 +42,16 @@ async fn baseline(jobs: usize, workers: usize) -> f64 {
             })
         })
         .collect();
-    for _ in 0..jobs {
-        let task: Task = Box::new(|| Box::pin(async {}));
-        if tx.send(task).await.is_err() {
-            break;
+    // The producer is a task on the runtime, as an application's code is.
+    let producer = tokio::spawn(async move {
+        for _ in 0..jobs {
+            let task: Task = Box::new(|| Box::pin(async {}));
+            if tx.send(task).await.is_err() {
+                break;
+            }
         }
-    }
-    drop(tx);
+    });
+    producer.await.expect("producer");
     for consumer in consumers {
         consumer.await.expect("consumer");
     }
@@ -80,15 +84,22 @@ async fn throughput<L: Line>(
     jobs: usize,
     workers: usize,
     named: bool,
-    edges: impl Fn(usize) -> Option<usize>,
+    edges: fn(usize) -> Option<usize>,
 ) -> f64 {
     let queue: Arc<LocalQueue<L>> = amboy::new_local_queue(workers, CAPACITY);
     queue.start().await.expect("start");
-    // Jobs are made inside the timed loop, as the baseline makes its closures.
+    // Jobs are made inside the timed loop, as the baseline makes its closures, by a producer
+    // task on the runtime, as the baseline's is.
     let started = Instant::now();
-    for n in 0..jobs {
-        queue.put(job(n, named, edges(n))).await.expect("put");
-    }
+    let producer = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for n in 0..jobs {
+                queue.put(job(n, named, edges(n))).await.expect("put");
+            }
+        })
+    };
+    producer.await.expect("producer");
     amboy::wait(&*queue).await.expect("wait");
     let rate = jobs as f64 / started.elapsed().as_secs_f64();
     let stats = queue.stats().await.expect("stats");
@@ -140,45 +151,57 @@ fn line(bench: &str, jobs: usize, workers: usize, rate: f64, base: f64) {
     );
 }
 
+/// The median of three runs of `run`, so that one run disturbed by the machine does not decide.
+async fn median<F, Fut>(run: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut rates = [run().await, run().await, run().await];
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
 fn main() {
-    let jobs: usize = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let jobs: usize = args
+        .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
+    let filter = args.next().unwrap_or_default();
+    let wanted = |case: &str| case.contains(filter.as_str());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
         for workers in [2, 8, 64] {
-            let base = baseline(jobs, workers).await;
-            let limited = throughput::<Fifo>(jobs, workers, false, |_| None).await;
-            line("limited_size/local_workers", jobs, workers, limited, base);
-            let priority = throughput::<ByPriority>(jobs, workers, false, |_| None).await;
-            line("priority/local_workers", jobs, workers, priority, base);
-            let ordered = throughput::<Ordered>(jobs, workers, false, |_| None).await;
-            line(
-                "dependency_ordered/no_edges/local_workers",
-                jobs,
-                workers,
-                ordered,
-                base,
-            );
-            // One job in ten depends on the job put just before it.
-            let edged =
-                throughput::<Ordered>(jobs, workers, true, |n| (n % 10 == 9).then(|| n - 1)).await;
-            line(
-                "dependency_ordered/10pct_edges/local_workers",
-                jobs,
-                workers,
-                edged,
-                base,
+            let base = median(|| baseline(jobs, workers)).await;
+            if wanted("limited_size/local_workers") {
+                let rate = median(|| throughput::<Fifo>(jobs, workers, false, |_| None)).await;
+                line("limited_size/local_workers", jobs, workers, rate, base);
+            }
+            if wanted("priority/local_workers") {
+                let rate = median(|| throughput::<ByPriority>(jobs, workers, false, |_| None)).await;
+                line("priority/local_workers", jobs, workers, rate, base);
+            }
+            if wanted("dependency_ordered/no_edges/local_workers") {
+                let rate = median(|| throughput::<Ordered>(jobs, workers, false, |_| None)).await;
+                line("dependency_ordered/no_edges/local_workers", jobs, workers, rate, base);
+            }
+            if wanted("dependency_ordered/10pct_edges/local_workers") {
+                // One job in ten depends on the job put just before it.
+                let edges = |n: usize| (n % 10 == 9).then(|| n - 1);
+                let rate = median(|| throughput::<Ordered>(jobs, workers, true, edges)).await;
+                line("dependency_ordered/10pct_edges/local_workers", jobs, workers, rate, base);
+            }
+        }
+        if wanted("limited_size/memory") {
+            let bytes = bytes_per_pending_job(jobs).await;
+            println!(
+                "{}",
+                json!({"bench": "limited_size/memory", "jobs": jobs, "bytes_per_job": bytes.round()})
             );
         }
-        let bytes = bytes_per_pending_job(jobs).await;
-        println!(
-            "{}",
-            json!({"bench": "limited_size/memory", "jobs": jobs, "bytes_per_job": bytes.round()})
-        );
     });
 }

@@ -218,7 +218,7 @@ impl Base {
     /// holds it already. Fails while another owner holds an unexpired lock on a job that is in
     /// progress or waiting to retry. Does not mark the job in progress: dispatching does.
     pub fn lock(&self, owner: &Arc<str>, lock_timeout: Duration) -> Result<(), Error> {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut meta = self.meta.lock();
         let status = &meta.status;
         if status.owner.as_deref() != Some(&**owner)
@@ -242,7 +242,7 @@ impl Base {
     /// Releases the job's lock and marks it not in progress, unless another owner holds an
     /// unexpired lock on it (then nothing changes).
     pub fn unlock(&self, owner: &str, lock_timeout: Duration) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut meta = self.meta.lock();
         let status = &mut meta.status;
         if status.in_progress

@@ -368,10 +368,15 @@ pub enum RunOutcome {
 /// This is the one place where amboy's execution rules live, shared by every runner.
 pub async fn execute(job: &dyn Job, ctx: &JobContext) -> RunOutcome {
     let run = std::panic::AssertUnwindSafe(job.run(ctx)).catch_unwind();
-    let result = tokio::select! {
-        biased;
-        result = run => Some(result),
-        _ = ctx.cancelled() => None,
+    let mut run = std::pin::pin!(run);
+    // A run finishing at its first step needs no wait on cancellation or a deadline.
+    let result = match futures::poll!(run.as_mut()) {
+        std::task::Poll::Ready(result) => Some(result),
+        std::task::Poll::Pending => tokio::select! {
+            biased;
+            result = &mut run => Some(result),
+            _ = ctx.cancelled() => None,
+        },
     };
     match result {
         Some(Ok(Ok(()))) => RunOutcome::Succeeded,

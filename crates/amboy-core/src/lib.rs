@@ -17,6 +17,7 @@
 //! Most users want the `amboy` crate, which re-exports this one.
 
 mod base;
+pub mod clock;
 mod error;
 mod info;
 mod job;

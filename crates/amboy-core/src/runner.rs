@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -138,7 +137,7 @@ pub async fn execute_job(
         };
         if let Err(error) = completed {
             tracing::warn!(error = %error, "could not complete job");
-            job.base().metadata().time_info.end = Some(Utc::now());
+            job.base().metadata().time_info.end = Some(crate::clock::now());
         }
         let (should_retry, failed) = {
             let meta = job.base().metadata();

@@ -3,9 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amboy_core::dependency::{Manager, State};
 use amboy_core::{Error, JobRef, Result};
+use dashmap::DashMap;
 use parking_lot::Mutex;
 
 /// What to do with a job whose edges are all complete (or that has none).
@@ -19,25 +21,43 @@ pub(crate) enum Verdict {
     Fail(JobRef, String),
 }
 
-/// The dependency graph of one queue, under one lock.
+type Hasher = foldhash::fast::RandomState;
+
+/// A stable 64-bit hash of a job ID.
+fn fingerprint(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x616d_626f_7921).hash_one(id)
+}
+
+/// The dependency graph of one queue.
+///
+/// The graph is under one lock, taken when a job with edges is put and when a job finishes
+/// while others wait. A count of waiting jobs lets a finishing job skip the lock when nobody
+/// waits: a job announces itself in the count before it looks at its edges, so a finishing edge
+/// either is seen finished or sees the count (see [`Dependencies::admit`]).
 #[derive(Debug, Default)]
 pub(crate) struct Dependencies {
     graph: Mutex<Graph>,
+    /// Fingerprints (64-bit hashes) of the IDs of finished jobs the queue no longer retains, so
+    /// that later edges to them are met: 8 bytes a job. Jobs still retained answer for
+    /// themselves. Recorded before the queue forgets a job. An edge to an unknown job whose ID
+    /// shares a fingerprint with an evicted one would pass as met: with 64 bits, a chance of
+    /// about one in 10^13 with a million evicted jobs.
+    evicted: DashMap<u64, (), Hasher>,
+    /// Jobs waiting for edges or for their manager, plus jobs being admitted.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
 struct Graph {
-    /// Finished jobs the queue no longer retains, so that later edges to them are met. Jobs
-    /// still retained answer for themselves.
-    evicted: HashSet<Arc<str>>,
     /// Jobs dropped before they ran: edges to them can never be met.
-    expired: HashSet<Arc<str>>,
+    expired: HashSet<Arc<str>, Hasher>,
     /// Jobs waiting for edges, with how many are not finished yet.
-    waiting: HashMap<Arc<str>, Waiting>,
+    waiting: HashMap<Arc<str>, Waiting, Hasher>,
     /// For each job, the jobs waiting on it.
-    dependents: HashMap<Arc<str>, Vec<Arc<str>>>,
+    dependents: HashMap<Arc<str>, Vec<Arc<str>>, Hasher>,
     /// Jobs whose edges are met but whose manager says `Blocked`: asked again later.
-    blocked_by_state: HashMap<Arc<str>, JobRef>,
+    blocked_by_state: HashMap<Arc<str>, JobRef, Hasher>,
 }
 
 #[derive(Debug)]
@@ -72,40 +92,53 @@ impl Dependencies {
             return Ok(Some(Verdict::Run(job.clone())));
         };
         let edges = manager.edges();
+        if edges.is_empty() {
+            return Ok(self.judge(job.clone(), &*manager));
+        }
+        // Announced before the edges are looked at: an edge finishing after its lookup below
+        // then sees a waiting job and takes the lock, which waits for the registration.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut graph = self.graph.lock();
         let mut unmet = Vec::new();
+        let mut failure = None;
         for edge in &edges {
             if **edge == *id {
-                return Err(Error::invalid_job(
+                failure = Some(Err(Error::invalid_job(
                     &*id,
                     format!("it depends on itself, a cycle ('{id}' -> '{id}')"),
-                ));
+                )));
+                break;
             }
             if graph.expired.contains(edge.as_str()) {
-                drop(graph);
-                return Ok(Some(Verdict::Fail(
+                failure = Some(Ok(Some(Verdict::Fail(
                     job.clone(),
                     format!("dependency unresolved: edge '{edge}' expired before it ran"),
-                )));
+                ))));
+                break;
             }
-            if graph.evicted.contains(edge.as_str()) {
-                continue;
-            }
-            // Looked up under the graph's lock: a job finishing meanwhile reports it through
-            // `finished`, which waits for this lock, and so sees the registration below.
+            // The map first, then the evicted jobs: the queue records a job as evicted before
+            // it forgets it, so a finished job is always found in one or the other.
             match lookup(edge) {
-                Edge::Finished => continue,
+                Edge::Finished => {}
                 Edge::Unfinished => unmet.push(edge.as_str()),
+                Edge::Missing if self.evicted.contains_key(&fingerprint(edge)) => {}
                 Edge::Missing => {
-                    return Err(Error::invalid_job(
+                    failure = Some(Err(Error::invalid_job(
                         &*id,
                         format!("it depends on unknown job '{edge}'"),
-                    ));
+                    )));
+                    break;
                 }
             }
         }
+        if let Some(failure) = failure {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return failure;
+        }
         if unmet.is_empty() {
-            return Ok(graph.judge(job.clone(), &*manager));
+            drop(graph);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Ok(self.judge(job.clone(), &*manager));
         }
         for edge in &unmet {
             graph
@@ -124,40 +157,49 @@ impl Dependencies {
         Ok(None)
     }
 
-    /// Records that `id` finished, and that the queue forgot `evicted` (a finished job it no
-    /// longer retains); returns the verdicts of the jobs that no longer wait.
-    pub(crate) fn finished(&self, id: &Arc<str>, evicted: Option<Arc<str>>) -> Vec<Verdict> {
-        let mut graph = self.graph.lock();
-        graph.waiting.remove(id);
-        graph.blocked_by_state.remove(id);
-        if let Some(evicted) = evicted {
-            graph.evicted.insert(evicted);
+    /// Records that `id` finished (after it was marked completed); returns the verdicts of the
+    /// jobs that no longer wait.
+    pub(crate) fn finished(&self, id: &Arc<str>) -> Vec<Verdict> {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return Vec::new();
         }
         let mut verdicts = Vec::new();
-        for dependent in graph.dependents.remove(id).unwrap_or_default() {
-            let Some(waiting) = graph.waiting.get_mut(&dependent) else {
-                continue;
-            };
-            waiting.unmet -= 1;
-            if waiting.unmet == 0 {
-                let job = graph.waiting.remove(&dependent).expect("present").job;
-                let manager = job.dependency();
-                verdicts.extend(graph.judge(job, &*manager));
+        let mut released = Vec::new();
+        {
+            let mut graph = self.graph.lock();
+            for dependent in graph.dependents.remove(id).unwrap_or_default() {
+                let Some(waiting) = graph.waiting.get_mut(&dependent) else {
+                    continue;
+                };
+                waiting.unmet -= 1;
+                if waiting.unmet == 0 {
+                    let job = graph.waiting.remove(&dependent).expect("present").job;
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    released.push(job);
+                }
             }
         }
-        verdicts.extend(graph.recheck());
+        for job in released {
+            let manager = job.dependency();
+            verdicts.extend(self.judge(job, &*manager));
+        }
+        verdicts.extend(self.recheck());
         verdicts
+    }
+
+    /// Records that a finished job is about to be forgotten by the queue.
+    pub(crate) fn evicted(&self, id: &str) {
+        self.evicted.insert(fingerprint(id), ());
     }
 
     /// Records that `id` was dropped before it ran; its dependents can never run.
     pub(crate) fn expired(&self, id: &Arc<str>) -> Vec<Verdict> {
         let mut graph = self.graph.lock();
-        graph.waiting.remove(id);
-        graph.blocked_by_state.remove(id);
         graph.expired.insert(id.clone());
         let mut verdicts = Vec::new();
         for dependent in graph.dependents.remove(id).unwrap_or_default() {
             if let Some(waiting) = graph.waiting.remove(&dependent) {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
                 verdicts.push(Verdict::Fail(
                     waiting.job,
                     format!("dependency unresolved: edge '{id}' expired before it ran"),
@@ -169,13 +211,33 @@ impl Dependencies {
 
     /// Asks the managers of jobs blocked by their state again.
     pub(crate) fn recheck(&self) -> Vec<Verdict> {
-        self.graph.lock().recheck()
+        let blocked: Vec<JobRef> = {
+            let mut graph = self.graph.lock();
+            if graph.blocked_by_state.is_empty() {
+                return Vec::new();
+            }
+            let drained: Vec<JobRef> = graph.blocked_by_state.drain().map(|(_, job)| job).collect();
+            self.waiting.fetch_sub(drained.len(), Ordering::SeqCst);
+            drained
+        };
+        blocked
+            .into_iter()
+            .filter_map(|job| {
+                let manager = job.dependency();
+                self.judge(job, &*manager)
+            })
+            .collect()
     }
 
     /// Forgets a waiting job (completed from outside); returns whether it was waiting.
     pub(crate) fn forget(&self, id: &str) -> bool {
         let mut graph = self.graph.lock();
-        graph.waiting.remove(id).is_some() || graph.blocked_by_state.remove(id).is_some()
+        let forgotten =
+            graph.waiting.remove(id).is_some() || graph.blocked_by_state.remove(id).is_some();
+        if forgotten {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        forgotten
     }
 
     /// The number of jobs waiting for edges or for their manager.
@@ -183,11 +245,10 @@ impl Dependencies {
         let graph = self.graph.lock();
         graph.waiting.len() + graph.blocked_by_state.len()
     }
-}
 
-impl Graph {
-    /// The verdict on a job whose edges are met, or `None` if its manager still blocks it.
-    fn judge(&mut self, job: JobRef, manager: &dyn Manager) -> Option<Verdict> {
+    /// The verdict on a job whose edges are met, or `None` if its manager still blocks it (it
+    /// then waits among the jobs blocked by their state). The manager is asked outside the lock.
+    fn judge(&self, job: JobRef, manager: &dyn Manager) -> Option<Verdict> {
         match manager.state() {
             State::Ready => Some(Verdict::Run(job)),
             State::Passed => Some(Verdict::Pass(job)),
@@ -204,25 +265,14 @@ impl Graph {
                 Some(Verdict::Fail(job, reason))
             }
             State::Blocked => {
-                self.blocked_by_state
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                self.graph
+                    .lock()
+                    .blocked_by_state
                     .insert(job.base().shared_id().clone(), job);
                 None
             }
         }
-    }
-
-    fn recheck(&mut self) -> Vec<Verdict> {
-        if self.blocked_by_state.is_empty() {
-            return Vec::new();
-        }
-        let blocked: Vec<JobRef> = self.blocked_by_state.drain().map(|(_, job)| job).collect();
-        blocked
-            .into_iter()
-            .filter_map(|job| {
-                let manager = job.dependency();
-                self.judge(job, &*manager)
-            })
-            .collect()
     }
 }
 

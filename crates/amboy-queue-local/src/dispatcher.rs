@@ -65,7 +65,7 @@ impl Dispatcher {
     pub fn dispatch(&self, job: &JobRef) -> Result<()> {
         let max_time = {
             let mut meta = job.base().metadata();
-            self.mark(job.id(), &mut meta, Utc::now())?;
+            self.mark(job.id(), &mut meta, amboy_core::clock::now())?;
             meta.time_info.max_time
         };
         self.track(job, max_time);
@@ -138,7 +138,7 @@ impl Dispatcher {
     pub fn complete(&self, job: &JobRef) -> bool {
         let dispatched = self.forget(job.id());
         if dispatched {
-            job.base().metadata().time_info.end = Some(Utc::now());
+            job.base().metadata().time_info.end = Some(amboy_core::clock::now());
         }
         dispatched
     }

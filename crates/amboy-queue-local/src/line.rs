@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use amboy_core::JobRef;
+use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -39,17 +40,14 @@ pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
 }
 
 /// First in, first out (amboy's limited-size queue).
-#[derive(Debug)]
+///
+/// A lock-free queue with a notification for waiting takers: putting a job costs a push and a
+/// check for sleepers, taking one a pop, while jobs are queued.
+#[derive(Debug, Default)]
 pub struct Fifo {
-    tx: async_channel::Sender<JobRef>,
-    rx: async_channel::Receiver<JobRef>,
-}
-
-impl Default for Fifo {
-    fn default() -> Self {
-        let (tx, rx) = async_channel::unbounded();
-        Fifo { tx, rx }
-    }
+    jobs: SegQueue<JobRef>,
+    added: Notify,
+    closed: AtomicBool,
 }
 
 impl sealed::Sealed for Fifo {}
@@ -60,20 +58,43 @@ impl Line for Fifo {
     const DEPENDENCIES: bool = false;
 
     fn push(&self, job: JobRef) {
-        // Unbounded: sending fails only once closed, and then the job has nowhere to go.
-        let _ = self.tx.try_send(job);
+        self.jobs.push(job);
+        // Wakes one waiting taker, or leaves a permit for the next one to wait.
+        self.added.notify_one();
     }
 
     async fn pop(&self) -> Option<JobRef> {
-        self.rx.recv().await.ok()
+        loop {
+            if let Some(job) = self.try_pop() {
+                return Some(job);
+            }
+            if self.closed.load(AtomicOrdering::SeqCst) {
+                return None;
+            }
+            let added = self.added.notified();
+            let mut added = std::pin::pin!(added);
+            added.as_mut().enable();
+            // Checked again under the registration: a push after this wakes us.
+            if let Some(job) = self.try_pop() {
+                return Some(job);
+            }
+            if self.closed.load(AtomicOrdering::SeqCst) {
+                return None;
+            }
+            added.await;
+        }
     }
 
     fn try_pop(&self) -> Option<JobRef> {
-        self.rx.try_recv().ok()
+        if self.closed.load(AtomicOrdering::Relaxed) {
+            return None;
+        }
+        self.jobs.pop()
     }
 
     fn close(&self) {
-        self.tx.close();
+        self.closed.store(true, AtomicOrdering::SeqCst);
+        self.added.notify_waiters();
     }
 }
 

@@ -12,6 +12,7 @@ use amboy_core::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::stream;
@@ -125,8 +126,9 @@ pub type AdaptiveOrderingQueue = LocalQueue<Adaptive>;
 
 #[derive(Debug, Default)]
 struct Counts {
-    total: AtomicUsize,
-    completed: AtomicUsize,
+    /// Written by putters; on its own cache line, away from what workers write.
+    total: CachePadded<AtomicUsize>,
+    completed: CachePadded<AtomicUsize>,
     expired: AtomicUsize,
     unresolved: AtomicUsize,
 }
@@ -192,7 +194,7 @@ impl<L: Line> LocalQueue<L> {
     /// Sends a job to the line, or to the timer heap if it must wait.
     fn enqueue(&self, job: JobRef) {
         let wait_until = job.base().metadata().time_info.wait_until;
-        self.route(job, wait_until, Utc::now());
+        self.route(job, wait_until, amboy_core::clock::now());
     }
 
     /// Sends a job whose `wait_until` is known to the line or the timer heap.
@@ -211,7 +213,7 @@ impl<L: Line> LocalQueue<L> {
 
     /// Decides what to do with a job taken from the line, under one lock of its metadata.
     fn take(&self, job: JobRef) -> Taken {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         let id = job.base().shared_id();
         let mut meta = job.base().metadata();
         if meta.status.completed {
@@ -297,7 +299,7 @@ impl<L: Line> LocalQueue<L> {
 
     /// Marks a job completed under its lock; returns its scopes.
     fn mark(meta: &mut Metadata, dispatched: bool) -> Vec<String> {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         if dispatched || meta.time_info.end.is_none() {
             meta.time_info.end = Some(now);
         }
@@ -317,9 +319,9 @@ impl<L: Line> LocalQueue<L> {
     fn finish(&self, id: &Arc<str>, scopes: &[String]) {
         self.release_scopes(id, scopes);
         self.counts.completed.fetch_add(1, Ordering::SeqCst);
-        let evicted = self.retain(id);
+        self.retain(id);
         if let Some(dependencies) = &self.dependencies {
-            let verdicts = dependencies.finished(id, evicted);
+            let verdicts = dependencies.finished(id);
             if !verdicts.is_empty() {
                 self.apply(verdicts);
             }
@@ -354,26 +356,28 @@ impl<L: Line> LocalQueue<L> {
             let id = job.base().shared_id();
             self.release_scopes(id, &scopes);
             self.counts.completed.fetch_add(1, Ordering::SeqCst);
-            let evicted = self.retain(id);
+            self.retain(id);
             if let Some(dependencies) = &self.dependencies {
-                work.extend(dependencies.finished(id, evicted));
+                work.extend(dependencies.finished(id));
             }
         }
     }
 
     /// Retains a completed job, forgetting the oldest retained one when full.
-    /// Returns the ID of the job forgotten, if any.
-    fn retain(&self, id: &Arc<str>) -> Option<Arc<str>> {
+    fn retain(&self, id: &Arc<str>) {
         let evicted = match &self.retained {
             Some(ring) => ring.force_push(id.clone()),
             None => Some(id.clone()),
         };
         // Each completion pushes its ID once, and a completed job leaves the map only here, so
         // the entry under an evicted ID is that completed job.
-        if let Some(evicted) = &evicted {
-            self.jobs.remove(evicted);
+        if let Some(evicted) = evicted {
+            // Edges to it stay met: recorded before the job leaves the map.
+            if let Some(dependencies) = &self.dependencies {
+                dependencies.evicted(&evicted);
+            }
+            self.jobs.remove(&evicted);
         }
-        evicted
     }
 
     /// Checks and prepares a job being put; returns its enqueue scopes.
@@ -395,7 +399,9 @@ impl<L: Line> LocalQueue<L> {
         Ok((scopes, meta.time_info.wait_until))
     }
 
-    async fn put_one(&self, job: JobRef) -> Result<()> {
+    /// Adds a job: [`Queue::put`], without boxing the future when called on the queue's own
+    /// type.
+    pub async fn put(&self, job: JobRef) -> Result<()> {
         if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
             return Err(Error::NotStarted("queue"));
         }
@@ -403,7 +409,7 @@ impl<L: Line> LocalQueue<L> {
             return Err(Error::Closed("queue"));
         }
         let id = job.base().shared_id().clone();
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         let (enqueue_scopes, wait_until) = self.prepare(&job, now)?;
         if !self.gate.try_take() {
             if self.jobs.contains_key(&id) {
@@ -524,7 +530,7 @@ impl<L: Line> LocalQueue<L> {
     /// of the lock timeout); returns how many it refreshed. A job past its `max_time` is left
     /// to lapse.
     pub fn refresh_locks(&self) -> usize {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         self.jobs
             .iter()
             .filter(|job| self.dispatcher.refresh(&mut job.base().metadata(), now))
@@ -579,7 +585,7 @@ impl<L: Line> LocalQueue<L> {
     ) {
         let mut last_recheck = tokio::time::Instant::now();
         loop {
-            let (due, wait) = delayed.take_due(Utc::now());
+            let (due, wait) = delayed.take_due(amboy_core::clock::now());
             for job in due {
                 line.push(job);
             }
@@ -611,7 +617,7 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     async fn put(&self, job: JobRef) -> Result<()> {
-        self.put_one(job).await
+        LocalQueue::put(self, job).await
     }
 
     async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
@@ -621,7 +627,7 @@ impl<L: Line> Queue for LocalQueue<L> {
             (jobs, Vec::new())
         };
         for job in jobs {
-            if let Err(error) = self.put_one(job).await {
+            if let Err(error) = LocalQueue::put(self, job).await {
                 errors.push(error);
             }
         }

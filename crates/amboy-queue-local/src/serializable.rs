@@ -278,7 +278,7 @@ impl LimitedSizeSerializableQueue {
 
     fn route(&self, key: Arc<str>, wait_until: Option<DateTime<Utc>>) {
         match wait_until {
-            Some(at) if at >= Utc::now() => self.delayed.push(at, key),
+            Some(at) if at >= amboy_core::clock::now() => self.delayed.push(at, key),
             _ => {
                 let _ = self.line_tx.try_send(key);
             }
@@ -295,7 +295,7 @@ impl LimitedSizeSerializableQueue {
     fn prepare(&self, job: &JobRef) -> Result<Prepared> {
         let (key, enqueue_scopes, wait_until) = {
             let mut meta = job.base().metadata();
-            meta.time_info.created = Some(Utc::now());
+            meta.time_info.created = Some(amboy_core::clock::now());
             meta.time_info
                 .validate()
                 .map_err(|error| Error::invalid_job(job.id(), error))?;
@@ -367,7 +367,7 @@ impl LimitedSizeSerializableQueue {
 
     /// Decides what to do with a key taken from the line; `Some` if its job was dispatched.
     fn take(&self, key: Arc<str>) -> Option<JobRef> {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         let mut store = self.store.lock();
         let job = {
             let record = store.records.get(&key)?;
@@ -490,7 +490,7 @@ impl LimitedSizeSerializableQueue {
         job: &JobRef,
         dispatched: bool,
     ) -> Result<Vec<String>> {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         self.check_lock(store, key, job, now)?;
         let stored = &store.records[key].status;
         let was_completed = stored.completed;
@@ -569,7 +569,7 @@ impl LimitedSizeSerializableQueue {
 
     /// Copies of the retrying jobs whose lock is older than the lock timeout.
     pub fn stale_retrying(&self) -> Vec<JobRef> {
-        let now = Utc::now();
+        let now = amboy_core::clock::now();
         let store = self.store.lock();
         store
             .records
@@ -590,7 +590,7 @@ impl LimitedSizeSerializableQueue {
         lifetime: CancellationToken,
     ) {
         loop {
-            let (due, wait) = delayed.take_due(Utc::now());
+            let (due, wait) = delayed.take_due(amboy_core::clock::now());
             for key in due {
                 let _ = line.try_send(key);
             }
@@ -669,7 +669,7 @@ impl Queue for LimitedSizeSerializableQueue {
         let key = key_of(job);
         let scopes = held_scopes(job);
         let mut store = self.store.lock();
-        self.check_lock(&store, &key, job, Utc::now())?;
+        self.check_lock(&store, &key, job, amboy_core::clock::now())?;
         self.scopes.acquire(&key, &scopes)?;
         let envelope = encode(job)?;
         store.records.insert(key, envelope);
@@ -846,7 +846,7 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
         } = self.prepare(&to_put)?;
         let woken = {
             let mut store = self.store.lock();
-            self.check_lock(&store, &key, to_complete, Utc::now())?;
+            self.check_lock(&store, &key, to_complete, amboy_core::clock::now())?;
             if store.records.contains_key(&put_key) {
                 return Err(Error::duplicate_job(to_put.id()));
             }
@@ -868,7 +868,7 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
             {
                 let mut meta = to_complete.base().metadata();
                 meta.retry_info.needs_retry = false;
-                meta.retry_info.end = Some(Utc::now());
+                meta.retry_info.end = Some(amboy_core::clock::now());
             }
             let completed = match self.complete_locked(&mut store, &key, to_complete, false) {
                 Ok(_) => Ok(()),
@@ -895,7 +895,7 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
         {
             let mut meta = job.base().metadata();
             meta.retry_info.needs_retry = false;
-            meta.retry_info.end = Some(Utc::now());
+            meta.retry_info.end = Some(amboy_core::clock::now());
         }
         let key = key_of(job);
         let scopes = {

@@ -227,6 +227,9 @@ impl Exec {
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
             self.run(&**queue, &job, token).await;
+            // A worker finding jobs ready never waits; spend tokio's cooperative budget so that
+            // it still lets the other tasks on its thread (producers among them) run.
+            tokio::task::coop::consume_budget().await;
             match &self.pace {
                 Pace::Free => {}
                 Pace::After(interval) => {
