@@ -4,6 +4,8 @@
 //!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`.
 //! * `tidy`: the layering rules: allowed dependencies between crates, workspace lints everywhere,
 //!   every `lib.rs` opening with `//!`. Also run by `cargo test -p xtask`.
+//! * `bench local [jobs] [filter]`: the in-memory throughput benchmark (one JSON line per case);
+//!   `bench micro`: the criterion benchmarks of the hot path.
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
 
@@ -18,8 +20,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("tidy") => tidy::check(&workspace_root()).map_err(|problems| problems.join("\n")),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|tidy>");
+            eprintln!("usage: cargo xtask <ci|tidy|bench local [jobs] [filter]|bench micro>");
             return ExitCode::from(2);
         }
     };
@@ -66,6 +69,39 @@ fn has_nextest() -> bool {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("local") | None => {
+            let mut command = vec![
+                "run",
+                "--locked",
+                "--release",
+                "-p",
+                "amboy-bench",
+                "--bin",
+                "local",
+                "--",
+            ];
+            command.extend(args.iter().skip(1).map(String::as_str));
+            run(&command, &[])
+        }
+        Some("micro") => run(
+            &[
+                "bench",
+                "--locked",
+                "-p",
+                "amboy-bench",
+                "--bench",
+                "hot_path",
+            ],
+            &[],
+        ),
+        Some(other) => Err(format!(
+            "unknown benchmark '{other}': use 'local' or 'micro'"
+        )),
+    }
 }
 
 fn ci() -> Result<(), String> {
