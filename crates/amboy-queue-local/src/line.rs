@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 
 use amboy_core::JobRef;
 use crossbeam_queue::SegQueue;
@@ -98,25 +98,35 @@ impl Line for Fifo {
     }
 }
 
-/// Jobs kept in a collection under a lock, with a notification for waiting takers.
+/// Jobs kept in a collection under a lock, with a notification for waiting takers and a count
+/// that lets takers skip the lock when there is nothing to take.
 #[derive(Debug, Default)]
 struct Locked<C> {
     items: Mutex<C>,
+    len: AtomicUsize,
     added: Notify,
     closed: AtomicBool,
 }
 
 impl<C: Send> Locked<C> {
     fn push(&self, add: impl FnOnce(&mut C)) {
-        add(&mut self.items.lock());
+        {
+            let mut items = self.items.lock();
+            add(&mut items);
+            self.len.fetch_add(1, AtomicOrdering::SeqCst);
+        }
         self.added.notify_one();
     }
 
     fn try_pop(&self, take: impl Fn(&mut C) -> Option<JobRef>) -> Option<JobRef> {
-        if self.closed.load(AtomicOrdering::SeqCst) {
+        if self.closed.load(AtomicOrdering::SeqCst) || self.len.load(AtomicOrdering::SeqCst) == 0 {
             return None;
         }
-        take(&mut self.items.lock())
+        let job = take(&mut self.items.lock());
+        if job.is_some() {
+            self.len.fetch_sub(1, AtomicOrdering::SeqCst);
+        }
+        job
     }
 
     async fn pop(&self, take: impl Fn(&mut C) -> Option<JobRef>) -> Option<JobRef> {
@@ -128,7 +138,7 @@ impl<C: Send> Locked<C> {
                 return None;
             }
             // Taken under the registration above: a push after this check wakes us.
-            if let Some(job) = take(&mut self.items.lock()) {
+            if let Some(job) = self.try_pop(&take) {
                 return Some(job);
             }
             added.await;
