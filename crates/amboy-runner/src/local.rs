@@ -2,9 +2,6 @@
 
 use std::sync::Arc;
 
-use amboy_core::{Queue, Result, Runner};
-use async_trait::async_trait;
-
 use crate::pool::{Pace, Pool};
 
 /// A fixed pool of workers, each a tokio task that runs one job at a time (amboy's
@@ -31,21 +28,4 @@ impl LocalWorkers {
     }
 }
 
-#[async_trait]
-impl Runner for LocalWorkers {
-    fn started(&self) -> bool {
-        self.pool.started()
-    }
-
-    fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
-        self.pool.set_queue(queue)
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.pool.start().await
-    }
-
-    async fn close(&self) {
-        self.pool.close().await
-    }
-}
+crate::pool::runner_over_pool!(LocalWorkers);

@@ -35,8 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amboy_core::{AbortableRunner, Error, Queue, Result, Runner};
-use async_trait::async_trait;
+use amboy_core::{Error, Result};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -125,48 +124,6 @@ impl MovingAverageRateLimitedWorkers {
 fn spacing(period: Duration, target: usize) -> Duration {
     let nanos = period.as_nanos().div_ceil(target as u128);
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
-#[async_trait]
-impl Runner for MovingAverageRateLimitedWorkers {
-    fn started(&self) -> bool {
-        self.pool.started()
-    }
-
-    fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
-        self.pool.set_queue(queue)
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.pool.start().await
-    }
-
-    async fn close(&self) {
-        self.pool.close().await
-    }
-
-    fn as_abortable(&self) -> Option<&dyn AbortableRunner> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl AbortableRunner for MovingAverageRateLimitedWorkers {
-    fn is_running(&self, id: &str) -> bool {
-        self.pool.register().is_running(id)
-    }
-
-    fn running_jobs(&self) -> Vec<String> {
-        self.pool.register().running_jobs()
-    }
-
-    async fn abort(&self, id: &str) -> Result<()> {
-        self.pool.register().abort(id).await
-    }
-
-    async fn abort_all(&self) -> Result<()> {
-        self.pool.register().abort_all().await
-    }
 }
 
 /// The shared start schedule of a throttled pool, and the moving average of its jobs' run time.
@@ -268,3 +225,5 @@ mod tests {
         );
     }
 }
+
+crate::pool::runner_over_pool!(MovingAverageRateLimitedWorkers, abortable);

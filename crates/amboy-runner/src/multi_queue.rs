@@ -2,15 +2,14 @@
 
 use std::sync::Arc;
 
-use amboy_core::{Queue, Result, Runner};
-use async_trait::async_trait;
+use amboy_core::{Queue, Result};
 
 use crate::pool::{Pace, Pool};
 
 /// One fixed pool of workers serving several queues fairly (amboy's historical `pool.Group`).
 ///
 /// Give the pool to each queue with [`Queue::set_runner`] (which calls
-/// [`set_queue`](Runner::set_queue), here the same as [`add_queue`](Self::add_queue)), then
+/// [`set_queue`](amboy_core::Runner::set_queue), here the same as [`add_queue`](Self::add_queue)), then
 /// start the queues: the first start starts the pool for all of them, the others find it
 /// started. A queue is served once however often it is added.
 ///
@@ -21,8 +20,8 @@ use crate::pool::{Pace, Pool};
 ///
 /// **Starting and closing.** The set of queues is fixed while the pool runs: adding a queue to
 /// a started pool is an error, as it was in amboy; close the pool, add the queue, and start it
-/// again. [`started`](Runner::started) says whether the workers run, for all the queues at
-/// once. [`close`](Runner::close) cancels the running jobs of every queue, waits for the
+/// again. [`started`](amboy_core::Runner::started) says whether the workers run, for all the queues at
+/// once. [`close`](amboy_core::Runner::close) cancels the running jobs of every queue, waits for the
 /// workers and leaves the pool restartable. Since a queue closes its runner when it closes,
 /// closing one of the queues stops the pool for all of them; start the pool again to go on
 /// serving the others (a closed queue is skipped from then on).
@@ -48,7 +47,7 @@ impl MultiQueuePool {
     }
 
     /// Adds a queue to serve; not possible once started. The pool keeps a weak reference, as
-    /// for [`set_queue`](Runner::set_queue); adding a queue already served does nothing.
+    /// for [`set_queue`](amboy_core::Runner::set_queue); adding a queue already served does nothing.
     pub fn add_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
         self.pool.set_queue(queue)
     }
@@ -60,22 +59,4 @@ impl MultiQueuePool {
     }
 }
 
-#[async_trait]
-impl Runner for MultiQueuePool {
-    fn started(&self) -> bool {
-        self.pool.started()
-    }
-
-    /// Adds `queue` to the queues served, as [`add_queue`](MultiQueuePool::add_queue).
-    fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
-        self.add_queue(queue)
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.pool.start().await
-    }
-
-    async fn close(&self) {
-        self.pool.close().await
-    }
-}
+crate::pool::runner_over_pool!(MultiQueuePool);

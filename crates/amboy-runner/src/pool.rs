@@ -456,3 +456,79 @@ impl Register {
         Ok(())
     }
 }
+
+/// Implements `Runner` (and, with `abortable`, `AbortableRunner`) for a type whose `pool` field
+/// is a [`Pool`]: every runner here is a pool with a pace, and differs in nothing else.
+macro_rules! runner_over_pool {
+    ($runner:ty) => {
+        #[async_trait::async_trait]
+        impl amboy_core::Runner for $runner {
+            fn started(&self) -> bool {
+                self.pool.started()
+            }
+
+            fn set_queue(
+                &self,
+                queue: std::sync::Arc<dyn amboy_core::Queue>,
+            ) -> amboy_core::Result<()> {
+                self.pool.set_queue(queue)
+            }
+
+            async fn start(&self) -> amboy_core::Result<()> {
+                self.pool.start().await
+            }
+
+            async fn close(&self) {
+                self.pool.close().await
+            }
+        }
+    };
+    ($runner:ty, abortable) => {
+        #[async_trait::async_trait]
+        impl amboy_core::Runner for $runner {
+            fn started(&self) -> bool {
+                self.pool.started()
+            }
+
+            fn set_queue(
+                &self,
+                queue: std::sync::Arc<dyn amboy_core::Queue>,
+            ) -> amboy_core::Result<()> {
+                self.pool.set_queue(queue)
+            }
+
+            async fn start(&self) -> amboy_core::Result<()> {
+                self.pool.start().await
+            }
+
+            async fn close(&self) {
+                self.pool.close().await
+            }
+
+            fn as_abortable(&self) -> Option<&dyn amboy_core::AbortableRunner> {
+                Some(self)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl amboy_core::AbortableRunner for $runner {
+            fn is_running(&self, id: &str) -> bool {
+                self.pool.register().is_running(id)
+            }
+
+            fn running_jobs(&self) -> Vec<String> {
+                self.pool.register().running_jobs()
+            }
+
+            async fn abort(&self, id: &str) -> amboy_core::Result<()> {
+                self.pool.register().abort(id).await
+            }
+
+            async fn abort_all(&self) -> amboy_core::Result<()> {
+                self.pool.register().abort_all().await
+            }
+        }
+    };
+}
+
+pub(crate) use runner_over_pool;

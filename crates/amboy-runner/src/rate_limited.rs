@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use amboy_core::{Error, Queue, Result, Runner};
-use async_trait::async_trait;
+use amboy_core::{Error, Result};
 
 use crate::pool::{Pace, Pool};
 
@@ -53,21 +52,4 @@ impl RateLimitedWorkers {
     }
 }
 
-#[async_trait]
-impl Runner for RateLimitedWorkers {
-    fn started(&self) -> bool {
-        self.pool.started()
-    }
-
-    fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
-        self.pool.set_queue(queue)
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.pool.start().await
-    }
-
-    async fn close(&self) {
-        self.pool.close().await
-    }
-}
+crate::pool::runner_over_pool!(RateLimitedWorkers);

@@ -2,9 +2,6 @@
 
 use std::sync::Arc;
 
-use amboy_core::{Queue, Result, Runner};
-use async_trait::async_trait;
-
 use crate::pool::{Pace, Pool};
 
 /// One worker running one job at a time, in the order the queue hands them out (amboy's
@@ -27,21 +24,4 @@ impl SingleWorker {
     }
 }
 
-#[async_trait]
-impl Runner for SingleWorker {
-    fn started(&self) -> bool {
-        self.pool.started()
-    }
-
-    fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
-        self.pool.set_queue(queue)
-    }
-
-    async fn start(&self) -> Result<()> {
-        self.pool.start().await
-    }
-
-    async fn close(&self) {
-        self.pool.close().await
-    }
-}
+crate::pool::runner_over_pool!(SingleWorker);
