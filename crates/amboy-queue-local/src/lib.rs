@@ -21,6 +21,7 @@ mod deps;
 mod dispatcher;
 mod gate;
 mod group;
+mod lifecycle;
 mod line;
 mod queue;
 mod scope;

@@ -1,7 +1,7 @@
 //! [`LocalQueue`]: the engine of every in-memory queue that holds the jobs themselves, generic
 //! over its dispatch [`Line`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -16,13 +16,12 @@ use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::stream;
-use parking_lot::Mutex;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
 use crate::deps::{Dependencies, Edge, Verdict, order_batch};
 use crate::gate::Gate;
+use crate::lifecycle::Lifecycle;
 use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
 use crate::{Dispatcher, ScopeManager};
 
@@ -106,10 +105,7 @@ pub struct LocalQueue<L: Line> {
     retained: Option<ArrayQueue<Arc<str>>>,
     gate: Gate,
     counts: Counts,
-    runner: Mutex<Option<Arc<dyn Runner>>>,
-    started: AtomicBool,
-    lifetime: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    lifecycle: Lifecycle,
 }
 
 /// amboy's limited-size queue: first in, first out.
@@ -163,10 +159,7 @@ impl<L: Line> LocalQueue<L> {
             retained: (retain > 0).then(|| ArrayQueue::new(retain)),
             gate: Gate::new(options.capacity),
             counts: Counts::default(),
-            runner: Mutex::new(None),
-            started: AtomicBool::new(false),
-            lifetime: CancellationToken::new(),
-            tasks: Mutex::new(Vec::new()),
+            lifecycle: Lifecycle::default(),
         }))
     }
 
@@ -402,10 +395,10 @@ impl<L: Line> LocalQueue<L> {
     /// Adds a job: [`Queue::put`], without boxing the future when called on the queue's own
     /// type.
     pub async fn put(&self, job: JobRef) -> Result<()> {
-        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
+        if !L::PUT_BEFORE_START && !self.lifecycle.started() {
             return Err(Error::NotStarted("queue"));
         }
-        if self.lifetime.is_cancelled() {
+        if self.lifecycle.is_closed() {
             return Err(Error::Closed("queue"));
         }
         let id = job.base().shared_id().clone();
@@ -418,7 +411,7 @@ impl<L: Line> LocalQueue<L> {
             // Nobody makes room in a closed queue: stop waiting when it closes.
             tokio::select! {
                 biased;
-                _ = self.lifetime.cancelled() => return Err(Error::Closed("queue")),
+                _ = self.lifecycle.lifetime().cancelled() => return Err(Error::Closed("queue")),
                 _ = self.gate.take() => {}
             }
         }
@@ -553,7 +546,7 @@ impl<L: Line> LocalQueue<L> {
 
     /// Stores a job's state, without waiting.
     fn save_now(&self, job: &JobRef) -> Result<()> {
-        if !L::PUT_BEFORE_START && !self.started.load(Ordering::SeqCst) {
+        if !L::PUT_BEFORE_START && !self.lifecycle.started() {
             return Err(Error::NotStarted("queue"));
         }
         let id = job.base().shared_id();
@@ -653,7 +646,7 @@ impl<L: Line> Queue for LocalQueue<L> {
 
     fn info(&self) -> QueueInfo {
         QueueInfo {
-            started: self.started.load(Ordering::SeqCst),
+            started: self.lifecycle.started(),
             lock_timeout: self.options.lock_timeout,
         }
     }
@@ -732,66 +725,45 @@ impl<L: Line> Queue for LocalQueue<L> {
     }
 
     fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.runner.lock().clone()
+        self.lifecycle.runner()
     }
 
     fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        if self.started.load(Ordering::SeqCst) {
-            return Err(Error::AlreadyStarted("queue"));
-        }
-        runner.set_queue(self.arc())?;
-        *self.runner.lock() = Some(runner);
-        Ok(())
+        self.lifecycle.set_runner(runner, self.arc())
     }
 
     async fn start(&self) -> Result<()> {
-        let runner = self
-            .runner()
-            .ok_or_else(|| Error::invalid(format!("queue '{}' has no runner", self.id)))?;
-        if self.lifetime.is_cancelled() {
-            return Err(Error::Closed("queue"));
-        }
-        if self.started.swap(true, Ordering::SeqCst) {
-            return Err(Error::AlreadyStarted("queue"));
-        }
+        let runner = self.lifecycle.begin(&self.id)?;
         let heartbeat = Self::run_heartbeat(
             self.this.clone(),
             self.dispatcher.heartbeat_interval(),
-            self.lifetime.clone(),
+            self.lifecycle.lifetime().clone(),
         );
-        self.tasks.lock().push(tokio::spawn(heartbeat));
+        self.lifecycle.spawn(heartbeat);
         let timer = Self::run_timer(
             self.this.clone(),
             self.delayed.clone(),
             self.line.clone(),
-            self.lifetime.clone(),
+            self.lifecycle.lifetime().clone(),
         );
-        self.tasks.lock().push(tokio::spawn(timer));
-        if let Err(error) = runner.start().await {
-            self.started.store(false, Ordering::SeqCst);
-            return Err(error);
-        }
+        self.lifecycle.spawn(timer);
+        self.lifecycle.start_runner(&runner).await?;
         Ok(())
     }
 
     async fn close(&self) {
-        if let Some(runner) = self.runner() {
-            runner.close().await;
-        }
-        self.lifetime.cancel();
+        self.lifecycle.close_runner().await;
+        self.lifecycle.lifetime().cancel();
         self.line.close();
         self.dispatcher.close().await;
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.lifecycle.end().await;
     }
 }
 
 impl<L: Line> Drop for LocalQueue<L> {
     /// A queue dropped without [`close`](Queue::close) still stops its background tasks.
     fn drop(&mut self) {
-        self.lifetime.cancel();
+        self.lifecycle.lifetime().cancel();
         self.line.close();
     }
 }

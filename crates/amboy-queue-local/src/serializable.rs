@@ -2,7 +2,6 @@
 //! `LocalLimitedSizeSerializable`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,10 +14,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream;
 use parking_lot::Mutex;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
+use crate::lifecycle::Lifecycle;
 use crate::{Dispatcher, ScopeManager};
 
 type Hasher = foldhash::fast::RandomState;
@@ -96,11 +95,8 @@ pub struct LimitedSizeSerializableQueue {
     delayed: Arc<Delayed<Arc<str>>>,
     scopes: ScopeManager<Arc<str>>,
     dispatcher: Arc<Dispatcher>,
-    runner: Mutex<Option<Arc<dyn Runner>>>,
     retry_handler: Mutex<Option<Arc<dyn RetryHandler>>>,
-    started: AtomicBool,
-    lifetime: CancellationToken,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    lifecycle: Lifecycle,
 }
 
 #[derive(Debug, Default)]
@@ -247,11 +243,8 @@ impl LimitedSizeSerializableQueue {
             line_rx,
             delayed: Arc::new(Delayed::default()),
             scopes: ScopeManager::new(),
-            runner: Mutex::new(None),
             retry_handler: Mutex::new(None),
-            started: AtomicBool::new(false),
-            lifetime: CancellationToken::new(),
-            tasks: Mutex::new(Vec::new()),
+            lifecycle: Lifecycle::default(),
         }))
     }
 
@@ -322,7 +315,7 @@ impl LimitedSizeSerializableQueue {
     }
 
     async fn put_one(&self, job: JobRef) -> Result<()> {
-        if self.lifetime.is_cancelled() {
+        if self.lifecycle.is_closed() {
             return Err(Error::Closed("queue"));
         }
         let Prepared {
@@ -643,7 +636,7 @@ impl Queue for LimitedSizeSerializableQueue {
 
     fn info(&self) -> QueueInfo {
         QueueInfo {
-            started: self.started.load(Ordering::SeqCst),
+            started: self.lifecycle.started(),
             lock_timeout: self.options.lock_timeout,
         }
     }
@@ -722,50 +715,31 @@ impl Queue for LimitedSizeSerializableQueue {
     }
 
     fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.runner.lock().clone()
+        self.lifecycle.runner()
     }
 
     fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        if self.started.load(Ordering::SeqCst) {
-            return Err(Error::AlreadyStarted("queue"));
-        }
-        runner.set_queue(self.arc())?;
-        *self.runner.lock() = Some(runner);
-        Ok(())
+        self.lifecycle.set_runner(runner, self.arc())
     }
 
     async fn start(&self) -> Result<()> {
-        let runner = self
-            .runner()
-            .ok_or_else(|| Error::invalid(format!("queue '{}' has no runner", self.id)))?;
-        if self.lifetime.is_cancelled() {
-            return Err(Error::Closed("queue"));
-        }
-        if self.started.swap(true, Ordering::SeqCst) {
-            return Err(Error::AlreadyStarted("queue"));
-        }
+        let runner = self.lifecycle.begin(&self.id)?;
         let this = self.arc();
         let as_queue: Arc<dyn Queue> = this.clone();
         self.dispatcher.start_heartbeat(Arc::downgrade(&as_queue));
         let timer = Self::run_timer(
             self.delayed.clone(),
             self.line_tx.clone(),
-            self.lifetime.clone(),
+            self.lifecycle.lifetime().clone(),
         );
         let monitor = Self::monitor_stale_retrying(
             self.this.clone(),
             self.options.stale_retrying_monitor_interval,
-            self.lifetime.clone(),
+            self.lifecycle.lifetime().clone(),
         );
-        {
-            let mut tasks = self.tasks.lock();
-            tasks.push(tokio::spawn(timer));
-            tasks.push(tokio::spawn(monitor));
-        }
-        if let Err(error) = runner.start().await {
-            self.started.store(false, Ordering::SeqCst);
-            return Err(error);
-        }
+        self.lifecycle.spawn(timer);
+        self.lifecycle.spawn(monitor);
+        self.lifecycle.start_runner(&runner).await?;
         if let Some(handler) = self.retry_handler() {
             handler.start().await?;
         }
@@ -773,19 +747,14 @@ impl Queue for LimitedSizeSerializableQueue {
     }
 
     async fn close(&self) {
-        if let Some(runner) = self.runner() {
-            runner.close().await;
-        }
+        self.lifecycle.close_runner().await;
         if let Some(handler) = self.retry_handler() {
             handler.close().await;
         }
-        self.lifetime.cancel();
+        self.lifecycle.lifetime().cancel();
         self.line_tx.close();
         self.dispatcher.close().await;
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.lifecycle.end().await;
     }
 
     fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
@@ -912,7 +881,7 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
 
 impl Drop for LimitedSizeSerializableQueue {
     fn drop(&mut self) {
-        self.lifetime.cancel();
+        self.lifecycle.lifetime().cancel();
         self.line_tx.close();
     }
 }

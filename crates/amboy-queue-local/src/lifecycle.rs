@@ -1,0 +1,94 @@
+//! What every local queue does to start and stop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use amboy_core::{Error, Queue, Result, Runner};
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A queue's runner, whether it started, its lifetime (cancelled when it closes or is dropped)
+/// and its background tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Lifecycle {
+    runner: Mutex<Option<Arc<dyn Runner>>>,
+    started: AtomicBool,
+    lifetime: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Lifecycle {
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lifetime.is_cancelled()
+    }
+
+    /// Cancelled when the queue closes or is dropped.
+    pub(crate) fn lifetime(&self) -> &CancellationToken {
+        &self.lifetime
+    }
+
+    pub(crate) fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.runner.lock().clone()
+    }
+
+    /// Sets the runner and gives it `queue`; not possible once started.
+    pub(crate) fn set_runner(&self, runner: Arc<dyn Runner>, queue: Arc<dyn Queue>) -> Result<()> {
+        if self.started() {
+            return Err(Error::AlreadyStarted("queue"));
+        }
+        runner.set_queue(queue)?;
+        *self.runner.lock() = Some(runner);
+        Ok(())
+    }
+
+    /// Marks the queue `id` started and returns its runner; fails without a runner, once
+    /// closed, or when started already.
+    pub(crate) fn begin(&self, id: &str) -> Result<Arc<dyn Runner>> {
+        let runner = self
+            .runner()
+            .ok_or_else(|| Error::invalid(format!("queue '{id}' has no runner")))?;
+        if self.is_closed() {
+            return Err(Error::Closed("queue"));
+        }
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyStarted("queue"));
+        }
+        Ok(runner)
+    }
+
+    /// Starts the runner; if it cannot start, neither has the queue.
+    pub(crate) async fn start_runner(&self, runner: &Arc<dyn Runner>) -> Result<()> {
+        let started = runner.start().await;
+        if started.is_err() {
+            self.started.store(false, Ordering::SeqCst);
+        }
+        started
+    }
+
+    /// Runs a background task until the queue closes.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().push(tokio::spawn(task));
+    }
+
+    /// Closes the runner: its running jobs are cancelled and it waits for its workers.
+    pub(crate) async fn close_runner(&self) {
+        if let Some(runner) = self.runner() {
+            runner.close().await;
+        }
+    }
+
+    /// Ends the queue's lifetime and waits for its background tasks.
+    pub(crate) async fn end(&self) {
+        self.lifetime.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
