@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{Error, JobError, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo};
+use crate::{Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo};
 
 /// The metadata every job embeds: identity, status, timing, retry information, scopes,
 /// priority and dependency, with amboy's rules for changing them.
@@ -34,7 +34,7 @@ use crate::{Error, JobError, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTi
 /// assert!(base.retry_info().retryable);
 /// ```
 pub struct Base {
-    id: Arc<str>,
+    id: JobId,
     meta: Mutex<Metadata>,
 }
 
@@ -107,24 +107,24 @@ impl Base {
     /// Metadata for a new job with the given ID.
     pub fn with_id(id: impl AsRef<str>) -> Self {
         Base {
-            id: Arc::from(id.as_ref()),
+            id: JobId::new(id.as_ref()),
             meta: Mutex::new(Metadata::default()),
         }
     }
 
     /// The job's ID.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
     }
 
-    /// The job's ID, shared.
-    pub fn shared_id(&self) -> &Arc<str> {
+    /// The job's ID as queues key it.
+    pub fn job_id(&self) -> &JobId {
         &self.id
     }
 
     /// Changes the ID; only possible while the job is not shared.
     pub fn set_id(&mut self, id: impl AsRef<str>) {
-        self.id = Arc::from(id.as_ref());
+        self.id = JobId::new(id.as_ref());
     }
 
     /// Locks the metadata for reading or changing several fields at once. Do not hold the
@@ -439,7 +439,7 @@ impl Serialize for Base {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let meta = self.meta.lock();
         BaseRef {
-            name: &self.id,
+            name: self.id.as_str(),
             required_scopes: &meta.scopes,
         }
         .serialize(serializer)

@@ -19,6 +19,7 @@
 mod base;
 pub mod clock;
 mod error;
+mod id;
 mod info;
 mod job;
 mod meta;
@@ -32,6 +33,7 @@ mod wait;
 pub use amboy_dependency as dependency;
 pub use base::{Base, Metadata};
 pub use error::{Error, JobFailure, Result, WriteErrors, collate_write_errors};
+pub use id::JobId;
 pub use info::{
     DEFAULT_MAX_ATTEMPTS, JobInfo, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo,
     JobType, LOCK_TIMEOUT, QueueInfo,

@@ -2,11 +2,10 @@
 //! what becomes of a job when its edges complete.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amboy_core::dependency::{Manager, State};
-use amboy_core::{Error, JobRef, Result};
+use amboy_core::{Error, JobId, JobRef, Result};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -51,13 +50,13 @@ pub(crate) struct Dependencies {
 #[derive(Debug, Default)]
 struct Graph {
     /// Jobs dropped before they ran: edges to them can never be met.
-    expired: HashSet<Arc<str>, Hasher>,
+    expired: HashSet<JobId, Hasher>,
     /// Jobs waiting for edges, with how many are not finished yet.
-    waiting: HashMap<Arc<str>, Waiting, Hasher>,
+    waiting: HashMap<JobId, Waiting, Hasher>,
     /// For each job, the jobs waiting on it.
-    dependents: HashMap<Arc<str>, Vec<Arc<str>>, Hasher>,
+    dependents: HashMap<JobId, Vec<JobId>, Hasher>,
     /// Jobs whose edges are met but whose manager says `Blocked`: asked again later.
-    blocked_by_state: HashMap<Arc<str>, JobRef, Hasher>,
+    blocked_by_state: HashMap<JobId, JobRef, Hasher>,
 }
 
 #[derive(Debug)]
@@ -86,7 +85,7 @@ impl Dependencies {
         job: &JobRef,
         lookup: impl Fn(&str) -> Edge,
     ) -> Result<Option<Verdict>> {
-        let id = job.base().shared_id().clone();
+        let id = job.base().job_id().clone();
         let manager = job.base().metadata().dependency.clone();
         let Some(manager) = manager else {
             return Ok(Some(Verdict::Run(job.clone())));
@@ -143,7 +142,7 @@ impl Dependencies {
         for edge in &unmet {
             graph
                 .dependents
-                .entry(Arc::from(*edge))
+                .entry(JobId::new(edge))
                 .or_default()
                 .push(id.clone());
         }
@@ -159,7 +158,7 @@ impl Dependencies {
 
     /// Records that `id` finished (after it was marked completed); returns the verdicts of the
     /// jobs that no longer wait.
-    pub(crate) fn finished(&self, id: &Arc<str>) -> Vec<Verdict> {
+    pub(crate) fn finished(&self, id: &JobId) -> Vec<Verdict> {
         if self.waiting.load(Ordering::SeqCst) == 0 {
             return Vec::new();
         }
@@ -193,7 +192,7 @@ impl Dependencies {
     }
 
     /// Records that `id` was dropped before it ran; its dependents can never run.
-    pub(crate) fn expired(&self, id: &Arc<str>) -> Vec<Verdict> {
+    pub(crate) fn expired(&self, id: &JobId) -> Vec<Verdict> {
         let mut graph = self.graph.lock();
         graph.expired.insert(id.clone());
         let mut verdicts = Vec::new();
@@ -269,7 +268,7 @@ impl Dependencies {
                 self.graph
                     .lock()
                     .blocked_by_state
-                    .insert(job.base().shared_id().clone(), job);
+                    .insert(job.base().job_id().clone(), job);
                 None
             }
         }
@@ -279,10 +278,10 @@ impl Dependencies {
 /// Orders a batch so that every job comes after the jobs of the batch it depends on. Jobs on a
 /// cycle, and jobs depending on them, are left out with one error each naming the cycle.
 pub(crate) fn order_batch(jobs: Vec<JobRef>) -> (Vec<JobRef>, Vec<Error>) {
-    let ids: HashMap<Arc<str>, usize> = jobs
+    let ids: HashMap<JobId, usize> = jobs
         .iter()
         .enumerate()
-        .map(|(index, job)| (job.base().shared_id().clone(), index))
+        .map(|(index, job)| (job.base().job_id().clone(), index))
         .collect();
     // edges[i]: the jobs of the batch that job i depends on.
     let edges: Vec<Vec<usize>> = jobs

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobRef, Metadata, Queue, Result};
+use amboy_core::{Error, JobId, JobRef, Metadata, Queue, Result};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Dispatcher {
     owner: Arc<str>,
     lock_timeout: Duration,
-    dispatched: DashMap<Arc<str>, Dispatched, foldhash::fast::RandomState>,
+    dispatched: DashMap<JobId, Dispatched, foldhash::fast::RandomState>,
     heartbeat: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
@@ -65,7 +65,7 @@ impl Dispatcher {
     pub fn dispatch(&self, job: &JobRef) -> Result<()> {
         let max_time = {
             let mut meta = job.base().metadata();
-            self.mark(job.id(), &mut meta, amboy_core::clock::now())?;
+            self.mark(job.base().job_id(), &mut meta, amboy_core::clock::now())?;
             meta.time_info.max_time
         };
         self.track(job, max_time);
@@ -75,10 +75,10 @@ impl Dispatcher {
     /// The first half of [`dispatch`](Self::dispatch), for queues that already hold the job's
     /// metadata lock: checks that the job may be dispatched and marks it started, in progress
     /// and locked by the owner. Follow it with [`track`](Self::track) once the lock is released.
-    pub fn mark(&self, id: &str, meta: &mut Metadata, now: DateTime<Utc>) -> Result<()> {
+    pub fn mark(&self, id: &JobId, meta: &mut Metadata, now: DateTime<Utc>) -> Result<()> {
         if !meta.is_dispatchable(self.lock_timeout, now) {
             return Err(Error::invalid_job(
-                id,
+                id.as_str(),
                 "cannot dispatch in progress or completed job",
             ));
         }
@@ -118,7 +118,7 @@ impl Dispatcher {
     pub fn track(&self, job: &JobRef, max_time: Duration) {
         let deadline = (!max_time.is_zero()).then(|| Instant::now() + max_time);
         self.dispatched.insert(
-            job.base().shared_id().clone(),
+            job.base().job_id().clone(),
             Dispatched {
                 job: job.clone(),
                 deadline,

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue, QueueInfo,
-    QueueStats, Result, Runner, collate_write_errors,
+    Error, JobId, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue,
+    QueueInfo, QueueStats, Result, Runner, collate_write_errors,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -96,13 +96,13 @@ pub struct LocalQueue<L: Line> {
     id: Arc<str>,
     options: LocalQueueOptions,
     this: Weak<LocalQueue<L>>,
-    jobs: DashMap<Arc<str>, JobRef, Hasher>,
+    jobs: DashMap<JobId, JobRef, Hasher>,
     line: Arc<L>,
     delayed: Arc<Delayed<JobRef>>,
     scopes: ScopeManager<JobRef>,
     dispatcher: Arc<Dispatcher>,
     dependencies: Option<Dependencies>,
-    retained: Option<ArrayQueue<Arc<str>>>,
+    retained: Option<ArrayQueue<JobId>>,
     gate: Gate,
     counts: Counts,
     lifecycle: Lifecycle,
@@ -207,7 +207,7 @@ impl<L: Line> LocalQueue<L> {
     /// Decides what to do with a job taken from the line, under one lock of its metadata.
     fn take(&self, job: JobRef) -> Taken {
         let now = amboy_core::clock::now();
-        let id = job.base().shared_id();
+        let id = job.base().job_id();
         let mut meta = job.base().metadata();
         if meta.status.completed {
             // Completed while it waited (by a manager, say), which gave its place back already.
@@ -251,7 +251,7 @@ impl<L: Line> LocalQueue<L> {
 
     /// Drops a job that missed its `dispatch_by` deadline.
     fn expire(&self, job: &JobRef, scopes: &[String]) {
-        let id = job.base().shared_id();
+        let id = job.base().job_id();
         self.jobs.remove(id);
         self.release_scopes(id, scopes);
         self.counts.expired.fetch_add(1, Ordering::SeqCst);
@@ -264,10 +264,11 @@ impl<L: Line> LocalQueue<L> {
     }
 
     /// Releases the scopes `id` holds among `scopes`, waking the jobs waiting for them.
-    fn release_scopes(&self, id: &str, scopes: &[String]) {
+    fn release_scopes(&self, id: &JobId, scopes: &[String]) {
         if scopes.is_empty() {
             return;
         }
+        let id = id.as_str();
         let held: Vec<String> = scopes
             .iter()
             .filter(|scope| self.scopes.holder(scope).as_deref() == Some(id))
@@ -309,7 +310,7 @@ impl<L: Line> LocalQueue<L> {
 
     /// Everything that follows a job's completion: its scopes, the counts, retention, and the
     /// jobs that depended on it.
-    fn finish(&self, id: &Arc<str>, scopes: &[String]) {
+    fn finish(&self, id: &JobId, scopes: &[String]) {
         self.release_scopes(id, scopes);
         self.counts.completed.fetch_add(1, Ordering::SeqCst);
         self.retain(id);
@@ -346,7 +347,7 @@ impl<L: Line> LocalQueue<L> {
                 self.counts.unresolved.fetch_add(1, Ordering::SeqCst);
             }
             self.gate.give_back();
-            let id = job.base().shared_id();
+            let id = job.base().job_id();
             self.release_scopes(id, &scopes);
             self.counts.completed.fetch_add(1, Ordering::SeqCst);
             self.retain(id);
@@ -357,7 +358,7 @@ impl<L: Line> LocalQueue<L> {
     }
 
     /// Retains a completed job, forgetting the oldest retained one when full.
-    fn retain(&self, id: &Arc<str>) {
+    fn retain(&self, id: &JobId) {
         let evicted = match &self.retained {
             Some(ring) => ring.force_push(id.clone()),
             None => Some(id.clone()),
@@ -401,7 +402,7 @@ impl<L: Line> LocalQueue<L> {
         if self.lifecycle.is_closed() {
             return Err(Error::Closed("queue"));
         }
-        let id = job.base().shared_id().clone();
+        let id = job.base().job_id().clone();
         let now = amboy_core::clock::now();
         let (enqueue_scopes, wait_until) = self.prepare(&job, now)?;
         if !self.gate.try_take() {
@@ -424,7 +425,9 @@ impl<L: Line> LocalQueue<L> {
                 entry.insert(job.clone());
             }
         }
-        if let Err(error) = self.scopes.acquire(&id, &enqueue_scopes) {
+        if !enqueue_scopes.is_empty()
+            && let Err(error) = self.scopes.acquire(&id, &enqueue_scopes)
+        {
             self.jobs.remove(&id);
             self.gate.give_back();
             return Err(error);
@@ -459,31 +462,47 @@ impl<L: Line> LocalQueue<L> {
 
     /// Completes a job; everything a completion does happens here, without waiting.
     fn complete_now(&self, job: &JobRef) -> Result<()> {
-        let id = job.base().shared_id();
-        // A job this queue dispatched is the one it stores (only completed jobs leave the map
-        // otherwise); any other must be the very job the queue holds, not a copy or a stale
-        // job whose ID was reused.
-        if !self.runs_here(&job.base().metadata()) {
-            match self.jobs.get(id) {
-                None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
-                Some(stored) if !Arc::ptr_eq(&stored, job) => {
-                    return Err(Error::job_not_found_because(
-                        &**id,
-                        "the queue holds another job with this ID",
-                    ));
-                }
-                Some(_) => {}
+        let id = job.base().job_id();
+        // The common case, a job running here, takes the job's lock once: such a job is the one
+        // the queue stores (only completed jobs leave the map otherwise).
+        let scopes = {
+            let mut meta = job.base().metadata();
+            self.runs_here(&meta).then(|| Self::mark(&mut meta, true))
+        };
+        let scopes = match scopes {
+            Some(scopes) => scopes,
+            None => match self.complete_waiting(id, job)? {
+                Some(scopes) => scopes,
+                None => return Ok(()),
+            },
+        };
+        self.finish(id, &scopes);
+        Ok(())
+    }
+
+    /// Completes a job that is not running here: it must be the very job the queue holds, not
+    /// a copy or a stale job whose ID was reused. Returns its scopes, or `None` if it was
+    /// completed already.
+    fn complete_waiting(&self, id: &JobId, job: &JobRef) -> Result<Option<Vec<String>>> {
+        match self.jobs.get(id) {
+            None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
+            Some(stored) if !Arc::ptr_eq(&stored, job) => {
+                return Err(Error::job_not_found_because(
+                    &**id,
+                    "the queue holds another job with this ID",
+                ));
             }
+            Some(_) => {}
         }
-        // Whether the job ran here or waited to run (in the line, the timer heap, beside a scope
-        // or in the dependency graph), decided under its lock so that a concurrent dispatch
-        // cannot slip in. The heartbeat refreshes only jobs in progress, so once marked here a
-        // job is never refreshed again.
+        // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
+        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip
+        // in. The heartbeat refreshes only jobs in progress, so once marked a job is never
+        // refreshed again.
         let (scopes, was_pending) = {
             let mut meta = job.base().metadata();
             let dispatched = self.runs_here(&meta);
             if meta.status.completed && !dispatched {
-                return Ok(());
+                return Ok(None);
             }
             let was_pending = !dispatched && !meta.status.in_progress;
             (Self::mark(&mut meta, dispatched), was_pending)
@@ -495,8 +514,7 @@ impl<L: Line> LocalQueue<L> {
             }
             self.gate.give_back();
         }
-        self.finish(id, &scopes);
-        Ok(())
+        Ok(Some(scopes))
     }
 
     /// Whether the job is running, dispatched by this queue.
@@ -549,7 +567,7 @@ impl<L: Line> LocalQueue<L> {
         if !L::PUT_BEFORE_START && !self.lifecycle.started() {
             return Err(Error::NotStarted("queue"));
         }
-        let id = job.base().shared_id();
+        let id = job.base().job_id();
         let Some(mut stored) = self.jobs.get_mut(id) else {
             return Err(Error::job_not_found(&**id));
         };

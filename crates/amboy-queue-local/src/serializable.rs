@@ -133,7 +133,7 @@ fn key_of(job: &JobRef) -> Arc<str> {
     if meta.retry_info.retryable {
         storage_key(job.id(), true, meta.retry_info.current_attempt)
     } else {
-        job.base().shared_id().clone()
+        Arc::from(job.id())
     }
 }
 
@@ -298,7 +298,7 @@ impl LimitedSizeSerializableQueue {
             let key = if meta.retry_info.retryable {
                 storage_key(job.id(), true, meta.retry_info.current_attempt)
             } else {
-                job.base().shared_id().clone()
+                Arc::from(job.id())
             };
             (
                 key,
@@ -405,7 +405,7 @@ impl LimitedSizeSerializableQueue {
         {
             return None;
         }
-        if let Err(error) = self.dispatcher.mark(job.id(), &mut meta, now) {
+        if let Err(error) = self.dispatcher.mark(job.base().job_id(), &mut meta, now) {
             let scopes = meta.scopes.clone();
             drop(meta);
             store.pending -= 1;

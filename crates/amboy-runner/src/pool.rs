@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobRef, Queue, Result, execute_job};
+use amboy_core::{Error, JobId, JobRef, Queue, Result, execute_job};
 use dashmap::DashMap;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -364,7 +364,7 @@ impl Rotation {
 /// The jobs running in an abortable pool, by ID, each with its own token.
 #[derive(Debug, Default)]
 pub(crate) struct Register {
-    jobs: DashMap<Arc<str>, Entry>,
+    jobs: DashMap<JobId, Entry>,
     serial: AtomicU64,
 }
 
@@ -380,7 +380,7 @@ struct Entry {
 /// A job's registration, removed when the run is over, even if the worker panics.
 struct Entered<'a> {
     register: &'a Register,
-    id: Arc<str>,
+    id: JobId,
     serial: u64,
     token: CancellationToken,
     finished: CancellationToken,
@@ -397,7 +397,7 @@ impl Drop for Entered<'_> {
 
 impl Register {
     fn enter(&self, job: &JobRef, pool: &CancellationToken) -> Entered<'_> {
-        let id = job.base().shared_id().clone();
+        let id = job.base().job_id().clone();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let token = pool.child_token();
         let finished = CancellationToken::new();
@@ -442,7 +442,7 @@ impl Register {
 
     /// Cancels every running job, then waits until each is completed.
     pub(crate) async fn abort_all(&self) -> Result<()> {
-        let ids: Vec<Arc<str>> = self.jobs.iter().map(|entry| entry.key().clone()).collect();
+        let ids: Vec<JobId> = self.jobs.iter().map(|entry| entry.key().clone()).collect();
         let entries: Vec<Entry> = ids
             .iter()
             .filter_map(|id| self.jobs.remove(id).map(|(_, entry)| entry))
