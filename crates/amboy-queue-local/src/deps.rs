@@ -53,8 +53,12 @@ struct Graph {
     expired: HashSet<JobId, Hasher>,
     /// Jobs waiting for edges, with how many are not finished yet.
     waiting: HashMap<JobId, Waiting, Hasher>,
-    /// For each job, the jobs waiting on it.
-    dependents: HashMap<JobId, Vec<JobId>, Hasher>,
+    /// For each job, the jobs waiting on it, each with the serial of its admission: a job
+    /// completed from outside leaves its entries behind, and a later job reusing its ID must
+    /// not be counted down by them.
+    dependents: HashMap<JobId, Vec<(JobId, u64)>, Hasher>,
+    /// The serial of the next admission.
+    serial: u64,
     /// Jobs whose edges are met but whose manager says `Blocked`: asked again later.
     blocked_by_state: HashMap<JobId, JobRef, Hasher>,
 }
@@ -63,6 +67,7 @@ struct Graph {
 struct Waiting {
     job: JobRef,
     unmet: usize,
+    serial: u64,
 }
 
 /// What the queue knows of a job an edge names.
@@ -139,18 +144,21 @@ impl Dependencies {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Ok(self.judge(job.clone(), &*manager));
         }
+        let serial = graph.serial;
+        graph.serial += 1;
         for edge in &unmet {
             graph
                 .dependents
                 .entry(JobId::new(edge))
                 .or_default()
-                .push(id.clone());
+                .push((id.clone(), serial));
         }
         graph.waiting.insert(
             id,
             Waiting {
                 job: job.clone(),
                 unmet: unmet.len(),
+                serial,
             },
         );
         Ok(None)
@@ -166,10 +174,13 @@ impl Dependencies {
         let mut released = Vec::new();
         {
             let mut graph = self.graph.lock();
-            for dependent in graph.dependents.remove(id).unwrap_or_default() {
+            for (dependent, serial) in graph.dependents.remove(id).unwrap_or_default() {
                 let Some(waiting) = graph.waiting.get_mut(&dependent) else {
                     continue;
                 };
+                if waiting.serial != serial {
+                    continue;
+                }
                 waiting.unmet -= 1;
                 if waiting.unmet == 0 {
                     let job = graph.waiting.remove(&dependent).expect("present").job;
@@ -195,13 +206,29 @@ impl Dependencies {
     pub(crate) fn expired(&self, id: &JobId) -> Vec<Verdict> {
         let mut graph = self.graph.lock();
         graph.expired.insert(id.clone());
+        self.fail_dependents(&mut graph, id, "expired before it ran")
+    }
+
+    /// Records that the put of `id` failed after other jobs could see it: the jobs that began
+    /// waiting on it meanwhile can never run.
+    pub(crate) fn withdrawn(&self, id: &JobId) -> Vec<Verdict> {
+        let mut graph = self.graph.lock();
+        self.fail_dependents(&mut graph, id, "was withdrawn: its put failed")
+    }
+
+    fn fail_dependents(&self, graph: &mut Graph, id: &JobId, what: &str) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
-        for dependent in graph.dependents.remove(id).unwrap_or_default() {
-            if let Some(waiting) = graph.waiting.remove(&dependent) {
+        for (dependent, serial) in graph.dependents.remove(id).unwrap_or_default() {
+            if graph
+                .waiting
+                .get(&dependent)
+                .is_some_and(|w| w.serial == serial)
+                && let Some(waiting) = graph.waiting.remove(&dependent)
+            {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
                 verdicts.push(Verdict::Fail(
                     waiting.job,
-                    format!("dependency unresolved: edge '{id}' expired before it ran"),
+                    format!("dependency unresolved: edge '{id}' {what}"),
                 ));
             }
         }
@@ -264,9 +291,15 @@ impl Dependencies {
                 Some(Verdict::Fail(job, reason))
             }
             State::Blocked => {
+                let mut graph = self.graph.lock();
+                // Completed from outside while it was judged: nothing left to wait for. The
+                // completion marks the job before it asks the graph to forget it, so under the
+                // graph's lock either the mark shows here or the forget comes after.
+                if job.base().metadata().status.completed {
+                    return None;
+                }
                 self.waiting.fetch_add(1, Ordering::SeqCst);
-                self.graph
-                    .lock()
+                graph
                     .blocked_by_state
                     .insert(job.base().job_id().clone(), job);
                 None

@@ -187,23 +187,23 @@ impl Dispatcher {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 continue;
             }
-            let refreshed = {
+            {
                 let mut meta = job.base().metadata();
                 // Completed or released since the snapshot: no longer ours to refresh. Checked
                 // under the job's lock, and completion and release stop tracking a job before
                 // they change its status, so a finished job is never marked in progress again.
+                // The lock is refreshed in the same step, so that nothing (a retry handler
+                // taking the job, say) can lock it in between.
                 if !self.dispatched.contains_key(job.id()) {
                     continue;
                 }
                 meta.status.in_progress = true;
                 meta.status.completed = false;
-                drop(meta);
-                job.lock(&self.owner, self.lock_timeout)
-            };
-            let saved = match refreshed {
-                Ok(()) => queue.save(&job).await,
-                Err(error) => Err(error),
-            };
+                meta.status.owner = Some(self.owner.clone());
+                meta.status.modification_time = Some(amboy_core::clock::now());
+                meta.status.modification_count += 1;
+            }
+            let saved = queue.save(&job).await;
             if let Err(error) = saved {
                 // The job is no longer ours to refresh: record why and stop.
                 self.dispatched.remove(job.id());

@@ -30,7 +30,7 @@ impl Gate {
     pub(crate) fn try_take(&self) -> bool {
         self.taken
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |taken| {
-                (taken < self.capacity).then_some(taken + 1)
+                (taken < self.capacity).then(|| taken + 1)
             })
             .is_ok()
     }
@@ -55,7 +55,8 @@ impl Gate {
 
     /// Returns a place.
     pub(crate) fn give_back(&self) {
-        self.taken.fetch_sub(1, Ordering::SeqCst);
+        let before = self.taken.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(before > 0, "a place given back twice");
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.freed.notify_one();
         }

@@ -252,13 +252,18 @@ impl<L: Line> LocalQueue<L> {
     /// Drops a job that missed its `dispatch_by` deadline.
     fn expire(&self, job: &JobRef, scopes: &[String]) {
         let id = job.base().job_id();
+        // Recorded as expired before it leaves the map, so that a job put meanwhile with an edge
+        // to it finds it in one or the other.
+        let verdicts = self
+            .dependencies
+            .as_ref()
+            .map(|dependencies| dependencies.expired(id));
         self.jobs.remove(id);
         self.release_scopes(id, scopes);
         self.counts.expired.fetch_add(1, Ordering::SeqCst);
         self.gate.give_back();
         tracing::debug!(queue_id = %self.id, job_id = %id, "dropped job past its dispatch_by deadline");
-        if let Some(dependencies) = &self.dependencies {
-            let verdicts = dependencies.expired(id);
+        if let Some(verdicts) = verdicts {
             self.apply(verdicts);
         }
     }
@@ -381,6 +386,18 @@ impl<L: Line> LocalQueue<L> {
         now: DateTime<Utc>,
     ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
         let mut meta = job.base().metadata();
+        // A job that ran, or runs, elsewhere is not a job to put: it would never be dispatched.
+        if meta.status.completed || meta.status.in_progress {
+            let state = if meta.status.completed {
+                "completed"
+            } else {
+                "in progress"
+            };
+            return Err(Error::invalid_job(
+                job.id(),
+                format!("it is {state} already; put a new job instead"),
+            ));
+        }
         meta.time_info.created = Some(now);
         if let Err(error) = meta.time_info.validate() {
             return Err(Error::invalid_job(job.id(), error));
@@ -428,8 +445,7 @@ impl<L: Line> LocalQueue<L> {
         if !enqueue_scopes.is_empty()
             && let Err(error) = self.scopes.acquire(&id, &enqueue_scopes)
         {
-            self.jobs.remove(&id);
-            self.gate.give_back();
+            self.withdraw(&id);
             return Err(error);
         }
         let Some(dependencies) = &self.dependencies else {
@@ -445,9 +461,8 @@ impl<L: Line> LocalQueue<L> {
         let verdict = match dependencies.admit(&job, lookup) {
             Ok(verdict) => verdict,
             Err(error) => {
-                self.jobs.remove(&id);
                 self.release_scopes(&id, &enqueue_scopes);
-                self.gate.give_back();
+                self.withdraw(&id);
                 return Err(error);
             }
         };
@@ -458,6 +473,17 @@ impl<L: Line> LocalQueue<L> {
             None => {}
         }
         Ok(())
+    }
+
+    /// Takes back a job whose put failed after it entered the map: jobs that saw it there and
+    /// began waiting on it can never run, and are completed with the reason.
+    fn withdraw(&self, id: &JobId) {
+        self.jobs.remove(id);
+        self.gate.give_back();
+        if let Some(dependencies) = &self.dependencies {
+            let verdicts = dependencies.withdrawn(id);
+            self.apply(verdicts);
+        }
     }
 
     /// Completes a job; everything a completion does happens here, without waiting.
@@ -568,9 +594,17 @@ impl<L: Line> LocalQueue<L> {
             return Err(Error::NotStarted("queue"));
         }
         let id = job.base().job_id();
-        let Some(mut stored) = self.jobs.get_mut(id) else {
+        let Some(stored) = self.jobs.get(id) else {
             return Err(Error::job_not_found(&**id));
         };
+        // The queue holds the job itself: saving means saving that job. A copy (or a stale job
+        // whose ID was reused) would replace the job in line and be counted twice.
+        if !Arc::ptr_eq(&stored, job) {
+            return Err(Error::job_not_found_because(
+                &**id,
+                "the queue holds another job with this ID",
+            ));
+        }
         {
             // A finished job holds no scopes: taking them again would keep them forever (a
             // heartbeat's save racing the completion did). Checked under the job's lock, which
@@ -579,9 +613,6 @@ impl<L: Line> LocalQueue<L> {
             if !meta.status.completed {
                 self.scopes.acquire(id, &meta.scopes)?;
             }
-        }
-        if !Arc::ptr_eq(&stored, job) {
-            *stored = job.clone();
         }
         Ok(())
     }
@@ -714,11 +745,15 @@ impl<L: Line> Queue for LocalQueue<L> {
 
     async fn stats(&self) -> Result<QueueStats> {
         // Completed and expired are read before total, so that a job put meanwhile can only
-        // make the stats look less complete, never more.
+        // make the stats look less complete, never more. Blocked jobs are counted before and
+        // after, and the smaller count kept, so that a job put meanwhile is not counted blocked
+        // without being counted in the total.
+        let blocked_before = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
         let completed = self.counts.completed.load(Ordering::SeqCst);
         let expired = self.counts.expired.load(Ordering::SeqCst);
         let total = self.counts.total.load(Ordering::SeqCst);
-        let blocked = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
+        let blocked_after = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
+        let blocked = blocked_before.min(blocked_after);
         let unfinished = total.saturating_sub(completed + expired);
         let blocked = blocked.min(unfinished);
         let pending = self
@@ -752,6 +787,9 @@ impl<L: Line> Queue for LocalQueue<L> {
 
     async fn start(&self) -> Result<()> {
         let runner = self.lifecycle.begin(&self.id)?;
+        // The background tasks start once the runner has: a runner that cannot start leaves
+        // the queue as it was, ready to start again.
+        self.lifecycle.start_runner(&runner).await?;
         let heartbeat = Self::run_heartbeat(
             self.this.clone(),
             self.dispatcher.heartbeat_interval(),
@@ -765,7 +803,6 @@ impl<L: Line> Queue for LocalQueue<L> {
             self.lifecycle.lifetime().clone(),
         );
         self.lifecycle.spawn(timer);
-        self.lifecycle.start_runner(&runner).await?;
         Ok(())
     }
 

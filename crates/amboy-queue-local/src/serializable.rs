@@ -102,6 +102,9 @@ pub struct LimitedSizeSerializableQueue {
 #[derive(Debug, Default)]
 struct Store {
     records: HashMap<Arc<str>, JobInterchange, Hasher>,
+    /// The latest attempt stored of each retryable job, so that it is found even once earlier
+    /// attempts were forgotten.
+    latest: HashMap<String, u32, Hasher>,
     /// Keys of retained completed, non-retrying jobs, oldest first.
     results: VecDeque<Arc<str>>,
     total: usize,
@@ -109,6 +112,13 @@ struct Store {
     retrying: usize,
     pending: usize,
     expired: usize,
+}
+
+/// Counts one job out; a count that would go below zero is a bug, caught in debug builds and
+/// never wrapping around in release ones.
+fn count_out(count: &mut usize) {
+    debug_assert!(*count > 0, "a job counted out twice");
+    *count = count.saturating_sub(1);
 }
 
 /// A job checked and encoded for putting.
@@ -134,20 +144,6 @@ fn key_of(job: &JobRef) -> Arc<str> {
         storage_key(job.id(), true, meta.retry_info.current_attempt)
     } else {
         Arc::from(job.id())
-    }
-}
-
-/// The scopes a job holds in its state: all of them while it runs, its enqueue scopes while
-/// it waits to run or to retry, none once it finished. A retrying job's dispatch scopes were
-/// released when it completed and may be held by another job.
-fn held_scopes(job: &JobRef) -> Vec<String> {
-    let meta = job.base().metadata();
-    if meta.status.in_progress {
-        meta.scopes.clone()
-    } else if meta.status.completed && !meta.retry_info.should_retry() {
-        Vec::new()
-    } else {
-        meta.effective_enqueue_scopes()
     }
 }
 
@@ -207,15 +203,19 @@ impl Store {
         if let Some((key, _)) = self.records.get_key_value(id) {
             return Some(key.clone());
         }
-        let mut latest = None;
-        for attempt in 0.. {
-            let key = storage_key(id, true, attempt);
-            if !self.records.contains_key(&key) {
-                break;
-            }
-            latest = Some(key);
+        let attempt = *self.latest.get(id)?;
+        let key = storage_key(id, true, attempt);
+        self.records.contains_key(&key).then_some(key)
+    }
+
+    /// Stores a new record; a retryable job's attempt becomes its latest when it is.
+    fn insert_new(&mut self, key: Arc<str>, envelope: JobInterchange) {
+        if envelope.retry_info.retryable {
+            let attempt = envelope.retry_info.current_attempt;
+            let latest = self.latest.entry(envelope.name.clone()).or_insert(attempt);
+            *latest = (*latest).max(attempt);
         }
-        latest
+        self.records.insert(key, envelope);
     }
 }
 
@@ -339,7 +339,7 @@ impl LimitedSizeSerializableQueue {
             }
             self.scopes.acquire(&key, &enqueue_scopes)?;
             let retrying = is_retrying(&envelope);
-            store.records.insert(key.clone(), envelope);
+            store.insert_new(key.clone(), envelope);
             store.total += 1;
             if !finished {
                 store.pending += 1;
@@ -369,7 +369,7 @@ impl LimitedSizeSerializableQueue {
                 Err(error) => {
                     // Cannot happen for copies this queue encoded; never leave it pending.
                     tracing::error!(queue_id = %self.id, key = %key, error = %error, "dropping undecodable job");
-                    store.pending -= 1;
+                    count_out(&mut store.pending);
                     return None;
                 }
             }
@@ -383,7 +383,7 @@ impl LimitedSizeSerializableQueue {
             let scopes = meta.scopes.clone();
             drop(meta);
             store.records.remove(&key);
-            store.pending -= 1;
+            count_out(&mut store.pending);
             store.expired += 1;
             drop(store);
             self.release_scopes(&key, &scopes);
@@ -408,7 +408,7 @@ impl LimitedSizeSerializableQueue {
         if let Err(error) = self.dispatcher.mark(job.base().job_id(), &mut meta, now) {
             let scopes = meta.scopes.clone();
             drop(meta);
-            store.pending -= 1;
+            count_out(&mut store.pending);
             drop(store);
             self.release_scopes(&key, &scopes);
             tracing::warn!(queue_id = %self.id, key = %key, error = %error, "could not dispatch job");
@@ -419,7 +419,7 @@ impl LimitedSizeSerializableQueue {
         record.status = meta.status.clone();
         record.time_info = meta.time_info.clone();
         drop(meta);
-        store.pending -= 1;
+        count_out(&mut store.pending);
         drop(store);
         self.dispatcher.track(&job, max_time);
         Some(job)
@@ -489,7 +489,7 @@ impl LimitedSizeSerializableQueue {
         let was_completed = stored.completed;
         // A job completed before it ran leaves the pending jobs now; the line skips it later.
         if !stored.completed && !stored.in_progress {
-            store.pending -= 1;
+            count_out(&mut store.pending);
         }
         let (scopes, should_retry) = {
             let mut meta = job.base().metadata();
@@ -524,7 +524,7 @@ impl LimitedSizeSerializableQueue {
         match (was_retrying, should_retry) {
             (false, true) => store.retrying += 1,
             (true, false) => {
-                store.retrying -= 1;
+                count_out(&mut store.retrying);
                 store.retain(key.clone(), self.options.capacity - 1);
             }
             (false, false) if !was_completed => {
@@ -660,11 +660,26 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn save(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
-        let scopes = held_scopes(job);
+        let mut envelope = encode(job)?;
         let mut store = self.store.lock();
         self.check_lock(&store, &key, job, amboy_core::clock::now())?;
+        // Whether the job waits, runs, retries or finished is the queue's to say (its counts
+        // follow it): a save stores everything else. The scopes it holds follow from that
+        // state, read under the store's lock so that a completion cannot slip in between.
+        let stored = &store.records[&key];
+        envelope.status.completed = stored.status.completed;
+        envelope.status.in_progress = stored.status.in_progress;
+        if stored.status.completed {
+            envelope.retry_info.needs_retry = stored.retry_info.needs_retry;
+        }
+        let scopes = if envelope.status.in_progress {
+            job.scopes()
+        } else if envelope.status.completed && !envelope.retry_info.should_retry() {
+            Vec::new()
+        } else {
+            job.enqueue_scopes()
+        };
         self.scopes.acquire(&key, &scopes)?;
-        let envelope = encode(job)?;
         store.records.insert(key, envelope);
         Ok(())
     }
@@ -724,6 +739,9 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn start(&self) -> Result<()> {
         let runner = self.lifecycle.begin(&self.id)?;
+        // The background tasks start once the runner has: a runner that cannot start leaves
+        // the queue as it was, ready to start again.
+        self.lifecycle.start_runner(&runner).await?;
         let this = self.arc();
         let as_queue: Arc<dyn Queue> = this.clone();
         self.dispatcher.start_heartbeat(Arc::downgrade(&as_queue));
@@ -739,7 +757,6 @@ impl Queue for LimitedSizeSerializableQueue {
         );
         self.lifecycle.spawn(timer);
         self.lifecycle.spawn(monitor);
-        self.lifecycle.start_runner(&runner).await?;
         if let Some(handler) = self.retry_handler() {
             handler.start().await?;
         }
@@ -793,10 +810,11 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
     async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
         let store = self.store.lock();
         let mut attempts = Vec::new();
-        for attempt in 0.. {
-            match store.records.get(&storage_key(id, true, attempt)) {
-                Some(record) => attempts.push(decode(record)?),
-                None => break,
+        let latest = store.latest.get(id).copied().unwrap_or(0);
+        // Attempts the queue no longer retains are skipped, not a reason to stop.
+        for attempt in 0..=latest {
+            if let Some(record) = store.records.get(&storage_key(id, true, attempt)) {
+                attempts.push(decode(record)?);
             }
         }
         if attempts.is_empty() {
@@ -844,13 +862,18 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
                 Err(error) => Err(error),
             };
             if let Err(error) = completed {
-                // Put the scopes back as they were.
-                let _ = self
-                    .scopes
-                    .release_and_acquire(&put_key, &enqueue_scopes, &key, &release);
+                // Put the scopes back as they were; jobs woken meanwhile go back in line, where
+                // they find the scopes taken again and wait beside them once more.
+                self.requeue(woken);
+                if let Ok(woken) =
+                    self.scopes
+                        .release_and_acquire(&put_key, &enqueue_scopes, &key, &release)
+                {
+                    self.requeue(woken);
+                }
                 return Err(error);
             }
-            store.records.insert(put_key.clone(), envelope);
+            store.insert_new(put_key.clone(), envelope);
             store.pending += 1;
             store.total += 1;
             woken

@@ -210,7 +210,11 @@ impl RetryHandler for BasicRetryHandler {
         let running = self.state.lock().running.take();
         if let Some(mut running) = running {
             running.token.cancel();
-            while running.workers.join_next().await.is_some() {}
+            // Joined in a task of its own: should this call be dropped part-way, the workers
+            // still hand their jobs back instead of being aborted.
+            let joined =
+                tokio::spawn(async move { while running.workers.join_next().await.is_some() {} });
+            let _ = joined.await;
         }
     }
 }

@@ -166,7 +166,11 @@ impl Pool {
         if let Some(mut running) = running {
             // Every job's token is a child of the pool's: this cancels the running jobs too.
             running.token.cancel();
-            while running.workers.join_next().await.is_some() {}
+            // Joined in a task of its own: should this call be dropped part-way, the workers
+            // still finish (completing their cancelled jobs) instead of being aborted mid-job.
+            let joined =
+                tokio::spawn(async move { while running.workers.join_next().await.is_some() {} });
+            let _ = joined.await;
         }
     }
 

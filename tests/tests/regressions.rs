@@ -1,0 +1,351 @@
+//! Regression tests for bugs found in review: every way a job could be counted twice, lost or
+//! stranded, each reproduced and now asserting the correct behaviour.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amboy::dependency::Manager;
+use amboy::local::{
+    ByPriority, DependencyOrderedQueue, Fifo, LimitedSizeQueue, LimitedSizeSerializableQueue,
+    LocalQueue, SerializableQueueOptions,
+};
+use amboy::prelude::*;
+use amboy::registry::JobInterchange;
+use amboy::{Base, JobContext, JobError, JobRef, JobStatusInfo};
+use amboy_tests::cases::IdleRunner;
+use amboy_tests::jobs::{Gated, Noop};
+use serde::{Deserialize, Serialize};
+use tokio::time::timeout;
+
+const SHORT: Duration = Duration::from_millis(300);
+
+fn copy(job: &JobRef) -> JobRef {
+    JobInterchange::from_job(&**job)
+        .expect("encode")
+        .resolve()
+        .expect("decode")
+}
+
+async fn idle<L: amboy::local::Line>(queue: Arc<LocalQueue<L>>) -> Arc<LocalQueue<L>> {
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    queue
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Step {
+    base: Base,
+}
+
+#[typetag::serde(name = "regressions-step")]
+#[async_trait::async_trait]
+impl Job for Step {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+fn step(id: &str, edges: &[&str]) -> JobRef {
+    let job = Step {
+        base: Base::with_id(id),
+    };
+    if !edges.is_empty() {
+        let manager = amboy::dependency::Always::new();
+        for edge in edges {
+            manager.add_edge(edge).unwrap();
+        }
+        job.set_dependency(Arc::new(manager));
+    }
+    Arc::new(job)
+}
+
+// A job put already completed used to be skipped by the line without giving its place back.
+#[tokio::test]
+async fn a_completed_job_cannot_be_put() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(1)).await;
+    let done: JobRef = Noop::new("zz-done");
+    done.base().mark_complete();
+    let err = queue.put(done).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid job 'zz-done': it is completed already; put a new job instead"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.total, stats.pending), (0, 0), "{stats}");
+    // The only place is free: the next put goes through at once.
+    timeout(SHORT, queue.put(Noop::new("zz-next")))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+// A job put while in progress elsewhere used to be dropped at dispatch, never to complete.
+#[tokio::test]
+async fn a_job_in_progress_elsewhere_cannot_be_put() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(4)).await;
+    let job: JobRef = Noop::new("zz-inprog");
+    job.set_status(JobStatusInfo {
+        in_progress: true,
+        owner: Some(Arc::from("some-other-queue")),
+        modification_time: Some(chrono::Utc::now()),
+        ..Default::default()
+    });
+    let err = queue.put(job.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("it is in progress already"),
+        "{err}"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert!(stats.is_complete() && stats.total == 0, "{stats}");
+}
+
+// A saved copy used to replace the job in the queue: completing the copy and then the
+// original counted two completions and gave the capacity place back twice.
+#[tokio::test]
+async fn a_copy_cannot_be_saved_or_completed_in_place_of_the_job() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(2)).await;
+    let original: JobRef = Noop::new("zz-a");
+    queue.put(original.clone()).await.unwrap();
+    let other = copy(&original);
+    let err = queue.save(&other).await.unwrap_err();
+    assert!(
+        err.is_job_not_found() && err.to_string().contains("holds another job"),
+        "{err}"
+    );
+    let err = queue.complete(&other).await.unwrap_err();
+    assert!(err.is_job_not_found(), "{err}");
+    let dispatched = queue.try_next().expect("the original is still in line");
+    assert!(Arc::ptr_eq(&dispatched, &original));
+    queue.complete(&dispatched).await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.total, stats.pending),
+        (1, 1, 0),
+        "{stats}"
+    );
+    timeout(SHORT, queue.put(Noop::new("zz-b")))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(SHORT, queue.put(Noop::new("zz-c")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        timeout(SHORT, queue.put(Noop::new("zz-d"))).await.is_err(),
+        "capacity 2 holds"
+    );
+}
+
+// After a copy was saved, get() used to return the copy, never completed: wait_job hung.
+#[tokio::test]
+async fn get_returns_the_job_the_worker_completed() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(4)).await;
+    let original: JobRef = Noop::new("zz-c");
+    queue.put(original.clone()).await.unwrap();
+    assert!(queue.save(&copy(&original)).await.is_err());
+    let job = queue.try_next().unwrap();
+    queue.complete(&job).await.unwrap();
+    let waited = timeout(SHORT, amboy::wait_job(&*queue, "zz-c")).await;
+    assert!(
+        waited.unwrap().unwrap(),
+        "the job the queue holds is the one completed"
+    );
+}
+
+// Once attempt 0 of a retried job was forgotten, get(id) used to miss the later attempts.
+#[tokio::test]
+async fn serializable_get_finds_the_latest_attempt_after_earlier_ones_are_forgotten() {
+    let queue = LimitedSizeSerializableQueue::new(1);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    let job: JobRef = Arc::new(Step {
+        base: Base::with_id("zz-r").with_retryable(true),
+    });
+    queue.put(job).await.unwrap();
+    let running = queue.next().await.unwrap();
+    running.base().add_retryable_error("retry me");
+    queue.complete(&running).await.unwrap();
+    let next = copy(&running);
+    {
+        let mut meta = next.base().metadata();
+        meta.retry_info.current_attempt = 1;
+        meta.retry_info.needs_retry = false;
+        meta.status = JobStatusInfo::default();
+    }
+    queue
+        .complete_retrying_and_put(&running, next)
+        .await
+        .unwrap();
+    assert!(
+        queue.get_attempt("zz-r", 1).await.is_ok(),
+        "attempt 1 stored"
+    );
+    assert!(
+        queue.get_attempt("zz-r", 0).await.is_err(),
+        "capacity 1 keeps no result"
+    );
+    let got = queue
+        .get("zz-r")
+        .await
+        .expect("the latest attempt is found");
+    assert_eq!(got.retry_info().current_attempt, 1);
+    let attempts = queue.get_all_attempts("zz-r").await.unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "the forgotten attempt is skipped, not a stop"
+    );
+}
+
+use futures::FutureExt;
+
+// A stale copy saved after the lock timeout used to make a completed record pending again
+// without counting it, so that its completion counted it out twice (a panic in debug builds).
+#[tokio::test]
+async fn serializable_save_keeps_the_queue_state_of_the_record() {
+    let queue = LimitedSizeSerializableQueue::with_options(SerializableQueueOptions {
+        capacity: 4,
+        lock_timeout: Duration::from_millis(20),
+        stale_retrying_monitor_interval: Duration::from_secs(3600),
+    })
+    .unwrap();
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    queue.put(step("zz-p", &[])).await.unwrap();
+    let stale = queue.get("zz-p").await.unwrap();
+    let current = queue.get("zz-p").await.unwrap();
+    queue.complete(&current).await.unwrap();
+    eprintln!("after complete: {}", queue.stats().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    queue.save(&stale).await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.pending, stats.total),
+        (1, 0, 1),
+        "{stats}"
+    );
+    let q = queue.clone();
+    let outcome =
+        tokio::spawn(async move { q.complete(&stale).await.map_err(|e| e.to_string()) }).await;
+    assert!(
+        outcome.is_ok(),
+        "completing the stale copy does not panic: {outcome:?}"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.pending, stats.total),
+        (1, 0, 1),
+        "{stats}"
+    );
+}
+
+// Dropping Runner::close part-way used to abort the workers mid-job: the job stayed in progress
+// for ever and kept its scope.
+#[tokio::test]
+async fn a_dropped_close_still_completes_the_running_job() {
+    let queue: Arc<LimitedSizeQueue> = amboy::new_local_limited_size(1, 4);
+    queue.start().await.unwrap();
+    let job: JobRef = Gated::new(
+        Base::with_id("zz-g").with_scopes(["zz-scope"]),
+        "zz-never-opened",
+    );
+    queue.put(job.clone()).await.unwrap();
+    timeout(Duration::from_secs(5), async {
+        while !job.status().in_progress {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let runner = queue.runner().unwrap();
+    let _ = runner.close().now_or_never(); // polled once, then dropped (e.g. by a select! or timeout)
+    timeout(Duration::from_secs(5), async {
+        while !job.status().completed {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the cancelled job is completed");
+    assert_eq!(
+        job.error().unwrap().message(),
+        "job was aborted during execution: context canceled"
+    );
+    let rival: JobRef = Noop::new("zz-rival");
+    rival.set_scopes(vec!["zz-scope".into()]);
+    rival.set_enqueue_all_scopes(true);
+    queue.put(rival).await.expect("the scope was released");
+}
+
+// A job completed from outside while waiting left its registrations behind; a new job reusing
+// its ID used to be released before all of its edges finished.
+#[tokio::test]
+async fn a_reused_id_waits_for_all_of_its_own_edges() {
+    let queue: Arc<DependencyOrderedQueue> = idle(DependencyOrderedQueue::new(2)).await;
+    queue.put(step("zz-e", &[])).await.unwrap();
+    queue.put(step("zz-f", &[])).await.unwrap();
+    let e = queue.try_next().unwrap();
+    let f = queue.try_next().unwrap();
+    assert_eq!((e.id(), f.id()), ("zz-e", "zz-f"));
+    let x = step("zz-x", &["zz-e"]);
+    queue.put(x.clone()).await.unwrap();
+    queue.complete(&x).await.unwrap(); // completed from outside while waiting for E
+    queue.put(step("zz-y", &[])).await.unwrap();
+    let y = queue.try_next().unwrap();
+    queue.complete(&y).await.unwrap(); // evicts x (capacity 2 retains one)
+    queue.put(step("zz-x", &["zz-e", "zz-f"])).await.unwrap();
+    queue.complete(&e).await.unwrap();
+    let early = queue.try_next();
+    assert!(
+        early.is_none(),
+        "'{}' dispatched although its edge zz-f is still running",
+        early.map(|j| j.id().to_owned()).unwrap_or_default()
+    );
+    queue.complete(&f).await.unwrap();
+    assert_eq!(queue.try_next().expect("released now").id(), "zz-x");
+}
+
+// Stress: no lost wakeups in put and next with capacity 1 (the gate and the lines).
+async fn stress<L: amboy::local::Line>(tag: &str) {
+    let queue: Arc<LocalQueue<L>> = amboy::new_local_queue::<L>(3, 1);
+    queue.start().await.unwrap();
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let queue = queue.clone();
+        let tag = tag.to_owned();
+        producers.push(tokio::spawn(async move {
+            for i in 0..3000 {
+                queue
+                    .put(Noop::new(format!("{tag}-{p}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for producer in producers {
+        timeout(Duration::from_secs(60), producer)
+            .await
+            .expect("producer stuck")
+            .unwrap();
+    }
+    timeout(Duration::from_secs(60), amboy::wait(&*queue))
+        .await
+        .expect("wait stuck")
+        .unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.completed, 12000, "{stats}");
+    queue.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_fifo() {
+    stress::<Fifo>("zz-sf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_priority() {
+    stress::<ByPriority>("zz-sp").await;
+}
