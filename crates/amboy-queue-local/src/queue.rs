@@ -76,6 +76,8 @@ impl LocalQueueOptions {
 ///
 /// Every kind:
 ///
+/// * holds the jobs themselves: `save` and `complete` take the very job the queue holds (a copy
+///   with the same ID is refused), and a job completed or running elsewhere cannot be put;
 /// * holds at most `capacity` pending jobs: [`put`](Queue::put) waits for room (and fails with
 ///   a closed-queue error if the queue closes meanwhile). Only the limited-size queue refuses
 ///   jobs before it starts, as amboy's does;
