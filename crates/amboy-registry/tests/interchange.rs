@@ -425,3 +425,22 @@ proptest! {
         prop_assert_eq!(back.width, width);
     }
 }
+
+#[test]
+fn registry_is_safe_to_use_from_many_threads() {
+    // amboy's job_test: 128 goroutines using the registry at once.
+    let handles: Vec<_> = (0..128)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let names = registered_job_types();
+                assert!(names.contains(&"registry-test-resize"));
+                let job = resize(&format!("thread-{n}"));
+                let back = decode_job(&encode_job(&job).unwrap()).unwrap();
+                assert_eq!(back.id(), format!("thread-{n}"));
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("no thread panicked");
+    }
+}
