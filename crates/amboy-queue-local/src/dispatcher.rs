@@ -16,9 +16,19 @@ use tokio_util::sync::CancellationToken;
 /// quarter of the lock timeout while they run, so that another owner never takes over a live
 /// job and a job whose owner died is taken over after the lock timeout.
 ///
-/// One heartbeat task serves every dispatched job of the queue, instead of amboy's task per
-/// job. A job stops being refreshed once its `max_time` has passed, so that a job stuck past its
-/// limit loses its lock.
+/// Two ways to keep locks alive, for two kinds of queue:
+///
+/// * queues that store copies register each dispatched copy ([`dispatch`](Self::dispatch) or
+///   [`mark`](Self::mark) then [`track`](Self::track)); one heartbeat task
+///   ([`start_heartbeat`](Self::start_heartbeat)) refreshes and saves every registered copy,
+///   instead of amboy's task per job;
+/// * queues that hold the jobs themselves only [`mark`](Self::mark) them, and refresh their
+///   running jobs with [`refresh`](Self::refresh) from a scan of their own (see
+///   [`LocalQueue::refresh_locks`](crate::LocalQueue::refresh_locks)): nothing to register per
+///   job.
+///
+/// Either way, a job stops being refreshed once its `max_time` has passed, so that a job stuck
+/// past its limit loses its lock.
 #[derive(Debug)]
 pub struct Dispatcher {
     owner: Arc<str>,

@@ -170,7 +170,8 @@ impl<L: Line> LocalQueue<L> {
         self.options
     }
 
-    /// The queue's dispatcher.
+    /// The queue's dispatcher, which marks dispatched jobs (the queue refreshes their locks
+    /// itself, see [`refresh_locks`](Self::refresh_locks)).
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher
     }
