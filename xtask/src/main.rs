@@ -4,8 +4,9 @@
 //!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`.
 //! * `tidy`: the layering rules: allowed dependencies between crates, workspace lints everywhere,
 //!   every `lib.rs` opening with `//!`. Also run by `cargo test -p xtask`.
-//! * `bench local [jobs] [filter]`: the in-memory throughput benchmark (one JSON line per case);
-//!   `bench micro`: the criterion benchmarks of the hot path.
+//! * `bench local [jobs] [filter] [workers] [--mimalloc]`: the in-memory throughput benchmark
+//!   (one JSON line per case), on the system's allocator or mimalloc; `bench micro`: the
+//!   criterion benchmarks of the hot path.
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
 
@@ -22,7 +23,9 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::check(&workspace_root()).map_err(|problems| problems.join("\n")),
         Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|tidy|bench local [jobs] [filter]|bench micro>");
+            eprintln!(
+                "usage: cargo xtask <ci|tidy|bench local [jobs] [filter] [workers] [--mimalloc]|bench micro>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -74,17 +77,18 @@ fn has_nextest() -> bool {
 fn bench(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("local") | None => {
-            let mut command = vec![
-                "run",
-                "--locked",
-                "--release",
-                "-p",
-                "amboy-bench",
-                "--bin",
-                "local",
-                "--",
-            ];
-            command.extend(args.iter().skip(1).map(String::as_str));
+            let mimalloc = args.iter().any(|arg| arg == "--mimalloc");
+            let mut command = vec!["run", "--locked", "--release", "-p", "amboy-bench"];
+            if mimalloc {
+                command.extend(["--features", "mimalloc"]);
+            }
+            command.extend(["--bin", "local", "--"]);
+            command.extend(
+                args.iter()
+                    .skip(1)
+                    .map(String::as_str)
+                    .filter(|arg| *arg != "--mimalloc"),
+            );
             run(&command, &[])
         }
         Some("micro") => run(

@@ -2,8 +2,12 @@
 //! per second through the local queues with the local worker pool, each case against a
 //! bare-channel baseline measured in the same run, and the memory a pending job takes.
 //!
-//! Each rate is the median of three runs. Prints one JSON line per case. Arguments: `[jobs]`
-//! (default 1,000,000) and `[filter]`, a substring of the case names to run (default: all).
+//! Each rate is the median of three runs after a warm-up run. Prints one JSON line per case on
+//! stdout, and every run's rate on stderr. Arguments: `[jobs]` (default 1,000,000), `[filter]`, a
+//! substring of the case names to run (default: all), and `[workers]`, a comma-separated list
+//! (default `2,8,64`). Built with the `mimalloc` feature, it runs on mimalloc instead of the
+//! system's allocator. `AMBOY_BENCH_THREADS` sets the runtime's worker threads (default: one
+//! per core).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -151,16 +155,32 @@ fn line(bench: &str, jobs: usize, workers: usize, rate: f64, base: f64) {
     );
 }
 
-/// The median of three runs of `run`, so that one run disturbed by the machine does not decide.
-async fn median<F, Fut>(run: F) -> f64
+/// The median of three runs of `run`, after one run not counted: the first run of a case pays
+/// for warming up (the allocator's arenas, the map's growth) and is often far slower than the
+/// next; the median keeps one run disturbed by the machine from deciding. Every run's rate goes
+/// to stderr, so that the spread is seen.
+async fn median<F, Fut>(case: &str, workers: usize, run: F) -> f64
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = f64>,
 {
+    let warmup = run().await;
     let mut rates = [run().await, run().await, run().await];
+    eprintln!("{case} workers={workers}: warm-up {warmup:.0}, runs {rates:.0?}");
     rates.sort_by(f64::total_cmp);
     rates[1]
 }
+
+/// The global allocator: the system's, or mimalloc with the `mimalloc` feature.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -169,31 +189,60 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
     let filter = args.next().unwrap_or_default();
+    let counts: Vec<usize> = match args.next() {
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                n.parse()
+                    .expect("workers: a comma-separated list of numbers")
+            })
+            .collect(),
+        None => vec![2, 8, 64],
+    };
     let wanted = |case: &str| case.contains(filter.as_str());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    eprintln!("{jobs} jobs per run, capacity {CAPACITY}, allocator: {ALLOCATOR}");
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker thread per core unless set: measuring on one thread shows what handing work
+    // between threads costs.
+    if let Ok(threads) = std::env::var("AMBOY_BENCH_THREADS") {
+        runtime.worker_threads(threads.parse().expect("AMBOY_BENCH_THREADS: a number"));
+    }
+    let runtime = runtime.enable_all().build().expect("runtime");
     runtime.block_on(async {
-        for workers in [2, 8, 64] {
-            let base = median(|| baseline(jobs, workers)).await;
-            if wanted("limited_size/local_workers") {
-                let rate = median(|| throughput::<Fifo>(jobs, workers, false, |_| None)).await;
-                line("limited_size/local_workers", jobs, workers, rate, base);
+        for workers in counts {
+            let base = median("baseline", workers, || baseline(jobs, workers)).await;
+            let case = "limited_size/local_workers";
+            if wanted(case) {
+                let rate = median(case, workers, || {
+                    throughput::<Fifo>(jobs, workers, false, |_| None)
+                })
+                .await;
+                line(case, jobs, workers, rate, base);
             }
-            if wanted("priority/local_workers") {
-                let rate = median(|| throughput::<ByPriority>(jobs, workers, false, |_| None)).await;
-                line("priority/local_workers", jobs, workers, rate, base);
+            let case = "priority/local_workers";
+            if wanted(case) {
+                let rate = median(case, workers, || {
+                    throughput::<ByPriority>(jobs, workers, false, |_| None)
+                })
+                .await;
+                line(case, jobs, workers, rate, base);
             }
-            if wanted("dependency_ordered/no_edges/local_workers") {
-                let rate = median(|| throughput::<Ordered>(jobs, workers, false, |_| None)).await;
-                line("dependency_ordered/no_edges/local_workers", jobs, workers, rate, base);
+            let case = "dependency_ordered/no_edges/local_workers";
+            if wanted(case) {
+                let rate = median(case, workers, || {
+                    throughput::<Ordered>(jobs, workers, false, |_| None)
+                })
+                .await;
+                line(case, jobs, workers, rate, base);
             }
-            if wanted("dependency_ordered/10pct_edges/local_workers") {
+            let case = "dependency_ordered/10pct_edges/local_workers";
+            if wanted(case) {
                 // One job in ten depends on the job put just before it.
                 let edges = |n: usize| (n % 10 == 9).then(|| n - 1);
-                let rate = median(|| throughput::<Ordered>(jobs, workers, true, edges)).await;
-                line("dependency_ordered/10pct_edges/local_workers", jobs, workers, rate, base);
+                let rate =
+                    median(case, workers, || throughput::<Ordered>(jobs, workers, true, edges))
+                        .await;
+                line(case, jobs, workers, rate, base);
             }
         }
         if wanted("limited_size/memory") {
