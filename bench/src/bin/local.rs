@@ -155,6 +155,9 @@ fn line(bench: &str, jobs: usize, workers: usize, rate: f64, base: f64) {
     );
 }
 
+/// One run of a case, giving its rate.
+type Run = std::pin::Pin<Box<dyn std::future::Future<Output = f64>>>;
+
 /// The median of three runs of `run`, after one run not counted: the first run of a case pays
 /// for warming up (the allocator's arenas, the map's growth) and is often far slower than the
 /// next; the median keeps one run disturbed by the machine from deciding. Every run's rate goes
@@ -211,39 +214,32 @@ fn main() {
     runtime.block_on(async {
         for workers in counts {
             let base = median("baseline", workers, || baseline(jobs, workers)).await;
-            let case = "limited_size/local_workers";
-            if wanted(case) {
-                let rate = median(case, workers, || {
-                    throughput::<Fifo>(jobs, workers, false, |_| None)
-                })
-                .await;
-                line(case, jobs, workers, rate, base);
-            }
-            let case = "priority/local_workers";
-            if wanted(case) {
-                let rate = median(case, workers, || {
-                    throughput::<ByPriority>(jobs, workers, false, |_| None)
-                })
-                .await;
-                line(case, jobs, workers, rate, base);
-            }
-            let case = "dependency_ordered/no_edges/local_workers";
-            if wanted(case) {
-                let rate = median(case, workers, || {
-                    throughput::<Ordered>(jobs, workers, false, |_| None)
-                })
-                .await;
-                line(case, jobs, workers, rate, base);
-            }
-            let case = "dependency_ordered/10pct_edges/local_workers";
-            if wanted(case) {
-                // One job in ten depends on the job put just before it.
-                let edges = |n: usize| (n % 10 == 9).then(|| n - 1);
-                let rate =
-                    median(case, workers, || throughput::<Ordered>(jobs, workers, true, edges))
-                        .await;
-                line(case, jobs, workers, rate, base);
-            }
+            // One case: the median rate of `run`, printed against the baseline.
+            let measure = async |case: &str, run: &dyn Fn() -> Run| {
+                if wanted(case) {
+                    let rate = median(case, workers, run).await;
+                    line(case, jobs, workers, rate, base);
+                }
+            };
+            measure("limited_size/local_workers", &|| {
+                Box::pin(throughput::<Fifo>(jobs, workers, false, |_| None))
+            })
+            .await;
+            measure("priority/local_workers", &|| {
+                Box::pin(throughput::<ByPriority>(jobs, workers, false, |_| None))
+            })
+            .await;
+            measure("dependency_ordered/no_edges/local_workers", &|| {
+                Box::pin(throughput::<Ordered>(jobs, workers, false, |_| None))
+            })
+            .await;
+            // One job in ten depends on the job put just before it.
+            measure("dependency_ordered/10pct_edges/local_workers", &|| {
+                Box::pin(throughput::<Ordered>(jobs, workers, true, |n| {
+                    (n % 10 == 9).then(|| n - 1)
+                }))
+            })
+            .await;
         }
         if wanted("limited_size/memory") {
             let bytes = bytes_per_pending_job(jobs).await;

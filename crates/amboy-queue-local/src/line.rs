@@ -244,15 +244,11 @@ impl Line for Shuffled {
     }
 
     async fn pop(&self) -> Option<JobRef> {
-        self.jobs
-            .pop(|jobs| (!jobs.is_empty()).then(|| jobs.swap_remove(fastrand::usize(..jobs.len()))))
-            .await
+        self.jobs.pop(take_random).await
     }
 
     fn try_pop(&self) -> Option<JobRef> {
-        self.jobs.try_pop(|jobs| {
-            (!jobs.is_empty()).then(|| jobs.swap_remove(fastrand::usize(..jobs.len())))
-        })
+        self.jobs.try_pop(take_random)
     }
 
     fn close(&self) {
@@ -260,58 +256,53 @@ impl Line for Shuffled {
     }
 }
 
-/// First in, first out among the jobs whose dependencies are met (amboy's ordered queue).
-#[derive(Debug, Default)]
-pub struct Ordered(Fifo);
-
-impl sealed::Sealed for Ordered {}
-
-impl Line for Ordered {
-    const KIND: &'static str = "ordered";
-    const PUT_BEFORE_START: bool = true;
-    const DEPENDENCIES: bool = true;
-
-    fn push(&self, job: JobRef) {
-        self.0.push(job);
-    }
-
-    fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
-        self.0.pop()
-    }
-
-    fn try_pop(&self) -> Option<JobRef> {
-        self.0.try_pop()
-    }
-
-    fn close(&self) {
-        self.0.close();
-    }
+/// Takes a job at random, in constant time (the order of the rest does not matter).
+fn take_random(jobs: &mut Vec<JobRef>) -> Option<JobRef> {
+    (!jobs.is_empty()).then(|| jobs.swap_remove(fastrand::usize(..jobs.len())))
 }
 
-/// A random job among those whose dependencies are met (amboy's adaptive-ordering queue).
-#[derive(Debug, Default)]
-pub struct Adaptive(Shuffled);
+/// A dependency-aware line: the order of `$inner` among the jobs whose dependencies are met, and
+/// jobs may be put before the queue starts.
+macro_rules! dependency_aware {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Default)]
+        pub struct $name($inner);
 
-impl sealed::Sealed for Adaptive {}
+        impl sealed::Sealed for $name {}
 
-impl Line for Adaptive {
-    const KIND: &'static str = "adaptive";
-    const PUT_BEFORE_START: bool = true;
-    const DEPENDENCIES: bool = true;
+        impl Line for $name {
+            const KIND: &'static str = $kind;
+            const PUT_BEFORE_START: bool = true;
+            const DEPENDENCIES: bool = true;
 
-    fn push(&self, job: JobRef) {
-        self.0.push(job);
-    }
+            fn push(&self, job: JobRef) {
+                self.0.push(job);
+            }
 
-    fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
-        self.0.pop()
-    }
+            fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {
+                self.0.pop()
+            }
 
-    fn try_pop(&self) -> Option<JobRef> {
-        self.0.try_pop()
-    }
+            fn try_pop(&self) -> Option<JobRef> {
+                self.0.try_pop()
+            }
 
-    fn close(&self) {
-        self.0.close();
-    }
+            fn close(&self) {
+                self.0.close();
+            }
+        }
+    };
 }
+
+dependency_aware!(
+    /// First in, first out among the jobs whose dependencies are met (amboy's ordered queue).
+    Ordered(Fifo),
+    "ordered"
+);
+
+dependency_aware!(
+    /// A random job among those whose dependencies are met (amboy's adaptive-ordering queue).
+    Adaptive(Shuffled),
+    "adaptive"
+);

@@ -465,54 +465,14 @@ impl Register {
 /// is a [`Pool`]: every runner here is a pool with a pace, and differs in nothing else.
 macro_rules! runner_over_pool {
     ($runner:ty) => {
-        #[async_trait::async_trait]
-        impl amboy_core::Runner for $runner {
-            fn started(&self) -> bool {
-                self.pool.started()
-            }
-
-            fn set_queue(
-                &self,
-                queue: std::sync::Arc<dyn amboy_core::Queue>,
-            ) -> amboy_core::Result<()> {
-                self.pool.set_queue(queue)
-            }
-
-            async fn start(&self) -> amboy_core::Result<()> {
-                self.pool.start().await
-            }
-
-            async fn close(&self) {
-                self.pool.close().await
-            }
-        }
+        $crate::pool::runner_over_pool!(@runner $runner, {});
     };
     ($runner:ty, abortable) => {
-        #[async_trait::async_trait]
-        impl amboy_core::Runner for $runner {
-            fn started(&self) -> bool {
-                self.pool.started()
-            }
-
-            fn set_queue(
-                &self,
-                queue: std::sync::Arc<dyn amboy_core::Queue>,
-            ) -> amboy_core::Result<()> {
-                self.pool.set_queue(queue)
-            }
-
-            async fn start(&self) -> amboy_core::Result<()> {
-                self.pool.start().await
-            }
-
-            async fn close(&self) {
-                self.pool.close().await
-            }
-
+        $crate::pool::runner_over_pool!(@runner $runner, {
             fn as_abortable(&self) -> Option<&dyn amboy_core::AbortableRunner> {
                 Some(self)
             }
-        }
+        });
 
         #[async_trait::async_trait]
         impl amboy_core::AbortableRunner for $runner {
@@ -531,6 +491,31 @@ macro_rules! runner_over_pool {
             async fn abort_all(&self) -> amboy_core::Result<()> {
                 self.pool.register().abort_all().await
             }
+        }
+    };
+    (@runner $runner:ty, { $($extra:item)* }) => {
+        #[async_trait::async_trait]
+        impl amboy_core::Runner for $runner {
+            fn started(&self) -> bool {
+                self.pool.started()
+            }
+
+            fn set_queue(
+                &self,
+                queue: std::sync::Arc<dyn amboy_core::Queue>,
+            ) -> amboy_core::Result<()> {
+                self.pool.set_queue(queue)
+            }
+
+            async fn start(&self) -> amboy_core::Result<()> {
+                self.pool.start().await
+            }
+
+            async fn close(&self) {
+                self.pool.close().await
+            }
+
+            $($extra)*
         }
     };
 }
