@@ -56,6 +56,7 @@ async fn panicking_job_completes_with_its_panic_and_the_pool_carries_on() {
             .await
             .unwrap()
             .unwrap()
+            .is_completed()
     );
     let panicked = queue.get("e2e-panics").await.unwrap();
     let status = panicked.status();
@@ -122,6 +123,7 @@ async fn job_blocked_by_a_scope_runs_as_soon_as_the_scope_is_released() {
             .await
             .unwrap()
             .unwrap()
+            .is_completed()
     );
     assert_eq!(counter("e2e-scope-waiter").load(Ordering::SeqCst), 1);
     assert!(
@@ -155,9 +157,11 @@ async fn job_past_its_dispatch_by_is_dropped_counted_and_waiting_ends() {
         0,
         "the job never ran"
     );
-    assert!(
-        queue.get("e2e-late").await.unwrap_err().is_job_not_found(),
-        "dropped from the queue"
+    let late = queue.get("e2e-late").await.expect("retained, set aside");
+    assert!(late.status().expired, "{:?}", late.status());
+    assert_eq!(
+        amboy::wait_job(&*queue, "e2e-late").await.unwrap(),
+        amboy::JobOutcome::Expired
     );
     queue.close().await;
 }

@@ -139,7 +139,12 @@ async fn populate_queue_puts_every_job_and_collates_failures() {
 async fn report_sorts_jobs_by_state() {
     let queue = cases::start(LIMITED_SIZE, LOCAL_WORKERS, 2).await.unwrap();
     queue.put(Noop::new("report-done")).await.unwrap();
-    assert!(amboy::wait_job(&*queue, "report-done").await.unwrap());
+    assert!(
+        amboy::wait_job(&*queue, "report-done")
+            .await
+            .unwrap()
+            .is_completed()
+    );
     queue
         .put(Gated::new(Base::with_id("report-running"), "report-gate"))
         .await
@@ -183,6 +188,7 @@ async fn wait_job_returns_true_for_done_jobs_and_false_for_missing_ones() {
             .await
             .unwrap()
             .unwrap()
+            .is_completed()
     );
     assert!(
         timeout(
@@ -192,8 +198,12 @@ async fn wait_job_returns_true_for_done_jobs_and_false_for_missing_ones() {
         .await
         .unwrap()
         .unwrap()
+        .is_completed()
     );
-    assert!(!amboy::wait_job(&*queue, "never-put").await.unwrap());
+    assert_eq!(
+        amboy::wait_job(&*queue, "never-put").await.unwrap(),
+        amboy::JobOutcome::NotFound
+    );
     queue.close().await;
 }
 

@@ -151,7 +151,7 @@ async fn get_returns_the_job_the_worker_completed() {
     queue.complete(&job).await.unwrap();
     let waited = timeout(SHORT, amboy::wait_job(&*queue, "zz-c")).await;
     assert!(
-        waited.unwrap().unwrap(),
+        waited.unwrap().unwrap().is_completed(),
         "the job the queue holds is the one completed"
     );
 }

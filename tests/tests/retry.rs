@@ -1066,6 +1066,7 @@ async fn runs_until_success_or_last_attempt(failures: u32, max_attempts: u32) {
             .await
             .expect("wait_job ends")
             .expect("wait_job")
+            .is_completed()
     );
     assert_eq!(
         counter(&id).load(Ordering::SeqCst),

@@ -8,6 +8,7 @@ use amboy_dependency::{Always, Manager};
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo};
 
@@ -57,6 +58,31 @@ pub struct Metadata {
     pub priority: i32,
     /// The dependency manager; `None` means [`Always`].
     pub dependency: Option<Arc<dyn Manager>>,
+    /// What the queue running this very instance knows of it; a copy starts without.
+    instance: Instance,
+}
+
+/// What belongs to one instance of a job rather than to the job: which queue dispatched it and
+/// how to stop its run. A copy (a `clone`, or a job decoded from its stored form) is another
+/// instance and starts with none of it, so that a queue can tell the job it dispatched from a
+/// copy that carries the same status.
+#[derive(Debug, Default)]
+struct Instance {
+    /// The queue that dispatched this instance (see [`Metadata::claim`]); 0 for none.
+    claim: u64,
+    /// The queue watches this run's lock: losing it interrupts the run.
+    watched: bool,
+    /// The lock was lost before the run attached its token.
+    interrupted: bool,
+    /// The running job's token, attached by the runner.
+    token: Option<CancellationToken>,
+}
+
+impl Clone for Instance {
+    /// A copy is another instance: nothing carries over.
+    fn clone(&self) -> Self {
+        Instance::default()
+    }
 }
 
 impl Metadata {
@@ -87,12 +113,44 @@ impl Metadata {
             && self.time_info.is_dispatchable_at(now)
             && !status.completed
             && !status.in_progress
+            && !status.expired
     }
 
     /// Records an error.
     pub fn add_error(&mut self, message: String) {
         self.status.errors.push(message);
         self.status.error_count = self.status.errors.len();
+    }
+
+    /// The claim a queue put on this very instance of the job when it dispatched it, 0 if none.
+    /// A copy of the job (a clone, a decoded stored form) carries no claim even when its status
+    /// says it is in progress, so a queue holding the jobs themselves compares the claim with
+    /// its own to know that a job handed back to it is the one it dispatched.
+    pub fn claim(&self) -> u64 {
+        self.instance.claim
+    }
+
+    /// Puts a queue's claim on this instance (0 removes it); queues do this as they dispatch
+    /// the job, under this lock.
+    pub fn set_claim(&mut self, claim: u64) {
+        self.instance.claim = claim;
+    }
+
+    /// The token for a run of this instance under the runner's `parent` token, if its queue
+    /// watches the run ([`Base::watch_run`]): a child of `parent`, attached to the job so that
+    /// [`Base::interrupt`] cancels it (already cancelled if the interruption came first).
+    /// `None` for unwatched runs, which use the runner's token.
+    pub fn run_token(&mut self, parent: &CancellationToken) -> Option<CancellationToken> {
+        let instance = &mut self.instance;
+        if !instance.watched {
+            return None;
+        }
+        let token = parent.child_token();
+        if instance.interrupted {
+            token.cancel();
+        }
+        instance.token = Some(token.clone());
+        Some(token)
     }
 }
 
@@ -255,6 +313,45 @@ impl Base {
         status.owner = None;
         status.modification_time = Some(now);
         status.modification_count += 1;
+    }
+
+    /// Lets the queue that dispatched this instance stop its run: the runner's token for the run
+    /// is then a token of the job's own (see [`run_token`](Self::run_token)), which
+    /// [`interrupt`](Self::interrupt) cancels. Queues that store copies and keep the locks of
+    /// the copies they dispatched alive call this as they dispatch.
+    pub fn watch_run(&self) {
+        let mut meta = self.meta.lock();
+        meta.instance.watched = true;
+        meta.instance.interrupted = false;
+    }
+
+    /// Stops the run of this instance because its queue lost the job's lock: cancels the run's
+    /// token, or, if the run has not started, makes it start cancelled. Returns whether the run
+    /// was watched (see [`watch_run`](Self::watch_run)); an unwatched run is not stopped.
+    pub fn interrupt(&self) -> bool {
+        let mut meta = self.meta.lock();
+        let instance = &mut meta.instance;
+        if !instance.watched {
+            return false;
+        }
+        instance.interrupted = true;
+        if let Some(token) = &instance.token {
+            token.cancel();
+        }
+        true
+    }
+
+    /// The token for a run of this instance under the runner's `parent` token, if its queue
+    /// watches the run: see [`Metadata::run_token`].
+    pub fn run_token(&self, parent: &CancellationToken) -> Option<CancellationToken> {
+        self.meta.lock().run_token(parent)
+    }
+
+    /// Ends the watch of the run (the run is over): a later interruption stops nothing.
+    pub fn end_run(&self) {
+        let mut meta = self.meta.lock();
+        meta.instance.watched = false;
+        meta.instance.token = None;
     }
 
     /// Marks the job finished.

@@ -67,6 +67,11 @@ pub struct JobStatusInfo {
     /// The errors the job recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The job's `dispatch_by` deadline passed before it was dispatched, and it was set aside:
+    /// it will never run. Not one of amboy's fields (amboy dropped such jobs without a trace);
+    /// written only when set.
+    #[serde(skip_serializing_if = "is_false")]
+    pub expired: bool,
 }
 
 /// When a job was created, ran and may run.
@@ -469,6 +474,7 @@ mod tests {
             modification_count: 3,
             error_count: 1,
             errors: vec!["boom".into()],
+            expired: false,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(

@@ -55,7 +55,7 @@ pub use queue::{
 };
 pub use runner::{AbortableRunner, RetryHandler, Runner, execute_job};
 pub use stats::{QueueStats, RetryHandlerOptions};
-pub use wait::{wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};
+pub use wait::{JobOutcome, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};
 
 /// Compile-time checks that the traits are object-safe and the public types `Send + Sync`.
 #[allow(dead_code)]

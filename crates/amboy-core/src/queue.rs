@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -85,8 +86,20 @@ pub trait Queue: Send + Sync + 'static {
     /// Starts the queue and its runner. Starting twice is an error.
     async fn start(&self) -> Result<()>;
 
-    /// Stops the runner and releases the queue's resources.
+    /// Stops the runner at once (running jobs are cancelled) and releases the queue's
+    /// resources.
     async fn close(&self);
+
+    /// Stops gracefully: the runner takes no new job and lets the running ones finish for up to
+    /// `grace` ([`Runner::shutdown`]), cancels those still running, then the queue closes.
+    /// Pending jobs do not run; they stay pending (a queue that stores its jobs keeps them for
+    /// the next process).
+    async fn shutdown(&self, grace: Duration) {
+        if let Some(runner) = self.runner() {
+            runner.shutdown(grace).await;
+        }
+        self.close().await;
+    }
 
     /// This queue as a [`RetryableQueue`], if it is one (amboy's `WithRetryableQueue`).
     fn as_retryable(&self) -> Option<&dyn RetryableQueue> {

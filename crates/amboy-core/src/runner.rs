@@ -1,6 +1,7 @@
 //! Runners execute a queue's jobs; retry handlers enqueue the next attempts of retried jobs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,16 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Cancels running jobs, waits for the workers to stop, and leaves the runner restartable.
     async fn close(&self);
+
+    /// Stops gracefully: takes no new job, lets the running jobs finish for up to `grace`, then
+    /// cancels those still running and waits for the workers, as [`close`](Runner::close)
+    /// does. Jobs not taken stay in their queue. The runner can start again.
+    ///
+    /// The default, for runners that cannot stop taking jobs on their own, closes at once.
+    async fn shutdown(&self, grace: Duration) {
+        let _ = grace;
+        self.close().await;
+    }
 
     /// This runner as an [`AbortableRunner`], if it is one.
     fn as_abortable(&self) -> Option<&dyn AbortableRunner> {
@@ -107,9 +118,10 @@ pub async fn execute_job(
     job: &JobRef,
     cancel: &CancellationToken,
 ) -> RunOutcome {
-    let (max_time, retryable) = {
-        let meta = job.base().metadata();
-        (meta.time_info.max_time, meta.retry_info.retryable)
+    let (max_time, retryable, watched) = {
+        let mut meta = job.base().metadata();
+        let watched = meta.run_token(cancel);
+        (meta.time_info.max_time, meta.retry_info.retryable, watched)
     };
     let span = tracing::info_span!(
         "amboy.job",
@@ -119,12 +131,13 @@ pub async fn execute_job(
         amboy.job.retry.retryable = retryable,
     );
     let work = async {
-        // A job with a time limit gets a token of its own, cancelled when the limit passes, so
-        // that work it spawned stops too; other jobs share the caller's token.
-        let token = if max_time.is_zero() {
-            cancel.clone()
-        } else {
-            cancel.child_token()
+        // A job whose queue watches its lock gets a token of its own, which the queue cancels
+        // if it loses the lock; so does a job with a time limit, cancelled when the limit
+        // passes, so that work it spawned stops too. Other jobs share the caller's token.
+        let token = match &watched {
+            Some(token) => token.clone(),
+            None if max_time.is_zero() => cancel.clone(),
+            None => cancel.child_token(),
         };
         let ctx = JobContext::with_token(token).with_deadline(max_time_deadline(max_time));
         let outcome = execute(&**job, &ctx).await;
@@ -135,6 +148,9 @@ pub async fn execute_job(
             Some(result) => result,
             None => queue.complete(job).await,
         };
+        if watched.is_some() {
+            job.base().end_run();
+        }
         if let Err(error) = completed {
             tracing::warn!(error = %error, "could not complete job");
             job.base().metadata().time_info.end = Some(crate::clock::now());
@@ -147,7 +163,7 @@ pub async fn execute_job(
             )
         };
         if should_retry {
-            hand_to_retry_handler(queue, job).await;
+            hand_to_retry_handler(queue, job, cancel).await;
         }
         if failed {
             tracing::error!(outcome = ?outcome, error = ?job.error(), "job failed");
@@ -164,16 +180,33 @@ pub async fn execute_job(
     }
 }
 
-async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef) {
+/// Hands a job asking to retry to its queue's retry handler. A handler that is not running, or
+/// whose buffer stays full until the runner closes, does not get the job: it stays retrying in
+/// its queue, whose stale-retrying monitor hands it over later. The worker never waits on a
+/// handler that cannot take the job.
+async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef, cancel: &CancellationToken) {
     let Some(retryable) = queue.as_retryable() else {
         return;
     };
-    match retryable.retry_handler() {
-        Some(handler) => {
-            if let Err(error) = handler.put(job.clone()).await {
+    let Some(handler) = retryable.retry_handler() else {
+        tracing::error!("retryable queue has no retry handler; the job will not retry");
+        return;
+    };
+    if !handler.started() {
+        tracing::warn!(
+            "the queue's retry handler is not running; the job stays retrying in its queue"
+        );
+        return;
+    }
+    tokio::select! {
+        biased;
+        put = handler.put(job.clone()) => {
+            if let Err(error) = put {
                 tracing::error!(error = %error, "could not hand job to the retry handler");
             }
         }
-        None => tracing::error!("retryable queue has no retry handler; the job will not retry"),
+        _ = cancel.cancelled() => tracing::warn!(
+            "the runner closed while the retry handler was full; the job stays retrying in its queue"
+        ),
     }
 }

@@ -1,8 +1,8 @@
 //! Waiting for queues and jobs (amboy's `Wait` family).
 //!
 //! Each waits for as long as it takes; bound it with `tokio::time::timeout`. amboy's bugs are
-//! fixed: [`wait_job`] returns when the job is complete and not retrying, and
-//! [`wait_interval_num`] keeps checking.
+//! fixed: [`wait_job`] returns when the job is complete and not retrying (and says whether it
+//! completed, expired or is unknown), and [`wait_interval_num`] keeps checking.
 
 use std::time::Duration;
 
@@ -71,29 +71,52 @@ pub async fn wait_interval_num(queue: &dyn Queue, interval: Duration, num: usize
     }
 }
 
-/// Waits until the job is complete and not retrying; `false` if the job is not in the queue.
-pub async fn wait_job(queue: &dyn Queue, id: &str) -> Result<bool> {
+/// How a job that [`wait_job`] waited for ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobOutcome {
+    /// The job completed and will not retry (it may have failed: see its errors).
+    Completed,
+    /// The job's `dispatch_by` deadline passed before it could run: it never will.
+    Expired,
+    /// The queue does not have the job (never put, or forgotten since).
+    NotFound,
+}
+
+impl JobOutcome {
+    /// Whether the job completed.
+    pub fn is_completed(self) -> bool {
+        self == JobOutcome::Completed
+    }
+}
+
+/// Waits until the job is complete and not retrying, or expired; says which, or that the queue
+/// does not have the job. A job the queue cannot decode is an error naming it.
+pub async fn wait_job(queue: &dyn Queue, id: &str) -> Result<JobOutcome> {
     wait_for_job(queue, id, Pause::backoff()).await
 }
 
 /// Like [`wait_job`], checking now and then every `interval`.
-pub async fn wait_job_interval(queue: &dyn Queue, id: &str, interval: Duration) -> Result<bool> {
+pub async fn wait_job_interval(
+    queue: &dyn Queue,
+    id: &str,
+    interval: Duration,
+) -> Result<JobOutcome> {
     wait_for_job(queue, id, Pause::fixed(interval)).await
 }
 
-async fn wait_for_job(queue: &dyn Queue, id: &str, mut pause: Pause) -> Result<bool> {
+async fn wait_for_job(queue: &dyn Queue, id: &str, mut pause: Pause) -> Result<JobOutcome> {
     loop {
         match queue.get(id).await {
             Ok(job) => {
-                let done = {
-                    let meta = job.base().metadata();
-                    meta.status.completed && !meta.retry_info.should_retry()
-                };
-                if done {
-                    return Ok(true);
+                let meta = job.base().metadata();
+                if meta.status.completed && !meta.retry_info.should_retry() {
+                    return Ok(JobOutcome::Completed);
+                }
+                if meta.status.expired {
+                    return Ok(JobOutcome::Expired);
                 }
             }
-            Err(error) if error.is_job_not_found() => return Ok(false),
+            Err(error) if error.is_job_not_found() => return Ok(JobOutcome::NotFound),
             Err(error) => return Err(error),
         }
         pause.sleep().await;

@@ -28,6 +28,11 @@ impl CreatesFile {
 
 #[typetag::serde(name = "create-file")]
 impl Manager for CreatesFile {
+    /// It reads the file system.
+    fn does_blocking_io(&self) -> bool {
+        true
+    }
+
     fn state(&self) -> State {
         if self.file_name.is_empty() || !Path::new(&self.file_name).exists() {
             State::Ready

@@ -84,6 +84,11 @@ fn modified(path: &str) -> Result<Option<SystemTime>, DependencyError> {
 
 #[typetag::serde(name = "local-file")]
 impl Manager for LocalFile {
+    /// It reads the file system.
+    fn does_blocking_io(&self) -> bool {
+        true
+    }
+
     fn state(&self) -> State {
         self.check().unwrap_or(State::Unresolved)
     }

@@ -68,6 +68,13 @@ pub trait Manager: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether [`state`](Manager::state) does blocking I/O (reads the file system, say). Queues
+    /// ask such a manager from a thread that may block, never from an async runtime's worker.
+    /// `false` unless overridden.
+    fn does_blocking_io(&self) -> bool {
+        false
+    }
+
     /// The version of the manager type; bump it when the stored form changes.
     fn version(&self) -> i32 {
         0

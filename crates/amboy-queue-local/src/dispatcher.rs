@@ -21,7 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// * queues that store copies register each dispatched copy ([`dispatch`](Self::dispatch) or
 ///   [`mark`](Self::mark) then [`track`](Self::track)); one heartbeat task
 ///   ([`start_heartbeat`](Self::start_heartbeat)) refreshes and saves every registered copy,
-///   instead of amboy's task per job;
+///   instead of amboy's task per job. Copies are known by job ID and attempt, so the attempts
+///   of a retried job never stand for one another, and by instance: only the copy registered
+///   is refreshed. A copy whose lock is lost (its save is refused, or it could not be saved
+///   for a whole lock timeout) stops being refreshed and its run is interrupted
+///   ([`Base::interrupt`](amboy_core::Base::interrupt)); the others go on;
 /// * queues that hold the jobs themselves only [`mark`](Self::mark) them, and refresh their
 ///   running jobs with [`refresh`](Self::refresh) from a scan of their own (see
 ///   [`LocalQueue::refresh_locks`](crate::LocalQueue::refresh_locks)): nothing to register per
@@ -33,15 +37,25 @@ use tokio_util::sync::CancellationToken;
 pub struct Dispatcher {
     owner: Arc<str>,
     lock_timeout: Duration,
-    dispatched: DashMap<JobId, Dispatched, foldhash::fast::RandomState>,
+    dispatched: DashMap<Key, Dispatched, foldhash::fast::RandomState>,
     heartbeat: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
+
+/// A dispatched copy's key: its job ID and attempt.
+type Key = (JobId, u32);
 
 #[derive(Debug, Clone)]
 struct Dispatched {
     job: JobRef,
     /// When the job's `max_time` ends, if it has one.
     deadline: Option<Instant>,
+    /// When its lock was last stored.
+    refreshed: Instant,
+}
+
+fn key_of(job: &JobRef) -> Key {
+    let attempt = job.base().metadata().retry_info.current_attempt;
+    (job.base().job_id().clone(), attempt)
 }
 
 impl Dispatcher {
@@ -71,7 +85,7 @@ impl Dispatcher {
     }
 
     /// Dispatches `job`: checks that it may be dispatched, records its start, marks it in
-    /// progress and locks it for the owner, all under one lock of its metadata.
+    /// progress and locks it for the owner, all under one lock of its metadata; then tracks it.
     pub fn dispatch(&self, job: &JobRef) -> Result<()> {
         let max_time = {
             let mut meta = job.base().metadata();
@@ -123,53 +137,76 @@ impl Dispatcher {
         true
     }
 
-    /// The second half of [`dispatch`](Self::dispatch): keeps the lock of a marked job alive
-    /// until it completes or is released, or its `max_time` passes.
+    /// The second half of [`dispatch`](Self::dispatch): keeps the lock of a marked copy alive
+    /// until it completes or is released, or its `max_time` passes, and lets the heartbeat
+    /// interrupt its run should the lock be lost. Replaces a copy of the same attempt tracked
+    /// before (whose lock was taken over).
     pub fn track(&self, job: &JobRef, max_time: Duration) {
-        let deadline = (!max_time.is_zero()).then(|| Instant::now() + max_time);
+        let now = Instant::now();
+        let deadline = (!max_time.is_zero()).then(|| now + max_time);
+        job.base().watch_run();
         self.dispatched.insert(
-            job.base().job_id().clone(),
+            key_of(job),
             Dispatched {
                 job: job.clone(),
                 deadline,
+                refreshed: now,
             },
         );
     }
 
-    /// Gives a dispatched job back without running it: stops refreshing its lock and unlocks
+    /// Gives a dispatched copy back without running it: stops refreshing its lock and unlocks
     /// it, so that it is pending again.
     pub fn release(&self, job: &JobRef) {
-        self.dispatched.remove(job.id());
+        self.untrack(&key_of(job), job);
         job.unlock(&self.owner, self.lock_timeout);
     }
 
-    /// Finishes a dispatched job: stops refreshing its lock and records its end. A job this
+    /// Finishes a dispatched copy: stops refreshing its lock and records its end. A job this
     /// dispatcher did not dispatch is left alone. Returns whether the job was dispatched here.
     pub fn complete(&self, job: &JobRef) -> bool {
-        let dispatched = self.forget(job.id());
+        let dispatched = self.forget(job);
         if dispatched {
             job.base().metadata().time_info.end = Some(amboy_core::clock::now());
         }
         dispatched
     }
 
-    /// Stops refreshing the job's lock, without touching the job; returns whether it was
-    /// dispatched here. Queues that complete the job under its own lock use this.
-    pub fn forget(&self, id: &str) -> bool {
-        self.dispatched.remove(id).is_some()
+    /// Stops refreshing the lock of the job's attempt, without touching `job`; returns whether
+    /// that attempt was tracked. If the copy tracked is another one than `job` (the job is
+    /// being finished through a copy), the tracked copy's lock is gone: its run is interrupted.
+    /// Queues that complete the job under their own locks use this.
+    pub fn forget(&self, job: &JobRef) -> bool {
+        let Some((_, tracked)) = self.dispatched.remove(&key_of(job)) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&tracked.job, job) {
+            tracked
+                .job
+                .add_error(&"lost the lock: the job was finished through another copy");
+            tracked.job.base().interrupt();
+        }
+        true
     }
 
-    /// Whether the job is dispatched and running here.
-    pub fn is_dispatched(&self, id: &str) -> bool {
-        self.dispatched.contains_key(id)
+    /// Stops tracking `key` if the copy tracked is `job`; returns whether it was.
+    fn untrack(&self, key: &Key, job: &JobRef) -> bool {
+        self.dispatched
+            .remove_if(key, |_, tracked| Arc::ptr_eq(&tracked.job, job))
+            .is_some()
     }
 
-    /// The number of dispatched jobs.
+    /// Whether attempt `attempt` of job `id` is dispatched and running here.
+    pub fn is_dispatched(&self, id: &str, attempt: u32) -> bool {
+        self.dispatched.contains_key(&(JobId::new(id), attempt))
+    }
+
+    /// The number of dispatched copies.
     pub fn len(&self) -> usize {
         self.dispatched.len()
     }
 
-    /// Whether no job is dispatched.
+    /// Whether no copy is dispatched.
     pub fn is_empty(&self) -> bool {
         self.dispatched.is_empty()
     }
@@ -185,41 +222,91 @@ impl Dispatcher {
         }
     }
 
-    /// Refreshes the lock of every dispatched job once.
-    pub async fn refresh_locks(&self, queue: &dyn Queue) {
+    /// Refreshes the lock of every dispatched copy once, saving each to `queue`. A copy whose
+    /// save is refused (`queue` says the job is not found: another owner took it, or it was
+    /// finished) has lost its lock: it is no longer refreshed, the reason is recorded on it,
+    /// and its run is interrupted. A save failing otherwise (the store is unreachable, say) is
+    /// tried again at the next refresh, until the lock would have expired. Returns how many
+    /// copies were refreshed.
+    pub async fn refresh_locks(&self, queue: &dyn Queue) -> usize {
         let now = Instant::now();
-        let jobs: Vec<Dispatched> = self
+        let copies: Vec<(Key, Dispatched)> = self
             .dispatched
             .iter()
-            .map(|entry| entry.value().clone())
+            .map(|entry| (entry.key().clone(), entry.value().clone()))
             .collect();
-        for Dispatched { job, deadline } in jobs {
+        let mut refreshed = 0;
+        for (key, Dispatched { job, deadline, .. }) in copies {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 continue;
             }
-            {
+            let before = {
                 let mut meta = job.base().metadata();
-                // Completed or released since the snapshot: no longer ours to refresh. Checked
-                // under the job's lock, and completion and release stop tracking a job before
-                // they change its status, so a finished job is never marked in progress again.
-                // The lock is refreshed in the same step, so that nothing (a retry handler
-                // taking the job, say) can lock it in between.
-                if !self.dispatched.contains_key(job.id()) {
+                // Completed, released or replaced since the snapshot: no longer ours to
+                // refresh. Checked under the job's lock, and completion and release stop
+                // tracking a job before they change its status, so a finished job is never
+                // marked in progress again. The lock is refreshed in the same step, so that
+                // nothing (a retry handler taking the job, say) can lock it in between.
+                if !self
+                    .dispatched
+                    .get(&key)
+                    .is_some_and(|tracked| Arc::ptr_eq(&tracked.job, &job))
+                {
                     continue;
                 }
+                let before = (
+                    meta.status.modification_time,
+                    meta.status.modification_count,
+                );
                 meta.status.in_progress = true;
                 meta.status.completed = false;
                 meta.status.owner = Some(self.owner.clone());
                 meta.status.modification_time = Some(amboy_core::clock::now());
                 meta.status.modification_count += 1;
+                before
+            };
+            match queue.save(&job).await {
+                Ok(()) => {
+                    refreshed += 1;
+                    if let Some(mut tracked) = self.dispatched.get_mut(&key)
+                        && Arc::ptr_eq(&tracked.job, &job)
+                    {
+                        tracked.refreshed = Instant::now();
+                    }
+                }
+                Err(error) => self.refresh_failed(&key, &job, before, &error),
             }
-            let saved = queue.save(&job).await;
-            if let Err(error) = saved {
-                // The job is no longer ours to refresh: record why and stop.
-                self.dispatched.remove(job.id());
-                job.add_error(&format_args!("could not refresh the lock: {error}"));
-                tracing::warn!(job_id = job.id(), error = %error, "lock heartbeat failed");
-            }
+        }
+        refreshed
+    }
+
+    /// What follows a refresh whose save failed.
+    fn refresh_failed(
+        &self,
+        key: &Key,
+        job: &JobRef,
+        before: (Option<DateTime<Utc>>, u64),
+        error: &Error,
+    ) {
+        let lapsed = self
+            .dispatched
+            .get(key)
+            .is_some_and(|tracked| tracked.refreshed.elapsed() >= self.lock_timeout);
+        if !error.is_job_not_found() && !lapsed {
+            // Not stored, but not refused either: the store still holds the previous lock, which
+            // the next refresh extends.
+            let mut meta = job.base().metadata();
+            (
+                meta.status.modification_time,
+                meta.status.modification_count,
+            ) = before;
+            tracing::warn!(job_id = job.id(), error = %error, "lock heartbeat failed; trying again");
+            return;
+        }
+        if self.untrack(key, job) {
+            job.add_error(&format_args!("lost the lock: {error}"));
+            job.base().interrupt();
+            tracing::warn!(job_id = job.id(), error = %error, "lost the lock of a running job; its run is interrupted");
         }
     }
 

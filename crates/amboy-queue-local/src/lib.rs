@@ -19,6 +19,7 @@
 mod delayed;
 mod deps;
 mod dispatcher;
+mod footprint;
 mod gate;
 mod group;
 mod lifecycle;
@@ -28,6 +29,7 @@ mod scope;
 mod serializable;
 
 pub use dispatcher::Dispatcher;
+pub use footprint::Footprint;
 pub use group::{
     CleanupHook, GroupCache, LocalGroupQueueOptions, LocalQueueGroup, LocalQueueGroupOptions,
     QueueConstructor,

@@ -83,6 +83,25 @@ impl Lifecycle {
         }
     }
 
+    /// What a queue whose last handle is dropped does: nothing if it is closed already; else
+    /// `close` in a task of its own inside a tokio runtime, or `stop_now` (synchronous, for
+    /// what can be stopped without a runtime) outside one.
+    pub(crate) fn abandon(
+        &self,
+        close: impl Future<Output = ()> + Send + 'static,
+        stop_now: impl FnOnce(),
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(close);
+            }
+            Err(_) => stop_now(),
+        }
+    }
+
     /// Ends the queue's lifetime and waits for its background tasks.
     pub(crate) async fn end(&self) {
         self.lifetime.cancel();

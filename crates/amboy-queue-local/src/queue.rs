@@ -1,7 +1,8 @@
-//! [`LocalQueue`]: the engine of every in-memory queue that holds the jobs themselves, generic
-//! over its dispatch [`Line`].
+//! [`LocalQueue`]: every in-memory queue that holds the jobs themselves, generic over its
+//! dispatch [`Line`]. The user's handle ([`LocalQueue`]) owns an engine that runners share;
+//! dropping the last handle closes the engine.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use amboy_core::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -19,11 +20,11 @@ use futures::stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
-use crate::deps::{Dependencies, Edge, Verdict, order_batch};
+use crate::deps::{Dependencies, Edge, Ended, Verdict, order_batch};
 use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
-use crate::{Dispatcher, ScopeManager};
+use crate::{Dispatcher, Footprint, ScopeManager};
 
 /// The job map's hasher: fast on short string keys.
 type Hasher = foldhash::fast::RandomState;
@@ -31,11 +32,18 @@ type Hasher = foldhash::fast::RandomState;
 /// How often jobs blocked by their dependency manager's state are asked again.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How many capacities' worth of forgotten jobs a dependency-aware queue remembers (as 8-byte
+/// fingerprints) after it stops retaining them, so that edges to them are still judged.
+const REMEMBER_CAPACITIES: usize = 4;
+
+/// The claims queues put on the jobs they dispatch: one per queue, never 0.
+static CLAIMS: AtomicU64 = AtomicU64::new(1);
+
 /// Options of a [`LocalQueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalQueueOptions {
     /// How many jobs may wait to run; a put beyond it waits for room. At least 1. The queue also
-    /// retains the last `capacity − 1` completed jobs.
+    /// retains the last `capacity − 1` finished jobs.
     pub capacity: usize,
     /// How long the queue's locks last without a heartbeat.
     pub lock_timeout: Duration,
@@ -76,38 +84,39 @@ impl LocalQueueOptions {
 ///
 /// Every kind:
 ///
-/// * holds the jobs themselves: `save` and `complete` take the very job the queue holds (a copy
-///   with the same ID is refused), and a job completed or running elsewhere cannot be put;
+/// * holds the jobs themselves: `save` and `complete` take the very job the queue holds. A copy
+///   (a clone, or a job decoded from its stored form) is refused even when its status says it
+///   runs here, and a job completed, running or expired elsewhere cannot be put;
 /// * holds at most `capacity` pending jobs: [`put`](Queue::put) waits for room (and fails with
 ///   a closed-queue error if the queue closes meanwhile). Only the limited-size queue refuses
 ///   jobs before it starts, as amboy's does;
-/// * keeps jobs whose `wait_until` lies ahead in a timer heap, out of the line; drops a job past
-///   its `dispatch_by` when its turn comes, releasing its scopes and counting it as `expired`;
+/// * keeps jobs whose `wait_until` lies ahead in a timer heap, out of the line; sets aside a
+///   job past its `dispatch_by` when its turn comes: the job is marked expired
+///   ([`JobStatusInfo::expired`](amboy_core::JobStatusInfo::expired)), its scopes are
+///   released, it is counted in `stats().expired` and retained like a finished job;
 /// * parks a job whose scopes are held beside the scope and puts it back in line the moment the
 ///   scope is released (amboy left such a job locked until its lock timed out);
-/// * retains the last `capacity − 1` completed jobs for [`results`](Queue::results) and
-///   [`get`](Queue::get); older ones are forgotten but still counted.
+/// * retains the last `capacity − 1` finished (completed or expired) jobs for
+///   [`results`](Queue::results), [`job_info`](Queue::job_info) and [`get`](Queue::get);
+///   older ones are forgotten but still counted. The retained jobs' memory grows with use, not
+///   with the capacity.
 ///
 /// The dependency-aware kinds read a job's edges and state when it is put: an edge to a job the
 /// queue does not know, or a cycle, is an error then; a job runs once all its edges completed
 /// and its manager says `Ready`; a `Passed` job completes without running; an `Unresolved` job
 /// (or one whose edge expired) completes with an error giving the reason. Jobs waiting for
-/// edges or for their manager count as `blocked`.
+/// edges or for their manager count as `blocked`. A finished job the queue no longer retains
+/// is remembered, as an 8-byte fingerprint, for `4 × capacity` more forgotten jobs: an edge
+/// to it is judged during that time, and is an unknown job after. Managers that do blocking
+/// I/O (`local-file`, `create-file`) are asked from a blocking thread, never a runtime worker;
+/// a job blocked by its manager's state is asked again every second.
+///
+/// Dropping the last handle to a started queue closes it in the background, as
+/// [`close`](Queue::close) would: its workers and background tasks stop, its running jobs are
+/// cancelled.
 #[derive(Debug)]
 pub struct LocalQueue<L: Line> {
-    id: Arc<str>,
-    options: LocalQueueOptions,
-    this: Weak<LocalQueue<L>>,
-    jobs: DashMap<JobId, JobRef, Hasher>,
-    line: Arc<L>,
-    delayed: Arc<Delayed<JobRef>>,
-    scopes: ScopeManager<JobRef>,
-    dispatcher: Arc<Dispatcher>,
-    dependencies: Option<Dependencies>,
-    retained: Option<ArrayQueue<JobId>>,
-    gate: Gate,
-    counts: Counts,
-    lifecycle: Lifecycle,
+    engine: Arc<Engine<L>>,
 }
 
 /// amboy's limited-size queue: first in, first out.
@@ -122,6 +131,29 @@ pub type DependencyOrderedQueue = LocalQueue<Ordered>;
 /// queue).
 pub type AdaptiveOrderingQueue = LocalQueue<Adaptive>;
 
+/// What a local queue is: the state every handle, runner and background task shares. Runners
+/// hold the engine, users hold the [`LocalQueue`] handle.
+#[derive(Debug)]
+struct Engine<L: Line> {
+    id: Arc<str>,
+    /// The claim this queue puts on the jobs it dispatches.
+    claim: u64,
+    options: LocalQueueOptions,
+    this: Weak<Engine<L>>,
+    jobs: DashMap<JobId, JobRef, Hasher>,
+    line: Arc<L>,
+    delayed: Arc<Delayed<JobRef>>,
+    scopes: ScopeManager<JobRef>,
+    dispatcher: Arc<Dispatcher>,
+    dependencies: Option<Arc<Dependencies>>,
+    retained: Retained,
+    gate: Gate,
+    counts: Counts,
+    lifecycle: Lifecycle,
+    #[cfg(test)]
+    hooks: hooks::Hooks,
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     /// Written by putters; on its own cache line, away from what workers write.
@@ -129,6 +161,42 @@ struct Counts {
     completed: CachePadded<AtomicUsize>,
     expired: AtomicUsize,
     unresolved: AtomicUsize,
+}
+
+/// The IDs of the last finished jobs, oldest first, in a queue that grows with use: each
+/// finished job pushes its ID once, and pushing beyond the limit evicts the oldest.
+#[derive(Debug)]
+struct Retained {
+    ids: SegQueue<JobId>,
+    len: AtomicUsize,
+    limit: usize,
+}
+
+impl Retained {
+    fn new(limit: usize) -> Self {
+        Retained {
+            ids: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Retains `id`; returns the ID evicted to make room, if any.
+    fn push(&self, id: &JobId) -> Option<JobId> {
+        if self.limit == 0 {
+            return Some(id.clone());
+        }
+        self.ids.push(id.clone());
+        if self.len.fetch_add(1, Ordering::SeqCst) < self.limit {
+            return None;
+        }
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        self.ids.pop()
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 /// What became of a job taken from the line.
@@ -145,46 +213,191 @@ impl<L: Line> LocalQueue<L> {
 
     /// A queue with these options.
     pub fn with_options(options: LocalQueueOptions) -> Result<Arc<Self>> {
+        Ok(Arc::new(LocalQueue {
+            engine: Engine::new(options)?,
+        }))
+    }
+
+    /// The queue's options.
+    pub fn options(&self) -> LocalQueueOptions {
+        self.engine.options
+    }
+
+    /// The queue's dispatcher, which marks dispatched jobs (the queue refreshes their locks
+    /// itself, see [`refresh_locks`](Self::refresh_locks)).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.engine.dispatcher
+    }
+
+    /// The number of jobs stored: pending, blocked, running, and retained finished jobs.
+    pub fn stored(&self) -> usize {
+        self.engine.jobs.len()
+    }
+
+    /// The sizes of the queue's internal structures; each is bounded by the capacity.
+    pub fn footprint(&self) -> Footprint {
+        self.engine.footprint()
+    }
+
+    /// Whether the job `id` is running, dispatched by this queue (its lock is kept alive).
+    pub fn is_dispatched(&self, id: &str) -> bool {
+        self.engine.is_dispatched(id)
+    }
+
+    /// The number of jobs running, dispatched by this queue. Scans every stored job.
+    pub fn dispatched(&self) -> usize {
+        self.engine.dispatched()
+    }
+
+    /// Refreshes the locks of the jobs running here (the lock heartbeat runs this every quarter
+    /// of the lock timeout); returns how many it refreshed. A job past its `max_time` is left
+    /// to lapse. Scans every stored job: the pending ones, the running ones and the retained
+    /// finished ones, at most twice the capacity plus the workers.
+    pub fn refresh_locks(&self) -> usize {
+        self.engine.refresh_locks()
+    }
+
+    /// Adds a job: [`Queue::put`], without boxing the future when called on the queue's own
+    /// type.
+    pub async fn put(&self, job: JobRef) -> Result<()> {
+        self.engine.put(job).await
+    }
+}
+
+impl<L: Line> Drop for LocalQueue<L> {
+    /// Dropping the last handle closes the queue: in a task of its own when dropped inside a
+    /// tokio runtime (running jobs are cancelled, workers and background tasks stop); outside
+    /// one, the line and the background tasks stop at once.
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        self.engine
+            .lifecycle
+            .abandon(async move { engine.close().await }, || {
+                self.engine.lifecycle.lifetime().cancel();
+                self.engine.line.close();
+            });
+    }
+}
+
+#[async_trait]
+impl<L: Line> Queue for LocalQueue<L> {
+    fn id(&self) -> &str {
+        &self.engine.id
+    }
+
+    async fn put(&self, job: JobRef) -> Result<()> {
+        self.engine.put(job).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        self.engine.put_many(jobs).await
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        self.engine.get_now(id)
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        self.engine.next_job().await
+    }
+
+    fn try_next(&self) -> Option<JobRef> {
+        self.engine.try_next_job()
+    }
+
+    fn try_complete(&self, job: &JobRef) -> Option<Result<()>> {
+        Some(self.engine.complete_now(job))
+    }
+
+    fn info(&self) -> QueueInfo {
+        self.engine.info()
+    }
+
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        self.engine.complete_now(job)
+    }
+
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        self.engine.save_now(job)
+    }
+
+    async fn results(&self) -> JobStream {
+        self.engine.results_now()
+    }
+
+    async fn job_info(&self) -> JobInfoStream {
+        self.engine.job_info_now()
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.engine.stats_now()
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.engine.lifecycle.runner()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        self.engine.set_runner(runner)
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.engine.start().await
+    }
+
+    async fn close(&self) {
+        self.engine.close().await
+    }
+}
+
+impl<L: Line> Engine<L> {
+    fn new(options: LocalQueueOptions) -> Result<Arc<Self>> {
         options.validate()?;
         let id: Arc<str> = Arc::from(format!("queue.local.{}.{}", L::KIND, uuid::Uuid::new_v4()));
         let retain = options.capacity - 1;
-        Ok(Arc::new_cyclic(|this| LocalQueue {
+        Ok(Arc::new_cyclic(|this| Engine {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
             id,
+            claim: CLAIMS.fetch_add(1, Ordering::Relaxed),
             options,
             this: this.clone(),
             jobs: DashMap::with_hasher(Hasher::default()),
             line: Arc::new(L::default()),
             delayed: Arc::new(Delayed::default()),
             scopes: ScopeManager::new(),
-            dependencies: L::DEPENDENCIES.then(Dependencies::default),
-            retained: (retain > 0).then(|| ArrayQueue::new(retain)),
+            dependencies: L::DEPENDENCIES
+                .then(|| Arc::new(Dependencies::new(options.capacity * REMEMBER_CAPACITIES))),
+            retained: Retained::new(retain),
             gate: Gate::new(options.capacity),
             counts: Counts::default(),
             lifecycle: Lifecycle::default(),
+            #[cfg(test)]
+            hooks: hooks::Hooks::default(),
         }))
-    }
-
-    /// The queue's options.
-    pub fn options(&self) -> LocalQueueOptions {
-        self.options
-    }
-
-    /// The queue's dispatcher, which marks dispatched jobs (the queue refreshes their locks
-    /// itself, see [`refresh_locks`](Self::refresh_locks)).
-    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
-    }
-
-    /// The number of jobs stored: pending, blocked, running, and retained completed jobs.
-    pub fn stored(&self) -> usize {
-        self.jobs.len()
     }
 
     fn arc(&self) -> Arc<dyn Queue> {
         self.this
             .upgrade()
             .expect("a queue method runs while the queue is alive")
+    }
+
+    fn footprint(&self) -> Footprint {
+        let graph = self
+            .dependencies
+            .as_ref()
+            .map(|dependencies| dependencies.size())
+            .unwrap_or_default();
+        Footprint {
+            jobs: self.jobs.len(),
+            retained: self.retained.len(),
+            waiting: graph.waiting,
+            dependents: graph.dependents,
+            remembered: graph.remembered,
+            parked: self.scopes.waiting(),
+            tracked: self.dispatcher.len(),
+            ..Footprint::default()
+        }
     }
 
     /// Sends a job to the line, or to the timer heap if it must wait.
@@ -212,13 +425,19 @@ impl<L: Line> LocalQueue<L> {
         let now = amboy_core::clock::now();
         let id = job.base().job_id();
         let mut meta = job.base().metadata();
-        if meta.status.completed {
-            // Completed while it waited (by a manager, say), which gave its place back already.
+        if meta.status.completed || meta.status.expired {
+            // Finished while it waited (completed from outside, say), which gave its place back
+            // already.
             return Taken::Skipped;
         }
         if meta.time_info.is_stale_at(now) {
+            // Decided under the job's lock, where a completion from outside looks too: the job
+            // is expired from here on, and nothing else can finish it.
+            meta.status.expired = true;
             let scopes = meta.scopes.clone();
             drop(meta);
+            #[cfg(test)]
+            self.hooks.after_expiry_decided(&job);
             self.expire(&job, &scopes);
             return Taken::Skipped;
         }
@@ -246,29 +465,26 @@ impl<L: Line> LocalQueue<L> {
             tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not dispatch job");
             return Taken::Skipped;
         }
+        meta.set_claim(self.claim);
         drop(meta);
         // The heartbeat finds running jobs in the map: nothing to register.
         self.gate.give_back();
         Taken::Dispatched(job)
     }
 
-    /// Drops a job that missed its `dispatch_by` deadline.
+    /// Sets aside a job that missed its `dispatch_by` deadline (marked expired under its lock):
+    /// it leaves the pending set, releases its scopes, and is retained like a finished job.
     fn expire(&self, job: &JobRef, scopes: &[String]) {
         let id = job.base().job_id();
-        // Recorded as expired before it leaves the map, so that a job put meanwhile with an edge
-        // to it finds it in one or the other.
-        let verdicts = self
-            .dependencies
-            .as_ref()
-            .map(|dependencies| dependencies.expired(id));
-        self.jobs.remove(id);
         self.release_scopes(id, scopes);
         self.counts.expired.fetch_add(1, Ordering::SeqCst);
         self.gate.give_back();
-        tracing::debug!(queue_id = %self.id, job_id = %id, "dropped job past its dispatch_by deadline");
-        if let Some(verdicts) = verdicts {
+        tracing::debug!(queue_id = %self.id, job_id = %id, "set aside job past its dispatch_by deadline");
+        if let Some(dependencies) = &self.dependencies {
+            let verdicts = dependencies.expired(id);
             self.apply(verdicts);
         }
+        self.retain(id);
     }
 
     /// Releases the scopes `id` holds among `scopes`, waking the jobs waiting for them.
@@ -290,15 +506,6 @@ impl<L: Line> LocalQueue<L> {
         }
     }
 
-    /// Marks a job completed under its lock; returns its scopes, or `None` if it was completed
-    /// already.
-    fn mark_completed(meta: &mut Metadata, dispatched: bool) -> Option<Vec<String>> {
-        if meta.status.completed && !dispatched {
-            return None;
-        }
-        Some(Self::mark(meta, dispatched))
-    }
-
     /// Marks a job completed under its lock; returns its scopes.
     fn mark(meta: &mut Metadata, dispatched: bool) -> Vec<String> {
         let now = amboy_core::clock::now();
@@ -309,6 +516,7 @@ impl<L: Line> LocalQueue<L> {
         meta.status.in_progress = false;
         meta.status.modification_time = Some(now);
         meta.status.modification_count += 1;
+        meta.set_claim(0);
         if meta.scopes.is_empty() {
             Vec::new()
         } else {
@@ -316,18 +524,18 @@ impl<L: Line> LocalQueue<L> {
         }
     }
 
-    /// Everything that follows a job's completion: its scopes, the counts, retention, and the
-    /// jobs that depended on it.
+    /// Everything that follows a job's completion: its scopes, the counts, the jobs that
+    /// depended on it, and retention.
     fn finish(&self, id: &JobId, scopes: &[String]) {
         self.release_scopes(id, scopes);
         self.counts.completed.fetch_add(1, Ordering::SeqCst);
-        self.retain(id);
         if let Some(dependencies) = &self.dependencies {
             let verdicts = dependencies.finished(id);
             if !verdicts.is_empty() {
                 self.apply(verdicts);
             }
         }
+        self.retain(id);
     }
 
     /// Carries out dependency verdicts: runs, passes or fails the jobs, and whatever follows.
@@ -342,15 +550,18 @@ impl<L: Line> LocalQueue<L> {
                 Verdict::Pass(job) => (job, None),
                 Verdict::Fail(job, reason) => (job, Some(reason)),
             };
-            // Completed without running: it leaves the pending set now.
+            // Completed without running: it leaves the pending set now, unless it was
+            // completed from outside meanwhile.
             let scopes = {
                 let mut meta = job.base().metadata();
+                if meta.status.completed {
+                    continue;
+                }
                 if let Some(reason) = &error {
                     meta.add_error(format!("job '{}' cannot run: {reason}", job.id()));
                 }
-                Self::mark_completed(&mut meta, false)
+                Self::mark(&mut meta, false)
             };
-            let Some(scopes) = scopes else { continue };
             if error.is_some() {
                 self.counts.unresolved.fetch_add(1, Ordering::SeqCst);
             }
@@ -358,28 +569,33 @@ impl<L: Line> LocalQueue<L> {
             let id = job.base().job_id();
             self.release_scopes(id, &scopes);
             self.counts.completed.fetch_add(1, Ordering::SeqCst);
-            self.retain(id);
             if let Some(dependencies) = &self.dependencies {
                 work.extend(dependencies.finished(id));
             }
+            self.retain(id);
         }
     }
 
-    /// Retains a completed job, forgetting the oldest retained one when full.
+    /// Retains a finished job, forgetting the oldest retained one when full.
     fn retain(&self, id: &JobId) {
-        let evicted = match &self.retained {
-            Some(ring) => ring.force_push(id.clone()),
-            None => Some(id.clone()),
+        // Each finished job pushes its ID once, and a finished job leaves the map only here, so
+        // the entry under an evicted ID is that finished job.
+        let Some(evicted) = self.retained.push(id) else {
+            return;
         };
-        // Each completion pushes its ID once, and a completed job leaves the map only here, so
-        // the entry under an evicted ID is that completed job.
-        if let Some(evicted) = evicted {
-            // Edges to it stay met: recorded before the job leaves the map.
-            if let Some(dependencies) = &self.dependencies {
-                dependencies.evicted(&evicted);
-            }
-            self.jobs.remove(&evicted);
+        // Edges to it stay judged: remembered before the job leaves the map.
+        if let Some(dependencies) = &self.dependencies
+            && let Some(job) = self.jobs.get(&evicted)
+        {
+            let ended = if job.base().metadata().status.expired {
+                Ended::Expired
+            } else {
+                Ended::Finished
+            };
+            drop(job);
+            dependencies.forgotten(&evicted, ended);
         }
+        self.jobs.remove(&evicted);
     }
 
     /// Checks and prepares a job being put; returns its enqueue scopes.
@@ -389,13 +605,18 @@ impl<L: Line> LocalQueue<L> {
         now: DateTime<Utc>,
     ) -> Result<(Vec<String>, Option<DateTime<Utc>>)> {
         let mut meta = job.base().metadata();
-        // A job that ran, or runs, elsewhere is not a job to put: it would never be dispatched.
-        if meta.status.completed || meta.status.in_progress {
-            let state = if meta.status.completed {
-                "completed"
-            } else {
-                "in progress"
-            };
+        // A job that ran, runs or expired elsewhere is not a job to put: it would never be
+        // dispatched.
+        let state = if meta.status.completed {
+            Some("completed")
+        } else if meta.status.in_progress {
+            Some("in progress")
+        } else if meta.status.expired {
+            Some("expired")
+        } else {
+            None
+        };
+        if let Some(state) = state {
             return Err(Error::invalid_job(
                 job.id(),
                 format!("it is {state} already; put a new job instead"),
@@ -413,9 +634,7 @@ impl<L: Line> LocalQueue<L> {
         Ok((scopes, meta.time_info.wait_until))
     }
 
-    /// Adds a job: [`Queue::put`], without boxing the future when called on the queue's own
-    /// type.
-    pub async fn put(&self, job: JobRef) -> Result<()> {
+    async fn put(&self, job: JobRef) -> Result<()> {
         if !L::PUT_BEFORE_START && !self.lifecycle.started() {
             return Err(Error::NotStarted("queue"));
         }
@@ -458,8 +677,16 @@ impl<L: Line> LocalQueue<L> {
         };
         let lookup = |edge: &str| match self.jobs.get(edge) {
             None => Edge::Missing,
-            Some(stored) if stored.base().metadata().status.completed => Edge::Finished,
-            Some(_) => Edge::Unfinished,
+            Some(stored) => {
+                let meta = stored.base().metadata();
+                if meta.status.completed {
+                    Edge::Finished
+                } else if meta.status.expired {
+                    Edge::Expired
+                } else {
+                    Edge::Unfinished
+                }
+            }
         };
         let verdict = match dependencies.admit(&job, lookup) {
             Ok(verdict) => verdict,
@@ -478,6 +705,20 @@ impl<L: Line> LocalQueue<L> {
         Ok(())
     }
 
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        let (jobs, mut errors) = if L::DEPENDENCIES {
+            order_batch(jobs)
+        } else {
+            (jobs, Vec::new())
+        };
+        for job in jobs {
+            if let Err(error) = self.put(job).await {
+                errors.push(error);
+            }
+        }
+        collate_write_errors(errors)
+    }
+
     /// Takes back a job whose put failed after it entered the map: jobs that saw it there and
     /// began waiting on it can never run, and are completed with the reason.
     fn withdraw(&self, id: &JobId) {
@@ -489,11 +730,44 @@ impl<L: Line> LocalQueue<L> {
         }
     }
 
+    fn get_now(&self, id: &str) -> Result<JobRef> {
+        self.jobs
+            .get(id)
+            .map(|job| job.clone())
+            .ok_or_else(|| Error::job_not_found(id))
+    }
+
+    async fn next_job(&self) -> Option<JobRef> {
+        // Closing the queue closes the line, which ends this wait.
+        loop {
+            let job = self.line.pop().await?;
+            if let Taken::Dispatched(job) = self.take(job) {
+                return Some(job);
+            }
+        }
+    }
+
+    fn try_next_job(&self) -> Option<JobRef> {
+        while let Some(job) = self.line.try_pop() {
+            if let Taken::Dispatched(job) = self.take(job) {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn info(&self) -> QueueInfo {
+        QueueInfo {
+            started: self.lifecycle.started(),
+            lock_timeout: self.options.lock_timeout,
+        }
+    }
+
     /// Completes a job; everything a completion does happens here, without waiting.
     fn complete_now(&self, job: &JobRef) -> Result<()> {
         let id = job.base().job_id();
-        // The common case, a job running here, takes the job's lock once: such a job is the one
-        // the queue stores (only completed jobs leave the map otherwise).
+        // The common case, the job this queue dispatched, takes the job's lock once: the claim
+        // tells it from a copy, which carries none.
         let scopes = {
             let mut meta = job.base().metadata();
             self.runs_here(&meta).then(|| Self::mark(&mut meta, true))
@@ -510,8 +784,8 @@ impl<L: Line> LocalQueue<L> {
     }
 
     /// Completes a job that is not running here: it must be the very job the queue holds, not
-    /// a copy or a stale job whose ID was reused. Returns its scopes, or `None` if it was
-    /// completed already.
+    /// a copy or a stale job whose ID was reused, and not expired. Returns its scopes, or
+    /// `None` if it was completed already.
     fn complete_waiting(&self, id: &JobId, job: &JobRef) -> Result<Option<Vec<String>>> {
         match self.jobs.get(id) {
             None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
@@ -524,14 +798,20 @@ impl<L: Line> LocalQueue<L> {
             Some(_) => {}
         }
         // Whether the job waited to run (in the line, the timer heap, beside a scope or in the
-        // dependency graph), decided under its lock so that a concurrent dispatch cannot slip
-        // in. The heartbeat refreshes only jobs in progress, so once marked a job is never
-        // refreshed again.
+        // dependency graph), decided under its lock so that a concurrent dispatch or expiry
+        // cannot slip in. The heartbeat refreshes only jobs in progress, so once marked a job
+        // is never refreshed again.
         let (scopes, was_pending) = {
             let mut meta = job.base().metadata();
             let dispatched = self.runs_here(&meta);
             if meta.status.completed && !dispatched {
                 return Ok(None);
+            }
+            if meta.status.expired {
+                return Err(Error::invalid_job(
+                    &**id,
+                    "it expired: its dispatch_by deadline passed before it was dispatched",
+                ));
             }
             let was_pending = !dispatched && !meta.status.in_progress;
             (Self::mark(&mut meta, dispatched), was_pending)
@@ -546,34 +826,33 @@ impl<L: Line> LocalQueue<L> {
         Ok(Some(scopes))
     }
 
-    /// Whether the job is running, dispatched by this queue.
+    /// Whether the job is running, dispatched by this queue: its status says so and it
+    /// carries this queue's claim (a copy carries none).
     fn runs_here(&self, meta: &Metadata) -> bool {
-        meta.status.in_progress && meta.status.owner.as_deref() == Some(&*self.id)
+        meta.status.in_progress && meta.claim() == self.claim
     }
 
-    /// Whether the job `id` is running, dispatched by this queue (its lock is kept alive).
-    pub fn is_dispatched(&self, id: &str) -> bool {
+    fn is_dispatched(&self, id: &str) -> bool {
         self.jobs
             .get(id)
             .is_some_and(|job| self.runs_here(&job.base().metadata()))
     }
 
-    /// The number of jobs running, dispatched by this queue. Scans every stored job.
-    pub fn dispatched(&self) -> usize {
+    fn dispatched(&self) -> usize {
         self.jobs
             .iter()
             .filter(|job| self.runs_here(&job.base().metadata()))
             .count()
     }
 
-    /// Refreshes the locks of the jobs running here (the lock heartbeat runs this every quarter
-    /// of the lock timeout); returns how many it refreshed. A job past its `max_time` is left
-    /// to lapse.
-    pub fn refresh_locks(&self) -> usize {
+    fn refresh_locks(&self) -> usize {
         let now = amboy_core::clock::now();
         self.jobs
             .iter()
-            .filter(|job| self.dispatcher.refresh(&mut job.base().metadata(), now))
+            .filter(|job| {
+                let mut meta = job.base().metadata();
+                self.runs_here(&meta) && self.dispatcher.refresh(&mut meta, now)
+            })
             .count()
     }
 
@@ -613,118 +892,14 @@ impl<L: Line> LocalQueue<L> {
             // heartbeat's save racing the completion did). Checked under the job's lock, which
             // the completion takes to mark the job, so it cannot slip in between.
             let meta = job.base().metadata();
-            if !meta.status.completed {
+            if !meta.status.completed && !meta.status.expired {
                 self.scopes.acquire(id, &meta.scopes)?;
             }
         }
         Ok(())
     }
 
-    /// Moves jobs from the timer heap to the line when their time comes, and asks blocked
-    /// managers again now and then.
-    async fn run_timer(
-        queue: Weak<Self>,
-        delayed: Arc<Delayed<JobRef>>,
-        line: Arc<L>,
-        lifetime: CancellationToken,
-    ) {
-        let mut last_recheck = tokio::time::Instant::now();
-        loop {
-            let (due, wait) = delayed.take_due(amboy_core::clock::now());
-            for job in due {
-                line.push(job);
-            }
-            let mut wait = wait.unwrap_or(Duration::from_secs(3600));
-            if L::DEPENDENCIES {
-                if last_recheck.elapsed() >= RECHECK_INTERVAL {
-                    last_recheck = tokio::time::Instant::now();
-                    let Some(queue) = queue.upgrade() else { return };
-                    if let Some(dependencies) = &queue.dependencies {
-                        let verdicts = dependencies.recheck();
-                        queue.apply(verdicts);
-                    }
-                }
-                wait = wait.min(RECHECK_INTERVAL);
-            }
-            tokio::select! {
-                _ = lifetime.cancelled() => return,
-                _ = delayed.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl<L: Line> Queue for LocalQueue<L> {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    async fn put(&self, job: JobRef) -> Result<()> {
-        LocalQueue::put(self, job).await
-    }
-
-    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
-        let (jobs, mut errors) = if L::DEPENDENCIES {
-            order_batch(jobs)
-        } else {
-            (jobs, Vec::new())
-        };
-        for job in jobs {
-            if let Err(error) = LocalQueue::put(self, job).await {
-                errors.push(error);
-            }
-        }
-        collate_write_errors(errors)
-    }
-
-    async fn get(&self, id: &str) -> Result<JobRef> {
-        self.jobs
-            .get(id)
-            .map(|job| job.clone())
-            .ok_or_else(|| Error::job_not_found(id))
-    }
-
-    async fn next(&self) -> Option<JobRef> {
-        // Closing the queue closes the line, which ends this wait.
-        loop {
-            let job = self.line.pop().await?;
-            if let Taken::Dispatched(job) = self.take(job) {
-                return Some(job);
-            }
-        }
-    }
-
-    fn info(&self) -> QueueInfo {
-        QueueInfo {
-            started: self.lifecycle.started(),
-            lock_timeout: self.options.lock_timeout,
-        }
-    }
-
-    async fn complete(&self, job: &JobRef) -> Result<()> {
-        self.complete_now(job)
-    }
-
-    fn try_next(&self) -> Option<JobRef> {
-        while let Some(job) = self.line.try_pop() {
-            if let Taken::Dispatched(job) = self.take(job) {
-                return Some(job);
-            }
-        }
-        None
-    }
-
-    fn try_complete(&self, job: &JobRef) -> Option<Result<()>> {
-        Some(self.complete_now(job))
-    }
-
-    async fn save(&self, job: &JobRef) -> Result<()> {
-        self.save_now(job)
-    }
-
-    async fn results(&self) -> JobStream {
+    fn results_now(&self) -> JobStream {
         let completed: Vec<Result<JobRef>> = self
             .jobs
             .iter()
@@ -737,25 +912,26 @@ impl<L: Line> Queue for LocalQueue<L> {
         Box::pin(stream::iter(completed))
     }
 
-    async fn job_info(&self) -> JobInfoStream {
-        let infos: Vec<Result<JobInfo>> = self
+    fn job_info_now(&self) -> JobInfoStream {
+        let jobs: Vec<JobRef> = self
             .jobs
             .iter()
-            .map(|entry| Ok(JobInfo::new(&**entry)))
+            .map(|entry| entry.value().clone())
             .collect();
+        let infos: Vec<Result<JobInfo>> = jobs.iter().map(|job| Ok(JobInfo::new(&**job))).collect();
         Box::pin(stream::iter(infos))
     }
 
-    async fn stats(&self) -> Result<QueueStats> {
+    fn stats_now(&self) -> Result<QueueStats> {
         // Completed and expired are read before total, so that a job put meanwhile can only
         // make the stats look less complete, never more. Blocked jobs are counted before and
         // after, and the smaller count kept, so that a job put meanwhile is not counted blocked
         // without being counted in the total.
-        let blocked_before = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
+        let blocked_before = self.dependencies.as_ref().map_or(0, |d| d.blocked());
         let completed = self.counts.completed.load(Ordering::SeqCst);
         let expired = self.counts.expired.load(Ordering::SeqCst);
         let total = self.counts.total.load(Ordering::SeqCst);
-        let blocked_after = self.dependencies.as_ref().map_or(0, Dependencies::blocked);
+        let blocked_after = self.dependencies.as_ref().map_or(0, |d| d.blocked());
         let blocked = blocked_before.min(blocked_after);
         let unfinished = total.saturating_sub(completed + expired);
         let blocked = blocked.min(unfinished);
@@ -780,10 +956,6 @@ impl<L: Line> Queue for LocalQueue<L> {
         Ok(stats)
     }
 
-    fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.lifecycle.runner()
-    }
-
     fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
         self.lifecycle.set_runner(runner, self.arc())
     }
@@ -803,6 +975,7 @@ impl<L: Line> Queue for LocalQueue<L> {
             self.this.clone(),
             self.delayed.clone(),
             self.line.clone(),
+            self.dependencies.clone(),
             self.lifecycle.lifetime().clone(),
         );
         self.lifecycle.spawn(timer);
@@ -816,12 +989,261 @@ impl<L: Line> Queue for LocalQueue<L> {
         self.dispatcher.close().await;
         self.lifecycle.end().await;
     }
+
+    /// Moves jobs from the timer heap to the line when their time comes; asks the managers of
+    /// jobs waiting for a judgement off the runtime at once, and those blocked by their state
+    /// every second, on a blocking thread.
+    async fn run_timer(
+        queue: Weak<Self>,
+        delayed: Arc<Delayed<JobRef>>,
+        line: Arc<L>,
+        dependencies: Option<Arc<Dependencies>>,
+        lifetime: CancellationToken,
+    ) {
+        let mut last_recheck = tokio::time::Instant::now();
+        loop {
+            let (due, wait) = delayed.take_due(amboy_core::clock::now());
+            for job in due {
+                line.push(job);
+            }
+            let mut wait = wait.unwrap_or(Duration::from_secs(3600));
+            if let Some(dependencies) = &dependencies {
+                let blocked = last_recheck.elapsed() >= RECHECK_INTERVAL;
+                if blocked {
+                    last_recheck = tokio::time::Instant::now();
+                }
+                if dependencies.has_unjudged() || blocked {
+                    let Some(queue) = queue.upgrade() else { return };
+                    queue.judge(blocked).await;
+                }
+                wait = wait.min(RECHECK_INTERVAL.saturating_sub(last_recheck.elapsed()));
+            }
+            let unjudged = async {
+                match &dependencies {
+                    Some(dependencies) => dependencies.unjudged_added().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = lifetime.cancelled() => return,
+                _ = delayed.changed() => {}
+                _ = unjudged => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Asks the managers of the jobs waiting for a judgement (and, with `blocked`, of those
+    /// blocked by their state) on a blocking thread, then carries out the verdicts.
+    async fn judge(self: Arc<Self>, blocked: bool) {
+        let Some(dependencies) = &self.dependencies else {
+            return;
+        };
+        let jobs = dependencies.take_unjudged(blocked);
+        if jobs.is_empty() {
+            return;
+        }
+        let dependencies = dependencies.clone();
+        let verdicts = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .filter_map(|job| {
+                    let manager = job.dependency();
+                    // A manager that panics cannot say when its job may run: the job fails
+                    // with the panic, rather than staying blocked for ever.
+                    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        dependencies.decide(job.clone(), &*manager)
+                    }));
+                    decided.unwrap_or_else(|panic| {
+                        let message = amboy_core::panic_message(&*panic).to_owned();
+                        Some(Verdict::Fail(
+                            job,
+                            format!("dependency unresolved: its manager panicked: {message}"),
+                        ))
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match verdicts {
+            Ok(verdicts) => self.apply(verdicts),
+            Err(error) => {
+                tracing::error!(queue_id = %self.id, error = %error, "asking dependency managers failed")
+            }
+        }
+    }
 }
 
-impl<L: Line> Drop for LocalQueue<L> {
-    /// A queue dropped without [`close`](Queue::close) still stops its background tasks.
+#[async_trait]
+impl<L: Line> Queue for Engine<L> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn put(&self, job: JobRef) -> Result<()> {
+        Engine::put(self, job).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        Engine::put_many(self, jobs).await
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        self.get_now(id)
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        self.next_job().await
+    }
+
+    fn try_next(&self) -> Option<JobRef> {
+        self.try_next_job()
+    }
+
+    fn try_complete(&self, job: &JobRef) -> Option<Result<()>> {
+        Some(self.complete_now(job))
+    }
+
+    fn info(&self) -> QueueInfo {
+        Engine::info(self)
+    }
+
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        self.complete_now(job)
+    }
+
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        self.save_now(job)
+    }
+
+    async fn results(&self) -> JobStream {
+        self.results_now()
+    }
+
+    async fn job_info(&self) -> JobInfoStream {
+        self.job_info_now()
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.stats_now()
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.lifecycle.runner()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        Engine::set_runner(self, runner)
+    }
+
+    async fn start(&self) -> Result<()> {
+        Engine::start(self).await
+    }
+
+    async fn close(&self) {
+        Engine::close(self).await
+    }
+}
+
+impl<L: Line> Drop for Engine<L> {
+    /// An engine nobody holds any more stops its background tasks.
     fn drop(&mut self) {
         self.lifecycle.lifetime().cancel();
         self.line.close();
+    }
+}
+
+#[cfg(test)]
+mod hooks {
+    use amboy_core::JobRef;
+    use parking_lot::Mutex;
+
+    type Hook = Box<dyn Fn(&JobRef) + Send + Sync>;
+
+    /// Points where a unit test runs code of its own, to force an interleaving.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        /// After `take` decided, under the job's lock, that the job expired, and released it.
+        pub(super) after_expiry_decided: Mutex<Option<Hook>>,
+    }
+
+    impl std::fmt::Debug for Hooks {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Hooks").finish_non_exhaustive()
+        }
+    }
+
+    impl Hooks {
+        pub(super) fn after_expiry_decided(&self, job: &JobRef) {
+            if let Some(hook) = &*self.after_expiry_decided.lock() {
+                hook(job);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use amboy_core::{Base, Job, JobContext, JobError};
+    use chrono::TimeDelta;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Quiet {
+        base: Base,
+    }
+
+    #[typetag::serde(name = "queue-unit-quiet")]
+    #[async_trait]
+    impl Job for Quiet {
+        fn base(&self) -> &Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &JobContext) -> std::result::Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    /// Expiry races an outside `complete`: `take` decides that the job expired and releases the
+    /// job's lock; a `complete` from outside comes in before the expiry is carried out. The
+    /// completion must see the decision: the job counts once (as expired), and its place in
+    /// the queue is given back once.
+    #[test]
+    fn expiry_decided_in_take_is_seen_by_an_outside_complete() {
+        // The priority queue takes jobs before it starts.
+        let engine = Engine::<ByPriority>::new(LocalQueueOptions::new(4)).unwrap();
+        let job: JobRef = Arc::new(Quiet {
+            base: Base::with_id("late").with_dispatch_by(Utc::now() - TimeDelta::seconds(1)),
+        });
+        futures::executor::block_on(engine.put(job.clone())).unwrap();
+        assert_eq!(engine.gate.taken(), 1);
+
+        let completed = Arc::new(StdMutex::new(None));
+        *engine.hooks.after_expiry_decided.lock() = Some(Box::new({
+            let engine = Arc::downgrade(&engine);
+            let completed = completed.clone();
+            move |job| {
+                let engine = engine.upgrade().unwrap();
+                *completed.lock().unwrap() = Some(engine.complete_now(job));
+            }
+        }));
+        assert!(engine.try_next_job().is_none(), "the job expired");
+
+        let outcome = completed.lock().unwrap().take().expect("the hook ran");
+        let error = outcome.expect_err("an expired job cannot be completed");
+        assert!(error.to_string().contains("expired"), "{error}");
+        let stats = engine.stats_now().unwrap();
+        assert_eq!((stats.expired, stats.completed), (1, 0), "{stats}");
+        assert_eq!(engine.gate.taken(), 0, "the place was given back once");
+        let status = job.status();
+        assert!(status.expired && !status.completed, "{status:?}");
+        assert!(
+            engine.get_now("late").is_ok(),
+            "the expired job is retained"
+        );
     }
 }

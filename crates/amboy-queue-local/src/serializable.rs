@@ -9,7 +9,7 @@ use amboy_core::{
     Error, JobInfo, JobInfoStream, JobRef, JobStatusInfo, JobStream, JobType, LOCK_TIMEOUT, Queue,
     QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
 };
-use amboy_registry::JobInterchange;
+use amboy_registry::{JobInterchange, truncate_errors};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream;
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
 use crate::lifecycle::Lifecycle;
-use crate::{Dispatcher, ScopeManager};
+use crate::{Dispatcher, Footprint, ScopeManager};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -26,7 +26,7 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SerializableQueueOptions {
     /// How many jobs may wait to run; a put beyond it fails. At least 1. The queue also retains
-    /// the last `capacity − 1` completed jobs.
+    /// the last `capacity − 1` finished jobs.
     pub capacity: usize,
     /// How long the queue's locks last without a heartbeat.
     pub lock_timeout: Duration,
@@ -69,7 +69,8 @@ impl SerializableQueueOptions {
 /// and retries jobs that ask for it (amboy's `LocalLimitedSizeSerializable`).
 ///
 /// * Jobs must be registered types: [`put`](Queue::put) encodes them, and [`get`](Queue::get),
-///   [`next`](Queue::next) and [`results`](Queue::results) return fresh decoded copies.
+///   [`next`](Queue::next) and [`results`](Queue::results) return fresh decoded copies. Jobs
+///   are encoded and decoded outside the queue's lock.
 /// * Each attempt of a retryable job is stored under `attempt-<n>.<id>`; `get` returns the
 ///   latest attempt, [`get_attempt`](RetryableQueue::get_attempt) a given one, and `results` only
 ///   jobs that finished retrying.
@@ -77,18 +78,34 @@ impl SerializableQueueOptions {
 ///   are pending.
 /// * `save` and `complete` follow amboy's optimistic lock: the store accepts a copy only from
 ///   this queue and at most one lock ahead of what it holds, or once the stored lock expired.
+///   Completing a job through a copy (with a valid lock) interrupts the copy that runs.
+/// * The lock of each running copy is kept alive by the [`Dispatcher`], by job ID and attempt;
+///   a copy whose lock is lost has its run interrupted.
 /// * [`complete_retrying_and_put`](RetryableQueue::complete_retrying_and_put) finishes one
 ///   attempt and adds the next in one step under the queue's lock, handing the scopes over.
 /// * A stale-retrying monitor hands retrying jobs whose retry was never processed to the retry
 ///   handler again.
+/// * A stored job that cannot be decoded when its turn comes (its type is not registered, its
+///   version changed, its fields do not decode) is set aside: it is marked completed with the
+///   reason among its errors, never dispatched, counted in `stats()` as completed and in the
+///   stats context under `"undecodable"`. [`job_info`](Queue::job_info) shows it; `get` reports
+///   the decoding error, naming the job; `results` leaves it out.
 ///
-/// Scopes, `wait_until`, `dispatch_by` and `max_time` behave as in the
-/// [`LimitedSizeQueue`](crate::LimitedSizeQueue).
+/// Scopes, `wait_until`, `dispatch_by` (a job past it is set aside as expired and retained)
+/// and `max_time` behave as in the [`LimitedSizeQueue`](crate::LimitedSizeQueue). Dropping
+/// the last handle to a started queue closes it, as for the other local queues.
 #[derive(Debug)]
 pub struct LimitedSizeSerializableQueue {
+    engine: Arc<Engine>,
+}
+
+/// What a serializable queue is: the state its handles, runner, retry handler and background
+/// tasks share.
+#[derive(Debug)]
+struct Engine {
     id: Arc<str>,
     options: SerializableQueueOptions,
-    this: Weak<LimitedSizeSerializableQueue>,
+    this: Weak<Engine>,
     store: Mutex<Store>,
     line_tx: async_channel::Sender<Arc<str>>,
     line_rx: async_channel::Receiver<Arc<str>>,
@@ -99,19 +116,24 @@ pub struct LimitedSizeSerializableQueue {
     lifecycle: Lifecycle,
 }
 
+/// A stored job: shared, so that it is decoded and encoded outside the store's lock. A write
+/// replaces the record, so a reader tells whether it changed by comparing pointers.
+type Record = Arc<JobInterchange>;
+
 #[derive(Debug, Default)]
 struct Store {
-    records: HashMap<Arc<str>, JobInterchange, Hasher>,
+    records: HashMap<Arc<str>, Record, Hasher>,
     /// The latest attempt stored of each retryable job, so that it is found even once earlier
-    /// attempts were forgotten.
+    /// attempts were forgotten. An entry leaves with its attempt's record.
     latest: HashMap<String, u32, Hasher>,
-    /// Keys of retained completed, non-retrying jobs, oldest first.
+    /// Keys of retained finished (completed and not retrying, or expired) jobs, oldest first.
     results: VecDeque<Arc<str>>,
     total: usize,
     completed: usize,
     retrying: usize,
     pending: usize,
     expired: usize,
+    undecodable: usize,
 }
 
 /// Counts one job out; a count that would go below zero is a bug, caught in debug builds and
@@ -140,15 +162,20 @@ fn storage_key(id: &str, retryable: bool, attempt: u32) -> Arc<str> {
 
 fn key_of(job: &JobRef) -> Arc<str> {
     let meta = job.base().metadata();
-    if meta.retry_info.retryable {
-        storage_key(job.id(), true, meta.retry_info.current_attempt)
-    } else {
-        Arc::from(job.id())
-    }
+    storage_key(
+        job.id(),
+        meta.retry_info.retryable,
+        meta.retry_info.current_attempt,
+    )
 }
 
 fn is_retrying(envelope: &JobInterchange) -> bool {
     envelope.status.completed && envelope.retry_info.should_retry()
+}
+
+/// Whether a record is finished for good: completed and not retrying, or expired.
+fn is_finished(envelope: &JobInterchange) -> bool {
+    (envelope.status.completed && !is_retrying(envelope)) || envelope.status.expired
 }
 
 fn decode(envelope: &JobInterchange) -> Result<JobRef> {
@@ -157,6 +184,16 @@ fn decode(envelope: &JobInterchange) -> Result<JobRef> {
 
 fn encode(job: &JobRef) -> Result<JobInterchange> {
     JobInterchange::from_job(&**job).map_err(Error::from)
+}
+
+fn info_of(record: &JobInterchange) -> JobInfo {
+    JobInfo {
+        id: record.name.clone(),
+        job_type: JobType::new(record.type_name.clone(), record.version),
+        status: record.status.clone(),
+        time: record.time_info.clone(),
+        retry: record.retry_info.clone(),
+    }
 }
 
 impl Store {
@@ -181,7 +218,7 @@ impl Store {
                 || copy.modification_count == stored.modification_count + 1)
     }
 
-    /// Retains a completed key, forgetting the oldest when more than `keep` are retained.
+    /// Retains a finished key, forgetting the oldest when more than `keep` are retained.
     fn retain(&mut self, key: Arc<str>, keep: usize) {
         self.results.push_back(key);
         while self.results.len() > keep {
@@ -191,10 +228,19 @@ impl Store {
             if self
                 .records
                 .get(&oldest)
-                .is_some_and(|record| record.status.completed && !is_retrying(record))
+                .is_some_and(|record| is_finished(record))
             {
-                self.records.remove(&oldest);
+                let record = self.records.remove(&oldest).expect("looked up");
+                self.forget_attempt(&record);
             }
+        }
+    }
+
+    /// Forgets the latest-attempt entry that points at `record`, which left the store.
+    fn forget_attempt(&mut self, record: &JobInterchange) {
+        let retry = &record.retry_info;
+        if retry.retryable && self.latest.get(&record.name) == Some(&retry.current_attempt) {
+            self.latest.remove(&record.name);
         }
     }
 
@@ -208,6 +254,11 @@ impl Store {
         self.records.contains_key(&key).then_some(key)
     }
 
+    /// The record under `key`.
+    fn record(&self, key: &str) -> Option<Record> {
+        self.records.get(key).cloned()
+    }
+
     /// Stores a new record; a retryable job's attempt becomes its latest when it is.
     fn insert_new(&mut self, key: Arc<str>, envelope: JobInterchange) {
         if envelope.retry_info.retryable {
@@ -215,7 +266,12 @@ impl Store {
             let latest = self.latest.entry(envelope.name.clone()).or_insert(attempt);
             *latest = (*latest).max(attempt);
         }
-        self.records.insert(key, envelope);
+        self.records.insert(key, Arc::new(envelope));
+    }
+
+    /// The record under `key`, to change in place (copied first if a reader holds it).
+    fn record_mut(&mut self, key: &str) -> &mut JobInterchange {
+        Arc::make_mut(self.records.get_mut(key).expect("the caller looked it up"))
     }
 }
 
@@ -233,7 +289,7 @@ impl LimitedSizeSerializableQueue {
             uuid::Uuid::new_v4()
         ));
         let (line_tx, line_rx) = async_channel::unbounded();
-        Ok(Arc::new_cyclic(|this| LimitedSizeSerializableQueue {
+        let engine = Arc::new_cyclic(|this| Engine {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
             id,
             options,
@@ -245,25 +301,71 @@ impl LimitedSizeSerializableQueue {
             scopes: ScopeManager::new(),
             retry_handler: Mutex::new(None),
             lifecycle: Lifecycle::default(),
-        }))
+        });
+        Ok(Arc::new(LimitedSizeSerializableQueue { engine }))
     }
 
     /// The queue's options.
     pub fn options(&self) -> SerializableQueueOptions {
-        self.options
+        self.engine.options
     }
 
     /// The queue's dispatcher.
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
+        &self.engine.dispatcher
     }
 
     /// The number of records stored (every attempt of every retained job).
     pub fn stored(&self) -> usize {
-        self.store.lock().records.len()
+        self.engine.store.lock().records.len()
     }
 
-    fn arc(&self) -> Arc<LimitedSizeSerializableQueue> {
+    /// The sizes of the queue's internal structures; each is bounded by the capacity.
+    pub fn footprint(&self) -> Footprint {
+        let (jobs, retained, latest_attempts) = {
+            let store = self.engine.store.lock();
+            (store.records.len(), store.results.len(), store.latest.len())
+        };
+        Footprint {
+            jobs,
+            retained,
+            latest_attempts,
+            parked: self.engine.scopes.waiting(),
+            tracked: self.engine.dispatcher.len(),
+            ..Footprint::default()
+        }
+    }
+
+    /// Copies of the retrying jobs whose lock is older than the lock timeout.
+    pub fn stale_retrying(&self) -> Vec<JobRef> {
+        self.engine.stale_retrying()
+    }
+
+    /// Adds a job in its stored form, as another process, a dump, or an earlier version of this
+    /// program wrote it. The envelope is stored as given (its creation time set if missing);
+    /// its enqueue scopes are taken if the job decodes. A job that does not decode (its type
+    /// is not registered here, its version changed) is accepted, and set aside with the reason
+    /// when its turn comes.
+    pub async fn put_interchange(&self, envelope: JobInterchange) -> Result<()> {
+        self.engine.put_interchange(envelope)
+    }
+}
+
+impl Drop for LimitedSizeSerializableQueue {
+    /// Dropping the last handle closes the queue, as for [`LocalQueue`](crate::LocalQueue).
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        self.engine
+            .lifecycle
+            .abandon(async move { engine.close().await }, || {
+                self.engine.lifecycle.lifetime().cancel();
+                self.engine.line_tx.close();
+            });
+    }
+}
+
+impl Engine {
+    fn arc(&self) -> Arc<Engine> {
         self.this
             .upgrade()
             .expect("a queue method runs while the queue is alive")
@@ -295,11 +397,11 @@ impl LimitedSizeSerializableQueue {
             if meta.retry_info.retryable {
                 meta.retry_info.base_job_id = job.id().to_owned();
             }
-            let key = if meta.retry_info.retryable {
-                storage_key(job.id(), true, meta.retry_info.current_attempt)
-            } else {
-                Arc::from(job.id())
-            };
+            let key = storage_key(
+                job.id(),
+                meta.retry_info.retryable,
+                meta.retry_info.current_attempt,
+            );
             (
                 key,
                 meta.effective_enqueue_scopes(),
@@ -314,7 +416,7 @@ impl LimitedSizeSerializableQueue {
         })
     }
 
-    async fn put_one(&self, job: JobRef) -> Result<()> {
+    fn put_prepared(&self, prepared: Prepared) -> Result<()> {
         if self.lifecycle.is_closed() {
             return Err(Error::Closed("queue"));
         }
@@ -323,22 +425,23 @@ impl LimitedSizeSerializableQueue {
             envelope,
             enqueue_scopes,
             wait_until,
-        } = self.prepare(&job)?;
-        // A job put as already completed (restored from elsewhere, say) is recorded, not run;
+        } = prepared;
+        // A job put as already finished (restored from elsewhere, say) is recorded, not run;
         // if it asks to retry, the stale-retrying monitor picks it up.
-        let finished = envelope.status.completed;
+        let finished = envelope.status.completed || envelope.status.expired;
         {
             let mut store = self.store.lock();
             if store.records.contains_key(&key) {
-                return Err(Error::duplicate_job(job.id()));
+                return Err(Error::duplicate_job(&envelope.name));
             }
             if !finished && store.pending >= self.options.capacity {
                 return Err(Error::QueueFull {
-                    id: job.id().to_owned(),
+                    id: envelope.name.clone(),
                 });
             }
             self.scopes.acquire(&key, &enqueue_scopes)?;
             let retrying = is_retrying(&envelope);
+            let expired = envelope.status.expired;
             store.insert_new(key.clone(), envelope);
             store.total += 1;
             if !finished {
@@ -347,7 +450,11 @@ impl LimitedSizeSerializableQueue {
                 store.completed += 1;
                 store.retrying += 1;
             } else {
-                store.completed += 1;
+                if expired {
+                    store.expired += 1;
+                } else {
+                    store.completed += 1;
+                }
                 store.retain(key, self.options.capacity - 1);
                 return Ok(());
             }
@@ -358,36 +465,82 @@ impl LimitedSizeSerializableQueue {
         Ok(())
     }
 
+    fn put_interchange(&self, mut envelope: JobInterchange) -> Result<()> {
+        if envelope.name.is_empty() {
+            return Err(Error::invalid("a stored job needs a name (its ID)"));
+        }
+        let time = &mut envelope.time_info;
+        if time.created.is_none() {
+            time.created = Some(amboy_core::clock::now());
+        }
+        time.validate()
+            .map_err(|error| Error::invalid_job(&envelope.name, error))?;
+        let retry = &mut envelope.retry_info;
+        if retry.retryable {
+            retry.base_job_id = envelope.name.clone();
+        }
+        let key = storage_key(&envelope.name, retry.retryable, retry.current_attempt);
+        let enqueue_scopes = match decode(&envelope) {
+            Ok(job) => job.enqueue_scopes(),
+            Err(_) => Vec::new(),
+        };
+        let wait_until = envelope.time_info.wait_until;
+        self.put_prepared(Prepared {
+            key,
+            envelope,
+            enqueue_scopes,
+            wait_until,
+        })
+    }
+
     /// Decides what to do with a key taken from the line; `Some` if its job was dispatched.
     fn take(&self, key: Arc<str>) -> Option<JobRef> {
-        let now = amboy_core::clock::now();
-        let mut store = self.store.lock();
-        let job = {
-            let record = store.records.get(&key)?;
-            match decode(record) {
-                Ok(job) => job,
-                Err(error) => {
-                    // Cannot happen for copies this queue encoded; never leave it pending.
-                    tracing::error!(queue_id = %self.id, key = %key, error = %error, "dropping undecodable job");
-                    count_out(&mut store.pending);
-                    return None;
-                }
+        loop {
+            let record = self.store.lock().record(&key)?;
+            if record.status.completed || record.status.expired {
+                // Finished while it waited, which counted it out of the pending jobs already.
+                return None;
             }
-        };
-        let mut meta = job.base().metadata();
-        if meta.status.completed {
-            // Completed while it waited, which counted it out of the pending jobs already.
-            return None;
+            // Decoded outside the lock; the record is then looked at again, and if it changed
+            // meanwhile, decoded again.
+            let decoded = decode(&record);
+            let mut store = self.store.lock();
+            match store.records.get(&key) {
+                Some(current) if Arc::ptr_eq(current, &record) => {}
+                Some(_) => continue,
+                None => return None,
+            }
+            drop(record);
+            return match decoded {
+                Ok(job) => self.dispatch(store, key, job),
+                Err(error) => {
+                    self.set_aside(&mut store, &key, &error);
+                    None
+                }
+            };
         }
+    }
+
+    /// Dispatches the decoded copy of the pending record under `key`, under the store's lock.
+    fn dispatch(
+        &self,
+        mut store: parking_lot::MutexGuard<'_, Store>,
+        key: Arc<str>,
+        job: JobRef,
+    ) -> Option<JobRef> {
+        let now = amboy_core::clock::now();
+        let mut meta = job.base().metadata();
         if meta.time_info.is_stale_at(now) {
             let scopes = meta.scopes.clone();
             drop(meta);
-            store.records.remove(&key);
+            let record = store.record_mut(&key);
+            record.status.expired = true;
             count_out(&mut store.pending);
             store.expired += 1;
+            store.retain(key.clone(), self.options.capacity - 1);
             drop(store);
             self.release_scopes(&key, &scopes);
-            tracing::debug!(queue_id = %self.id, job_id = job.id(), "dropped job past its dispatch_by deadline");
+            tracing::debug!(queue_id = %self.id, job_id = job.id(), "set aside job past its dispatch_by deadline");
             return None;
         }
         if !meta.time_info.is_dispatchable_at(now) {
@@ -415,7 +568,7 @@ impl LimitedSizeSerializableQueue {
             return None;
         }
         let max_time = meta.time_info.max_time;
-        let record = store.records.get_mut(&key).expect("looked up above");
+        let record = store.record_mut(&key);
         record.status = meta.status.clone();
         record.time_info = meta.time_info.clone();
         drop(meta);
@@ -423,6 +576,30 @@ impl LimitedSizeSerializableQueue {
         drop(store);
         self.dispatcher.track(&job, max_time);
         Some(job)
+    }
+
+    /// Sets aside the pending record under `key`, which cannot be decoded: it is completed
+    /// with the reason, counted, retained, and never dispatched.
+    fn set_aside(&self, store: &mut Store, key: &Arc<str>, error: &Error) {
+        let now = amboy_core::clock::now();
+        let record = store.record_mut(key);
+        let status = &mut record.status;
+        status.errors.push(format!(
+            "set aside without running: the stored job cannot be decoded: {error}"
+        ));
+        status.error_count = status.errors.len();
+        status.completed = true;
+        status.in_progress = false;
+        status.modification_time = Some(now);
+        status.modification_count += 1;
+        record.time_info.end = Some(now);
+        // It cannot retry either: nothing could build its next attempt.
+        record.retry_info.needs_retry = false;
+        tracing::error!(queue_id = %self.id, key = %key, error = %error, "set aside a stored job that cannot be decoded");
+        count_out(&mut store.pending);
+        store.completed += 1;
+        store.undecodable += 1;
+        store.retain(key.clone(), self.options.capacity - 1);
     }
 
     fn release_scopes(&self, key: &str, scopes: &[String]) {
@@ -475,22 +652,34 @@ impl LimitedSizeSerializableQueue {
         Ok(())
     }
 
-    /// Completes `job` under the store's lock; returns the scopes to release.
+    /// Completes `job`, encoded beforehand as `envelope`, under the store's lock; returns the
+    /// scopes to release. With `forget`, the dispatcher stops keeping the attempt's lock alive
+    /// (interrupting the copy that runs, if it is another one).
     fn complete_locked(
         &self,
         store: &mut Store,
         key: &Arc<str>,
         job: &JobRef,
-        dispatched: bool,
+        mut envelope: JobInterchange,
+        forget: bool,
     ) -> Result<Vec<String>> {
         let now = amboy_core::clock::now();
         self.check_lock(store, key, job, now)?;
-        let stored = &store.records[key].status;
-        let was_completed = stored.completed;
+        let stored = &store.records[key];
+        let was_completed = stored.status.completed;
+        let was_retrying = is_retrying(stored);
+        let was_in_progress = stored.status.in_progress;
+        if stored.status.expired {
+            return Err(Error::invalid_job(
+                job.id(),
+                "it expired: its dispatch_by deadline passed before it was dispatched",
+            ));
+        }
         // A job completed before it ran leaves the pending jobs now; the line skips it later.
-        if !stored.completed && !stored.in_progress {
+        if !was_completed && !was_in_progress {
             count_out(&mut store.pending);
         }
+        let dispatched = forget && was_in_progress && self.dispatcher.forget(job);
         let (scopes, should_retry) = {
             let mut meta = job.base().metadata();
             if dispatched || meta.time_info.end.is_none() {
@@ -513,11 +702,13 @@ impl LimitedSizeSerializableQueue {
                 .filter(|s| !keep.contains(s))
                 .cloned()
                 .collect();
+            envelope.status = meta.status.clone();
+            truncate_errors(&mut envelope.status.errors);
+            envelope.time_info = meta.time_info.clone();
+            envelope.retry_info = meta.retry_info.clone();
             (release, should_retry)
         };
-        let envelope = encode(job)?;
-        let was_retrying = is_retrying(&store.records[key]);
-        store.records.insert(key.clone(), envelope);
+        store.records.insert(key.clone(), Arc::new(envelope));
         if !was_completed {
             store.completed += 1;
         }
@@ -552,27 +743,40 @@ impl LimitedSizeSerializableQueue {
             let Some(handler) = queue.retry_handler() else {
                 continue;
             };
+            if !handler.started() {
+                continue;
+            }
             for job in queue.stale_retrying() {
-                if let Err(error) = handler.put(job).await {
-                    tracing::warn!(queue_id = %queue.id, error = %error, "could not hand a stale retrying job over");
+                // A full handler holds the monitor up, never the queue's closing.
+                tokio::select! {
+                    _ = lifetime.cancelled() => return,
+                    put = handler.put(job) => if let Err(error) = put {
+                        tracing::warn!(queue_id = %queue.id, error = %error, "could not hand a stale retrying job over");
+                    },
                 }
             }
         }
     }
 
     /// Copies of the retrying jobs whose lock is older than the lock timeout.
-    pub fn stale_retrying(&self) -> Vec<JobRef> {
+    fn stale_retrying(&self) -> Vec<JobRef> {
         let now = amboy_core::clock::now();
-        let store = self.store.lock();
-        store
-            .records
-            .values()
-            .filter(|record| {
-                is_retrying(record)
-                    && record.status.modification_time.is_none_or(|time| {
-                        (now - time).to_std().unwrap_or_default() > self.options.lock_timeout
-                    })
-            })
+        let records: Vec<Record> = {
+            let store = self.store.lock();
+            store
+                .records
+                .values()
+                .filter(|record| {
+                    is_retrying(record)
+                        && record.status.modification_time.is_none_or(|time| {
+                            (now - time).to_std().unwrap_or_default() > self.options.lock_timeout
+                        })
+                })
+                .cloned()
+                .collect()
+        };
+        records
+            .iter()
             .filter_map(|record| decode(record).ok())
             .collect()
     }
@@ -594,10 +798,22 @@ impl LimitedSizeSerializableQueue {
             }
         }
     }
+
+    async fn put_one(&self, job: JobRef) -> Result<()> {
+        if self.lifecycle.is_closed() {
+            return Err(Error::Closed("queue"));
+        }
+        let prepared = self.prepare(&job)?;
+        self.put_prepared(prepared)
+    }
+
+    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
+        self.retry_handler.lock().clone()
+    }
 }
 
 #[async_trait]
-impl Queue for LimitedSizeSerializableQueue {
+impl Queue for Engine {
     fn id(&self) -> &str {
         &self.id
     }
@@ -617,11 +833,14 @@ impl Queue for LimitedSizeSerializableQueue {
     }
 
     async fn get(&self, id: &str) -> Result<JobRef> {
-        let store = self.store.lock();
-        let key = store
-            .latest_key(id)
-            .ok_or_else(|| Error::job_not_found(id))?;
-        decode(&store.records[&key])
+        let record = {
+            let store = self.store.lock();
+            let key = store
+                .latest_key(id)
+                .ok_or_else(|| Error::job_not_found(id))?;
+            store.records[&key].clone()
+        };
+        decode(&record)
     }
 
     async fn next(&self) -> Option<JobRef> {
@@ -643,16 +862,10 @@ impl Queue for LimitedSizeSerializableQueue {
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
+        let envelope = encode(job)?;
         let scopes = {
             let mut store = self.store.lock();
-            // The dispatcher knows jobs by ID: only the attempt running here is its to forget,
-            // not an older attempt of the same job completed again while the next one runs.
-            let dispatched = store
-                .records
-                .get(&key)
-                .is_some_and(|record| record.status.in_progress)
-                && self.dispatcher.forget(job.id());
-            self.complete_locked(&mut store, &key, job, dispatched)?
+            self.complete_locked(&mut store, &key, job, envelope, true)?
         };
         self.release_scopes(&key, &scopes);
         Ok(())
@@ -669,64 +882,70 @@ impl Queue for LimitedSizeSerializableQueue {
         let stored = &store.records[&key];
         envelope.status.completed = stored.status.completed;
         envelope.status.in_progress = stored.status.in_progress;
+        envelope.status.expired = stored.status.expired;
         if stored.status.completed {
             envelope.retry_info.needs_retry = stored.retry_info.needs_retry;
         }
         let scopes = if envelope.status.in_progress {
             job.scopes()
-        } else if envelope.status.completed && !envelope.retry_info.should_retry() {
+        } else if (envelope.status.completed && !envelope.retry_info.should_retry())
+            || envelope.status.expired
+        {
             Vec::new()
         } else {
             job.enqueue_scopes()
         };
         self.scopes.acquire(&key, &scopes)?;
-        store.records.insert(key, envelope);
+        store.records.insert(key, Arc::new(envelope));
         Ok(())
     }
 
     async fn results(&self) -> JobStream {
-        let store = self.store.lock();
-        let jobs: Vec<Result<JobRef>> = store
-            .records
-            .values()
-            .filter(|record| {
-                record.status.completed && !is_retrying(record) && !record.status.in_progress
-            })
-            .map(decode)
+        let records: Vec<Record> = {
+            let store = self.store.lock();
+            store
+                .records
+                .values()
+                .filter(|record| {
+                    record.status.completed && !is_retrying(record) && !record.status.in_progress
+                })
+                .cloned()
+                .collect()
+        };
+        // Jobs set aside because they cannot be decoded are left out: `job_info` shows them.
+        let jobs: Vec<Result<JobRef>> = records
+            .iter()
+            .filter_map(|record| decode(record).ok())
+            .map(Ok)
             .collect();
         Box::pin(stream::iter(jobs))
     }
 
     async fn job_info(&self) -> JobInfoStream {
-        let store = self.store.lock();
-        let infos: Vec<Result<JobInfo>> = store
-            .records
-            .values()
-            .map(|record| {
-                Ok(JobInfo {
-                    id: record.name.clone(),
-                    job_type: JobType::new(record.type_name.clone(), record.version),
-                    status: record.status.clone(),
-                    time: record.time_info.clone(),
-                    retry: record.retry_info.clone(),
-                })
-            })
-            .collect();
+        let records: Vec<Record> = self.store.lock().records.values().cloned().collect();
+        let infos: Vec<Result<JobInfo>> = records.iter().map(|r| Ok(info_of(r))).collect();
         Box::pin(stream::iter(infos))
     }
 
     async fn stats(&self) -> Result<QueueStats> {
-        let store = self.store.lock();
-        let finished = store.completed + store.expired + store.pending;
-        Ok(QueueStats {
-            running: store.total.saturating_sub(finished),
-            completed: store.completed,
-            retrying: store.retrying,
-            pending: store.pending,
-            expired: store.expired,
-            total: store.total,
-            ..QueueStats::default()
-        })
+        let (mut stats, undecodable) = {
+            let store = self.store.lock();
+            let finished = store.completed + store.expired + store.pending;
+            let stats = QueueStats {
+                running: store.total.saturating_sub(finished),
+                completed: store.completed,
+                retrying: store.retrying,
+                pending: store.pending,
+                expired: store.expired,
+                total: store.total,
+                ..QueueStats::default()
+            };
+            (stats, store.undecodable)
+        };
+        if undecodable > 0 {
+            stats.annotate("undecodable", undecodable)?;
+        }
+        Ok(stats)
     }
 
     fn runner(&self) -> Option<Arc<dyn Runner>> {
@@ -742,8 +961,7 @@ impl Queue for LimitedSizeSerializableQueue {
         // The background tasks start once the runner has: a runner that cannot start leaves
         // the queue as it was, ready to start again.
         self.lifecycle.start_runner(&runner).await?;
-        let this = self.arc();
-        let as_queue: Arc<dyn Queue> = this.clone();
+        let as_queue: Arc<dyn Queue> = self.arc();
         self.dispatcher.start_heartbeat(Arc::downgrade(&as_queue));
         let timer = Self::run_timer(
             self.delayed.clone(),
@@ -780,12 +998,17 @@ impl Queue for LimitedSizeSerializableQueue {
 }
 
 #[async_trait]
-impl RetryableQueue for LimitedSizeSerializableQueue {
+impl RetryableQueue for Engine {
     fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
-        self.retry_handler.lock().clone()
+        Engine::retry_handler(self)
     }
 
     fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
+        // The queue starts its handler when it starts: a handler set later would never run,
+        // and jobs asking to retry would wait for it for ever.
+        if self.lifecycle.started() {
+            return Err(Error::AlreadyStarted("queue"));
+        }
         if self
             .retry_handler()
             .is_some_and(|current| current.started())
@@ -798,29 +1021,27 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
     }
 
     async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
-        let store = self.store.lock();
-        let key = storage_key(id, true, attempt);
-        let record = store
-            .records
-            .get(&key)
+        let record = self
+            .store
+            .lock()
+            .record(&storage_key(id, true, attempt))
             .ok_or_else(|| Error::job_not_found_because(id, format!("no attempt {attempt}")))?;
-        decode(record)
+        decode(&record)
     }
 
     async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
-        let store = self.store.lock();
-        let mut attempts = Vec::new();
-        let latest = store.latest.get(id).copied().unwrap_or(0);
-        // Attempts the queue no longer retains are skipped, not a reason to stop.
-        for attempt in 0..=latest {
-            if let Some(record) = store.records.get(&storage_key(id, true, attempt)) {
-                attempts.push(decode(record)?);
-            }
-        }
-        if attempts.is_empty() {
+        let records: Vec<Record> = {
+            let store = self.store.lock();
+            let latest = store.latest.get(id).copied().unwrap_or(0);
+            // Attempts the queue no longer retains are skipped, not a reason to stop.
+            (0..=latest)
+                .filter_map(|attempt| store.record(&storage_key(id, true, attempt)))
+                .collect()
+        };
+        if records.is_empty() {
             return Err(Error::job_not_found_because(id, "no retryable attempts"));
         }
-        Ok(attempts)
+        records.iter().map(|record| decode(record)).collect()
     }
 
     async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
@@ -831,6 +1052,12 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
             enqueue_scopes,
             wait_until,
         } = self.prepare(&to_put)?;
+        {
+            let mut meta = to_complete.base().metadata();
+            meta.retry_info.needs_retry = false;
+            meta.retry_info.end = Some(amboy_core::clock::now());
+        }
+        let completed_envelope = encode(to_complete)?;
         let woken = {
             let mut store = self.store.lock();
             self.check_lock(&store, &key, to_complete, amboy_core::clock::now())?;
@@ -852,15 +1079,8 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
             let woken =
                 self.scopes
                     .release_and_acquire(&key, &release, &put_key, &enqueue_scopes)?;
-            {
-                let mut meta = to_complete.base().metadata();
-                meta.retry_info.needs_retry = false;
-                meta.retry_info.end = Some(amboy_core::clock::now());
-            }
-            let completed = match self.complete_locked(&mut store, &key, to_complete, false) {
-                Ok(_) => Ok(()),
-                Err(error) => Err(error),
-            };
+            let completed =
+                self.complete_locked(&mut store, &key, to_complete, completed_envelope, false);
             if let Err(error) = completed {
                 // Put the scopes back as they were; jobs woken meanwhile go back in line, where
                 // they find the scopes taken again and wait beside them once more.
@@ -890,9 +1110,10 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
             meta.retry_info.end = Some(amboy_core::clock::now());
         }
         let key = key_of(job);
+        let envelope = encode(job)?;
         let scopes = {
             let mut store = self.store.lock();
-            self.complete_locked(&mut store, &key, job, false)?
+            self.complete_locked(&mut store, &key, job, envelope, false)?
         };
         // The enqueue scopes kept for the retry are free now.
         let mut release = scopes;
@@ -902,9 +1123,104 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
     }
 }
 
-impl Drop for LimitedSizeSerializableQueue {
+impl Drop for Engine {
+    /// An engine nobody holds any more stops its background tasks.
     fn drop(&mut self) {
         self.lifecycle.lifetime().cancel();
         self.line_tx.close();
+    }
+}
+
+#[async_trait]
+impl Queue for LimitedSizeSerializableQueue {
+    fn id(&self) -> &str {
+        &self.engine.id
+    }
+
+    async fn put(&self, job: JobRef) -> Result<()> {
+        self.engine.put_one(job).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        Queue::put_many(&*self.engine, jobs).await
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        Queue::get(&*self.engine, id).await
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        Queue::next(&*self.engine).await
+    }
+
+    fn info(&self) -> QueueInfo {
+        Queue::info(&*self.engine)
+    }
+
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        Queue::complete(&*self.engine, job).await
+    }
+
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        Queue::save(&*self.engine, job).await
+    }
+
+    async fn results(&self) -> JobStream {
+        Queue::results(&*self.engine).await
+    }
+
+    async fn job_info(&self) -> JobInfoStream {
+        Queue::job_info(&*self.engine).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        Queue::stats(&*self.engine).await
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.engine.lifecycle.runner()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        Queue::set_runner(&*self.engine, runner)
+    }
+
+    async fn start(&self) -> Result<()> {
+        Queue::start(&*self.engine).await
+    }
+
+    async fn close(&self) {
+        Queue::close(&*self.engine).await
+    }
+
+    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RetryableQueue for LimitedSizeSerializableQueue {
+    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
+        self.engine.retry_handler()
+    }
+
+    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
+        RetryableQueue::set_retry_handler(&*self.engine, handler)
+    }
+
+    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
+        RetryableQueue::get_attempt(&*self.engine, id, attempt).await
+    }
+
+    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
+        RetryableQueue::get_all_attempts(&*self.engine, id).await
+    }
+
+    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
+        RetryableQueue::complete_retrying_and_put(&*self.engine, to_complete, to_put).await
+    }
+
+    async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
+        RetryableQueue::complete_retrying(&*self.engine, job).await
     }
 }

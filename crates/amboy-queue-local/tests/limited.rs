@@ -148,6 +148,7 @@ async fn wait_job(queue: &LimitedSizeQueue, id: &str) -> bool {
         .await
         .unwrap_or_else(|_| panic!("job '{id}' did not complete"))
         .unwrap()
+        .is_completed()
 }
 
 async fn wait_all(queue: &LimitedSizeQueue) {
@@ -496,7 +497,8 @@ async fn capacity_one_runs_every_job() {
     queue.close().await;
 }
 
-/// Decision 3: a job past its `dispatch_by` is dropped and counted, and `wait` returns.
+/// Decision 3: a job past its `dispatch_by` is set aside and counted, and `wait` returns; the
+/// job stays visible as expired, and `wait_job` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_past_dispatch_by_is_dropped_and_counted_as_expired() {
     let key = "expired";
@@ -521,7 +523,18 @@ async fn job_past_dispatch_by_is_dropped_and_counted_as_expired() {
     assert!(stats.is_complete());
     assert_eq!(latch.runs_of("late"), 0, "an expired job never runs");
     assert_eq!(latch.runs_of("in-time"), 1);
-    assert!(queue.get("late").await.unwrap_err().is_job_not_found());
+    let late = queue.get("late").await.expect("retained");
+    assert!(late.status().expired && !late.status().completed);
+    assert_eq!(
+        amboy_core::wait_job(&*queue, "late").await.unwrap(),
+        amboy_core::JobOutcome::Expired
+    );
+    let error = queue
+        .complete(&late)
+        .await
+        .expect_err("an expired job is finished");
+    assert!(error.to_string().contains("expired"), "{error}");
+    assert_eq!(queue.stats().await.unwrap(), stats, "nothing counted twice");
     queue.close().await;
 }
 
@@ -694,7 +707,7 @@ async fn dispatch_locks_the_job_once() {
     assert!(status.modification_count > 0);
     assert!(status.modification_time.is_some_and(|t| t >= before));
     assert!(job.time_info().start.is_some_and(|t| t >= before));
-    assert!(dispatcher.is_dispatched("d-1"));
+    assert!(dispatcher.is_dispatched("d-1", 0));
     assert_eq!(dispatcher.len(), 1);
 
     let count = mod_count(&job);
@@ -715,7 +728,7 @@ async fn complete_records_the_end_and_stops_tracking() {
     let job = quick("dispatch", "c-1");
     dispatcher.dispatch(&job).unwrap();
     dispatcher.complete(&job);
-    assert!(!dispatcher.is_dispatched("c-1"));
+    assert!(!dispatcher.is_dispatched("c-1", 0));
     assert!(dispatcher.is_empty());
     let time = job.time_info();
     assert!(time.end.is_some() && time.end >= time.start);
@@ -741,7 +754,7 @@ async fn release_unlocks_the_job() {
     assert!(!status.in_progress);
     assert_eq!(status.owner, None);
     assert!(status.modification_count > count);
-    assert!(!dispatcher.is_dispatched("r-1"));
+    assert!(!dispatcher.is_dispatched("r-1", 0));
     dispatcher
         .dispatch(&job)
         .expect("a released job can be dispatched again");
@@ -817,21 +830,23 @@ async fn refresh_locks_refreshes_only_live_jobs() {
     queue.close().await;
 }
 
-/// A job whose save fails (it is not in the queue) is no longer ours: it stops being refreshed
-/// and records why.
+/// A job whose save is refused (it is not in the queue) lost its lock: it stops being
+/// refreshed, records why, and its run is interrupted.
 #[tokio::test]
 async fn refresh_failure_stops_tracking_and_records_the_error() {
     let queue = queue_without_workers(10).await;
     let dispatcher = dispatcher();
     let stranger = quick("refresh", "stranger");
     dispatcher.dispatch(&stranger).unwrap();
+    let run = stranger
+        .base()
+        .run_token(&tokio_util::sync::CancellationToken::new())
+        .expect("a tracked copy's run is watched");
     dispatcher.refresh_locks(&*queue).await;
-    assert!(!dispatcher.is_dispatched("stranger"));
+    assert!(!dispatcher.is_dispatched("stranger", 0));
     let error = stranger.error().expect("the failure is recorded");
-    assert!(
-        error.message().contains("could not refresh the lock"),
-        "{error}"
-    );
+    assert!(error.message().contains("lost the lock"), "{error}");
+    assert!(run.is_cancelled(), "the run is interrupted");
     queue.close().await;
 }
 

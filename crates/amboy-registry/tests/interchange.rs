@@ -345,6 +345,7 @@ prop_compose! {
         owner in prop::option::of("[a-z0-9.-]{1,20}"),
         completed in any::<bool>(),
         in_progress in any::<bool>(),
+        expired in any::<bool>(),
         modification_time in any_time(),
         modification_count in any::<u64>(),
         errors in prop::collection::vec(".{0,40}", 0..5),
@@ -357,6 +358,7 @@ prop_compose! {
             modification_count,
             error_count: errors.len(),
             errors,
+            expired,
         }
     }
 }

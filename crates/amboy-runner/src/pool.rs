@@ -55,8 +55,20 @@ struct State {
 
 #[derive(Debug)]
 struct Running {
+    /// Cancelled to stop taking jobs.
+    stop: CancellationToken,
+    /// Cancelled to stop the running jobs: every job's token descends from it.
     token: CancellationToken,
     workers: JoinSet<()>,
+}
+
+/// A worker's two tokens: one to stop taking jobs, one that its jobs' tokens descend from.
+/// Each worker has its own pair (children of the pool's), so that waiting on them never
+/// contends with the other workers.
+#[derive(Debug)]
+struct Tokens {
+    stop: CancellationToken,
+    jobs: CancellationToken,
 }
 
 impl Pool {
@@ -148,30 +160,53 @@ impl Pool {
             Source::One(queue)
         };
         let source = Arc::new(source);
+        let stop = CancellationToken::new();
         let token = CancellationToken::new();
         let mut workers = JoinSet::new();
         for _ in 0..self.size {
-            workers.spawn(worker(
-                source.clone(),
-                self.exec.clone(),
-                token.child_token(),
-            ));
+            let tokens = Tokens {
+                stop: stop.child_token(),
+                jobs: token.child_token(),
+            };
+            workers.spawn(worker(source.clone(), self.exec.clone(), tokens));
         }
-        state.running = Some(Running { token, workers });
+        state.running = Some(Running {
+            stop,
+            token,
+            workers,
+        });
         Ok(())
     }
 
+    /// Stops taking jobs, cancels the running ones and waits for the workers.
     pub(crate) async fn close(&self) {
+        self.stop(None).await;
+    }
+
+    /// Stops taking jobs, lets the running ones finish for up to `grace`, then cancels those
+    /// left and waits for the workers.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        self.stop(Some(grace)).await;
+    }
+
+    async fn stop(&self, grace: Option<Duration>) {
         let running = self.state.lock().running.take();
-        if let Some(mut running) = running {
-            // Every job's token is a child of the pool's: this cancels the running jobs too.
+        let Some(mut running) = running else {
+            return;
+        };
+        running.stop.cancel();
+        // Joined in a task of its own: should this call be dropped part-way, the workers still
+        // finish (completing their jobs) instead of being aborted mid-job.
+        let joined = tokio::spawn(async move {
+            if let Some(grace) = grace {
+                let finished = async { while running.workers.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(grace, finished).await;
+            }
+            // Every job's token descends from this one: what still runs is cancelled.
             running.token.cancel();
-            // Joined in a task of its own: should this call be dropped part-way, the workers
-            // still finish (completing their cancelled jobs) instead of being aborted mid-job.
-            let joined =
-                tokio::spawn(async move { while running.workers.join_next().await.is_some() {} });
-            let _ = joined.await;
-        }
+            while running.workers.join_next().await.is_some() {}
+        });
+        let _ = joined.await;
     }
 
     pub(crate) fn register(&self) -> &Register {
@@ -188,9 +223,9 @@ impl Pool {
 
 /// Takes jobs until the pool closes or its queues do. Jobs' panics are caught where they run;
 /// should the worker itself panic (a queue's bug), it starts over, so the pool keeps its size.
-async fn worker(source: Arc<Source>, exec: Arc<Exec>, token: CancellationToken) {
+async fn worker(source: Arc<Source>, exec: Arc<Exec>, tokens: Tokens) {
     loop {
-        let work = std::panic::AssertUnwindSafe(exec.work(&source, &token));
+        let work = std::panic::AssertUnwindSafe(exec.work(&source, &tokens));
         match work.catch_unwind().await {
             Ok(()) => return,
             Err(panic) => tracing::error!(
@@ -202,42 +237,42 @@ async fn worker(source: Arc<Source>, exec: Arc<Exec>, token: CancellationToken) 
 }
 
 impl Exec {
-    async fn work(&self, source: &Source, token: &CancellationToken) {
+    async fn work(&self, source: &Source, tokens: &Tokens) {
+        let Tokens { stop, jobs } = tokens;
         loop {
             // A throttled pool books its start before taking a job, so that jobs wait in the
             // queue, pending, rather than dispatched in a sleeping worker.
             let slot = match &self.pace {
                 Pace::Throttled(throttle) => {
                     let slot = throttle.reserve();
-                    if !sleep_until(slot, token).await {
+                    if !sleep_until(slot, stop).await {
                         return;
                     }
                     Some(slot)
                 }
                 _ => None,
             };
-            let Some((queue, job)) = source.next(token).await else {
+            let Some((queue, job)) = source.next(stop).await else {
                 return;
             };
             if let (Pace::Throttled(throttle), Some(slot)) = (&self.pace, slot)
                 && throttle.is_stale(slot)
             {
                 // The job came long after the slot: the pool was idle, and every worker holds
-                // an old slot. Book a new one, or they would all start at once.
-                // Should the pool close meanwhile, the job (already dispatched) goes on with a
-                // cancelled token: `execute_job` stops it and completes it as aborted.
-                sleep_until(throttle.reserve(), token).await;
+                // an old slot. Book a new one, or they would all start at once. Should the pool
+                // stop meanwhile, the job (already dispatched) runs at once.
+                sleep_until(throttle.reserve(), stop).await;
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            self.run(&**queue, &job, token).await;
+            self.run(&**queue, &job, jobs).await;
             // A worker finding jobs ready never waits; spend tokio's cooperative budget so that
             // it still lets the other tasks on its thread (producers among them) run.
             tokio::task::coop::consume_budget().await;
             match &self.pace {
                 Pace::Free => {}
                 Pace::After(interval) => {
-                    if !sleep_until(Instant::now() + *interval, token).await {
+                    if !sleep_until(Instant::now() + *interval, stop).await {
                         return;
                     }
                 }
@@ -263,7 +298,7 @@ impl Exec {
     }
 }
 
-/// Sleeps until `deadline`; false if the pool closed first.
+/// Sleeps until `deadline`; false if the pool stopped first.
 async fn sleep_until(deadline: Instant, token: &CancellationToken) -> bool {
     if deadline <= Instant::now() {
         return !token.is_cancelled();
@@ -287,7 +322,8 @@ enum Source {
 }
 
 impl Source {
-    /// The next job and its queue; `None` once the pool closes or every queue has.
+    /// The next job and its queue; `None` once the pool stops (`stop` is cancelled) or every
+    /// queue closed.
     async fn next(&self, token: &CancellationToken) -> Option<(&Arc<dyn Queue>, JobRef)> {
         match self {
             // The queue comes first: when it has a job ready, the pool's token is only read, not
@@ -513,6 +549,10 @@ macro_rules! runner_over_pool {
 
             async fn close(&self) {
                 self.pool.close().await
+            }
+
+            async fn shutdown(&self, grace: std::time::Duration) {
+                self.pool.shutdown(grace).await
             }
 
             $($extra)*

@@ -122,7 +122,11 @@ async fn wait_job(queue: &LimitedSizeQueue, id: &str) {
         .await
         .unwrap_or_else(|_| panic!("job '{id}' did not complete"))
         .unwrap();
-    assert!(found, "job '{id}' is retained");
+    assert_eq!(
+        found,
+        amboy_core::JobOutcome::Completed,
+        "job '{id}' is retained"
+    );
 }
 
 /// Puts `n` counting jobs, waits for them, and checks each ran exactly once without error.

@@ -22,12 +22,13 @@
 
 pub use amboy_core::{
     AbortableRunner, Base, DEFAULT_MAX_ATTEMPTS, Error, Job, JobContext, JobError, JobFailure,
-    JobInfo, JobInfoStream, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobStream,
-    JobTimeInfo, JobType, LOCK_TIMEOUT, Metadata, Queue, QueueGroup, QueueInfo, QueueOptions,
-    QueueReport, QueueStats, Result, RetryHandler, RetryHandlerOptions, RetryableQueue, RunOutcome,
-    Runner, WriteErrors, collate_write_errors, dependency, enqueue_many_unique, enqueue_unique,
-    execute, execute_job, populate_queue, report, resolve_errors, run_job, wait, wait_interval,
-    wait_interval_num, wait_job, wait_job_interval, with_retryable_queue,
+    JobInfo, JobInfoStream, JobOutcome, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo,
+    JobStream, JobTimeInfo, JobType, LOCK_TIMEOUT, Metadata, Queue, QueueGroup, QueueInfo,
+    QueueOptions, QueueReport, QueueStats, Result, RetryHandler, RetryHandlerOptions,
+    RetryableQueue, RunOutcome, Runner, WriteErrors, collate_write_errors, dependency,
+    enqueue_many_unique, enqueue_unique, execute, execute_job, populate_queue, report,
+    resolve_errors, run_job, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval,
+    with_retryable_queue,
 };
 pub use amboy_core::{
     GroupQueueCheck, GroupQueueOperation, PeriodicHandle, QueueOperation, QueueOperationConfig,

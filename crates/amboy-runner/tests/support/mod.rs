@@ -208,7 +208,11 @@ pub(crate) async fn wait_job(queue: &LimitedSizeQueue, id: &str) {
         .await
         .unwrap_or_else(|_| panic!("job '{id}' did not complete"))
         .unwrap();
-    assert!(found, "job '{id}' is retained");
+    assert_eq!(
+        found,
+        amboy_core::JobOutcome::Completed,
+        "job '{id}' is retained"
+    );
 }
 
 /// Checks each job ran exactly once and completed without error.
