@@ -67,7 +67,7 @@ fn limited_options(builds: &str) -> LocalGroupQueueOptions {
     let builds = counter(builds);
     LocalGroupQueueOptions::new(move || {
         builds.fetch_add(1, Ordering::SeqCst);
-        async { Ok(amboy::new_local_limited_size(1, 64) as Arc<dyn Queue>) }.boxed()
+        amboy::new_local_limited_size(1, 64)
     })
 }
 
@@ -77,7 +77,7 @@ fn serializable_options(builds: &str) -> LocalGroupQueueOptions {
     let builds = counter(builds);
     LocalGroupQueueOptions::new(move || {
         builds.fetch_add(1, Ordering::SeqCst);
-        async { Ok(amboy::new_local_limited_size_serializable(2, 64) as Arc<dyn Queue>) }.boxed()
+        amboy::new_local_limited_size_serializable(2, 64)
     })
 }
 
@@ -879,4 +879,126 @@ async fn group_close_closes_every_queue() {
         other => panic!("get after close must fail as closed: {other:?}"),
     }
     assert_eq!(builds("group-close-builds"), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pruning racing `get` (issue 6, defect 5)
+// ---------------------------------------------------------------------------------------------
+
+/// A queue whose first `stats` (the prune judging it) fetches it from its cache and puts a job
+/// before answering with the stats it read before the put: exactly the interleaving of a `get`
+/// and `put` landing while a prune judges the queue.
+struct Racing {
+    inner: Arc<dyn Queue>,
+    cache: Mutex<std::sync::Weak<GroupCache>>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Queue for Racing {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    async fn put(&self, job: JobRef) -> amboy::Result<()> {
+        self.inner.put(job).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> amboy::Result<()> {
+        self.inner.put_many(jobs).await
+    }
+
+    async fn get(&self, id: &str) -> amboy::Result<JobRef> {
+        self.inner.get(id).await
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        self.inner.next().await
+    }
+
+    fn info(&self) -> amboy::QueueInfo {
+        self.inner.info()
+    }
+
+    async fn complete(&self, job: &JobRef) -> amboy::Result<()> {
+        self.inner.complete(job).await
+    }
+
+    async fn save(&self, job: &JobRef) -> amboy::Result<()> {
+        self.inner.save(job).await
+    }
+
+    async fn results(&self) -> amboy::JobStream {
+        self.inner.results().await
+    }
+
+    async fn job_info(&self) -> amboy::JobInfoStream {
+        self.inner.job_info().await
+    }
+
+    async fn stats(&self) -> amboy::Result<QueueStats> {
+        let stats = self.inner.stats().await?;
+        let cache = self.cache.lock().unwrap().upgrade();
+        if !self.raced.swap(true, Ordering::SeqCst)
+            && let Some(cache) = cache
+        {
+            let fetched = cache.get("racing").expect("still cached while judged");
+            fetched
+                .put(Noop::new("put-while-judged"))
+                .await
+                .expect("the queue is open");
+        }
+        Ok(stats)
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.inner.runner()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> amboy::Result<()> {
+        self.inner.set_runner(runner)
+    }
+
+    async fn start(&self) -> amboy::Result<()> {
+        self.inner.start().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// Prune used to pick the expired queues, let go of the cache's lock, read their stats and
+/// close the complete ones without looking at their last access again: a `get` and `put` in
+/// that gap went into a queue about to be closed, and the job was lost. A queue fetched while
+/// it is judged is kept now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_prune_keeps_a_queue_fetched_while_it_was_judged() {
+    let cache = Arc::new(GroupCache::new(Duration::ZERO));
+    let inner: Arc<dyn Queue> = amboy::new_local_limited_size(1, 8);
+    inner.start().await.unwrap();
+    let racing = Arc::new(Racing {
+        inner,
+        cache: Mutex::new(Arc::downgrade(&cache)),
+        raced: Default::default(),
+    });
+    cache.set("racing", racing.clone(), Duration::ZERO).unwrap();
+
+    cache.prune().await.expect("prune");
+    assert_eq!(
+        cache.names(),
+        ["racing"],
+        "the queue fetched meanwhile stays"
+    );
+    assert!(racing.info().started);
+    let outcome = timeout(PROMPTLY, amboy::wait_job(&*racing, "put-while-judged"))
+        .await
+        .expect("the job put meanwhile runs")
+        .unwrap();
+    assert_eq!(outcome, amboy::JobOutcome::Completed);
+
+    // Untouched and complete, the next prune takes it.
+    cache.prune().await.expect("prune");
+    assert!(cache.is_empty());
+    assert_closed(&(racing as Arc<dyn Queue>), "pruned queue").await;
 }

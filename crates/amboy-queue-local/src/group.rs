@@ -34,6 +34,8 @@ struct Item {
     queue: Arc<dyn Queue>,
     ttl: Duration,
     last_access: Instant,
+    /// How many times the queue was fetched: tells a fetch apart even at the same instant.
+    accesses: u64,
 }
 
 impl fmt::Debug for GroupCache {
@@ -76,6 +78,7 @@ impl GroupCache {
                 queue,
                 ttl,
                 last_access: Instant::now(),
+                accesses: 0,
             },
         );
         Ok(())
@@ -86,6 +89,7 @@ impl GroupCache {
         let mut items = self.items.lock();
         let item = items.get_mut(id)?;
         item.last_access = Instant::now();
+        item.accesses += 1;
         Some(item.queue.clone())
     }
 
@@ -107,56 +111,80 @@ impl GroupCache {
     }
 
     /// Closes and forgets the queue cached as `id`; a queue with unfinished jobs is an error.
-    /// An unknown `id` is not.
+    /// An unknown `id` is not. The queue is forgotten only if nobody fetched it with
+    /// [`get`](Self::get) since it was found complete, as for [`prune`](Self::prune).
     pub async fn remove(&self, id: &str) -> Result<()> {
-        let Some(queue) = self.items.lock().get(id).map(|item| item.queue.clone()) else {
+        let Some((queue, accessed)) = self
+            .items
+            .lock()
+            .get(id)
+            .map(|item| (item.queue.clone(), item.accesses))
+        else {
             return Ok(());
         };
-        if !queue.stats().await?.is_complete() {
+        if !queue.stats().await?.is_complete() || !self.take_if_untouched(id, &queue, accessed) {
             return Err(Error::invalid(format!("cannot delete active queue '{id}'")));
         }
         queue.close().await;
-        self.items.lock().remove(id);
         Ok(())
     }
 
+    /// Forgets the queue cached as `id` if it is still `queue` and nobody fetched it since it
+    /// had been fetched `accesses` times; returns whether it did. Decided under the cache's lock, where `get` records
+    /// its access: a queue fetched while it was judged is kept, and a queue forgotten here can
+    /// no longer be fetched.
+    fn take_if_untouched(&self, id: &str, queue: &Arc<dyn Queue>, accesses: u64) -> bool {
+        let mut items = self.items.lock();
+        let untouched = items
+            .get(id)
+            .is_some_and(|item| Arc::ptr_eq(&item.queue, queue) && item.accesses == accesses);
+        if untouched {
+            items.remove(id);
+        }
+        untouched
+    }
+
     /// Closes and forgets every queue that is complete and idle past its time to live.
+    ///
+    /// A queue fetched with [`get`](Self::get) while it is judged is kept: whether it is
+    /// complete and whether it was fetched since are decided together, under the cache's lock,
+    /// and a queue is closed only once forgotten, so a job put through `get` is never put into
+    /// a pruned queue. (A handle fetched before the queue's time to live ran out and kept
+    /// meanwhile still reaches the queue: its puts fail with a closed-queue error once it is
+    /// pruned.)
     pub async fn prune(&self) -> Result<()> {
         let now = Instant::now();
-        let candidates: Vec<(String, Arc<dyn Queue>)> = self
+        let candidates: Vec<(String, Arc<dyn Queue>, u64)> = self
             .items
             .lock()
             .iter()
             .filter(|(_, item)| {
                 item.ttl.is_zero() || now.duration_since(item.last_access) > item.ttl
             })
-            .map(|(id, item)| (id.clone(), item.queue.clone()))
+            .map(|(id, item)| (id.clone(), item.queue.clone(), item.accesses))
             .collect();
         let mut errors = Vec::new();
-        let pruned = join_all(candidates.into_iter().map(|(id, queue)| async move {
-            match queue.stats().await {
-                Ok(stats) if stats.is_complete() => {
-                    queue.close().await;
-                    Some(Ok((id, queue)))
-                }
-                Ok(_) => None,
-                Err(error) => Some(Err(error)),
-            }
-        }))
+        let pruned = join_all(
+            candidates
+                .into_iter()
+                .map(|(id, queue, accessed)| async move {
+                    match queue.stats().await {
+                        Ok(stats) if stats.is_complete() => {
+                            if !self.take_if_untouched(&id, &queue, accessed) {
+                                return None;
+                            }
+                            queue.close().await;
+                            Some(Ok(id))
+                        }
+                        Ok(_) => None,
+                        Err(error) => Some(Err(error)),
+                    }
+                }),
+        )
         .await;
         for outcome in pruned.into_iter().flatten() {
             match outcome {
-                Ok((id, queue)) => {
-                    // Forget the queue that was closed, not one set under its name meanwhile.
-                    {
-                        let mut items = self.items.lock();
-                        if items
-                            .get(&id)
-                            .is_some_and(|item| Arc::ptr_eq(&item.queue, &queue))
-                        {
-                            items.remove(&id);
-                        }
-                    }
+                Ok(id) => {
                     if let Some(hook) = &self.hook
                         && let Err(error) = hook(id).await
                     {
@@ -186,19 +214,44 @@ pub type QueueConstructor =
     Arc<dyn Fn() -> BoxFuture<'static, Result<Arc<dyn Queue>>> + Send + Sync>;
 
 /// Builds a queue of a [`LocalQueueGroup`] (amboy's `LocalQueueOptions`).
+///
+/// ```
+/// use amboy_queue_local::{LimitedSizeQueue, LocalGroupQueueOptions};
+///
+/// // Each queue of the group: a limited-size queue (its runner set before it is used).
+/// let options = LocalGroupQueueOptions::new(|| LimitedSizeQueue::new(100));
+/// # let _ = options;
+/// ```
 #[derive(Clone)]
 pub struct LocalGroupQueueOptions {
     constructor: QueueConstructor,
 }
 
 impl LocalGroupQueueOptions {
-    /// Options building queues with `constructor`: a queue with its runner, not started.
-    pub fn new<F>(constructor: F) -> Self
+    /// Options building each queue with `constructor`: a queue with its runner, not started
+    /// (the group starts it). For a constructor that must wait or may fail, see
+    /// [`with_async`](Self::with_async).
+    pub fn new<Q, F>(constructor: F) -> Self
     where
-        F: Fn() -> BoxFuture<'static, Result<Arc<dyn Queue>>> + Send + Sync + 'static,
+        Q: Queue,
+        F: Fn() -> Arc<Q> + Send + Sync + 'static,
     {
         LocalGroupQueueOptions {
-            constructor: Arc::new(constructor),
+            constructor: Arc::new(move || {
+                let queue: Arc<dyn Queue> = constructor();
+                Box::pin(std::future::ready(Ok(queue)))
+            }),
+        }
+    }
+
+    /// Options building each queue with an asynchronous constructor that may fail.
+    pub fn with_async<F, Fut>(constructor: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Arc<dyn Queue>>> + Send + 'static,
+    {
+        LocalGroupQueueOptions {
+            constructor: Arc::new(move || Box::pin(constructor())),
         }
     }
 }

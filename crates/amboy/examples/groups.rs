@@ -36,9 +36,7 @@ impl Job for Invoice {
 async fn main() -> amboy::Result<()> {
     let group = LocalQueueGroup::new(LocalQueueGroupOptions {
         // How each tenant's queue is built: 2 workers, room for 100 pending jobs.
-        default_queue: LocalGroupQueueOptions::new(|| {
-            Box::pin(async { Ok(amboy::new_local_limited_size(2, 100) as Arc<dyn Queue>) })
-        }),
+        default_queue: LocalGroupQueueOptions::new(|| amboy::new_local_limited_size(2, 100)),
         // Queues idle and complete for a minute are closed and forgotten.
         ttl: Duration::from_secs(60),
     })?;
