@@ -22,9 +22,9 @@ pub struct QueueCase {
     pub name: &'static str,
     /// Builds a queue (no runner, not started) for a runner of `size` workers.
     pub build: fn(size: usize) -> Arc<dyn Queue>,
-    /// Whether `save` refuses a job whose lock another owner changed (stored copies do; queues
-    /// holding the live job have nothing to compare).
-    pub save_checks_lock: bool,
+    /// Whether the queue stores copies of its jobs, guarded by amboy's optimistic lock (only
+    /// such a queue can refuse a save, so only it runs the save-locking scenario).
+    pub stores_copies: bool,
     /// Whether the queue retries jobs (a `RetryableQueue` with a retry handler).
     pub retryable: bool,
 }
@@ -53,7 +53,7 @@ pub enum Workers {
 pub const LIMITED_SIZE: QueueCase = QueueCase {
     name: "limited_size",
     build: |size| LimitedSizeQueue::new(1024 * size),
-    save_checks_lock: false,
+    stores_copies: false,
     retryable: false,
 };
 
@@ -69,7 +69,7 @@ pub const LIMITED_SIZE_SERIALIZABLE: QueueCase = QueueCase {
             .expect("a new queue takes a handler");
         queue
     },
-    save_checks_lock: true,
+    stores_copies: true,
     retryable: true,
 };
 
@@ -77,7 +77,7 @@ pub const LIMITED_SIZE_SERIALIZABLE: QueueCase = QueueCase {
 pub const PRIORITY: QueueCase = QueueCase {
     name: "priority",
     build: |size| PriorityQueue::new(1024 * size),
-    save_checks_lock: false,
+    stores_copies: false,
     retryable: false,
 };
 
@@ -85,7 +85,7 @@ pub const PRIORITY: QueueCase = QueueCase {
 pub const SHUFFLED: QueueCase = QueueCase {
     name: "shuffled",
     build: |size| ShuffledQueue::new(1024 * size),
-    save_checks_lock: false,
+    stores_copies: false,
     retryable: false,
 };
 
@@ -93,7 +93,7 @@ pub const SHUFFLED: QueueCase = QueueCase {
 pub const DEPENDENCY_ORDERED: QueueCase = QueueCase {
     name: "dependency_ordered",
     build: |size| DependencyOrderedQueue::new(1024 * size),
-    save_checks_lock: false,
+    stores_copies: false,
     retryable: false,
 };
 
@@ -101,7 +101,7 @@ pub const DEPENDENCY_ORDERED: QueueCase = QueueCase {
 pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
     name: "adaptive_ordering",
     build: |size| AdaptiveOrderingQueue::new(1024 * size),
-    save_checks_lock: false,
+    stores_copies: false,
     retryable: false,
 };
 

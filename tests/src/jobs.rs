@@ -213,3 +213,57 @@ impl Job for RetryOnce {
         Ok(())
     }
 }
+
+static INSIDE: LazyLock<DashMap<String, Arc<(AtomicUsize, AtomicUsize)>>> =
+    LazyLock::new(DashMap::new);
+
+fn inside(key: &str) -> Arc<(AtomicUsize, AtomicUsize)> {
+    INSIDE.entry(key.to_owned()).or_default().clone()
+}
+
+/// The most jobs of `key` that ran at once (see [`Exclusive`]).
+pub fn most_at_once(key: &str) -> usize {
+    inside(key).1.load(Ordering::SeqCst)
+}
+
+/// Counts how many jobs of its key run at once, then waits for the gate of its key and counts
+/// its run in the counter of its key: jobs sharing a scope use it to observe, on their own,
+/// that they never run together.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Exclusive {
+    /// Metadata.
+    pub base: Base,
+    /// The key of its gate, counter, and count of jobs inside.
+    pub key: String,
+}
+
+/// Leaves the count of jobs inside when the run ends, however it ends.
+struct Leaving(Arc<(AtomicUsize, AtomicUsize)>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[typetag::serde(name = "conformance-exclusive")]
+#[async_trait::async_trait]
+impl Job for Exclusive {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        let counts = inside(&self.key);
+        let now = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.1.fetch_max(now, Ordering::SeqCst);
+        let _leaving = Leaving(counts);
+        let gate = gate(&self.key);
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| JobError::new("gate closed"))?;
+        counter(&self.key).fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}

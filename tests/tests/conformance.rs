@@ -7,7 +7,7 @@ use amboy_tests::cases::{
 use amboy_tests::scenarios::{Scenario, run};
 
 /// One test per scenario for a (queue, runner, size). The first marker is `[retry]` for
-/// retryable queues; the second is `[one]` for runners with a single worker, which cannot show
+/// retryable queues (which store copies, so they also run the save-locking scenario); the second is `[one]` for runners with a single worker, which cannot show
 /// scoped jobs waiting while free ones run.
 macro_rules! scenarios {
     (@each $queue:expr, $runner:expr, $size:expr; $($test:ident => $scenario:ident),*) => {
@@ -21,13 +21,13 @@ macro_rules! scenarios {
     (@retry $queue:expr, $runner:expr, $size:expr) => {
         scenarios!(@each $queue, $runner, $size;
             retry_once => RetryOnce, retry_scoped_all => RetryScopedAll,
-            retry_scoped_subset => RetryScopedSubset, retry_stale => RetryStale);
+            retry_scoped_subset => RetryScopedSubset, retry_stale => RetryStale,
+            save_locking_check => SaveLockingCheck);
     };
     (@base $queue:expr, $runner:expr, $size:expr) => {
         scenarios!(@each $queue, $runner, $size;
             basic => Basic, wait_until => WaitUntil, dispatch_by => DispatchBy, max_time => MaxTime,
-            one_execution => OneExecution, enqueue_scopes => EnqueueScopes,
-            save_locking_check => SaveLockingCheck);
+            one_execution => OneExecution, enqueue_scopes => EnqueueScopes);
     };
     ([] [] $queue:expr, $runner:expr, $size:expr) => {
         scenarios!(@base $queue, $runner, $size);

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use amboy::prelude::*;
 use amboy::registry::{JobInterchange, decode_job, encode_job};
 use amboy::{Base, JobRef};
 use amboy_tests::cases::{self, LIMITED_SIZE, LOCAL_WORKERS};
@@ -87,7 +88,8 @@ async fn panicking_job_completes_with_its_panic_and_the_pool_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_blocked_by_a_scope_runs_as_soon_as_the_scope_is_released() {
-    let queue = cases::start(LIMITED_SIZE, LOCAL_WORKERS, 2).await.unwrap();
+    let queue = amboy::new_local_limited_size(2, 16);
+    queue.start().await.unwrap();
     let holder: JobRef = Gated::new(
         Base::with_id("e2e-scope-holder").with_scopes(["e2e-scope"]),
         "e2e-scope-gate",
@@ -106,8 +108,15 @@ async fn job_blocked_by_a_scope_runs_as_soon_as_the_scope_is_released() {
         counter: "e2e-scope-waiter".into(),
     });
     queue.put(waiter.clone()).await.unwrap();
-    // The second worker is free, but the scope is not: the waiter stays pending, unlocked.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second worker is free, but the scope is not: the waiter is parked beside the scope,
+    // pending and unlocked, until the scope is released.
+    timeout(PROMPTLY, async {
+        while queue.footprint().parked == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the waiter is parked beside the scope");
     let status = waiter.status();
     assert!(!status.in_progress && !status.completed, "{status:?}");
     assert_eq!(

@@ -219,7 +219,6 @@ async fn serializable_save_keeps_the_queue_state_of_the_record() {
     let stale = queue.get("zz-p").await.unwrap();
     let current = queue.get("zz-p").await.unwrap();
     queue.complete(&current).await.unwrap();
-    eprintln!("after complete: {}", queue.stats().await.unwrap());
     tokio::time::sleep(Duration::from_millis(60)).await;
     queue.save(&stale).await.unwrap();
     let stats = queue.stats().await.unwrap();

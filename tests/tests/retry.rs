@@ -1145,3 +1145,128 @@ async fn job_without_a_maximum_gets_the_default_number_of_attempts() {
     runs_until_success_or_last_attempt(4, 0).await;
     runs_until_success_or_last_attempt(20, 0).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hand-off to the retry handler (issue 6, defect 8)
+// ---------------------------------------------------------------------------------------------
+
+/// Waits for the gate named `gate`, then fails asking to retry.
+#[derive(Debug, Serialize, Deserialize)]
+struct GatedRetry {
+    base: Base,
+    gate: String,
+}
+
+#[typetag::serde(name = "retry-test-gated-retry")]
+#[async_trait::async_trait]
+impl Job for GatedRetry {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        let gate = amboy_tests::jobs::gate(&self.gate);
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| JobError::new("gate closed"))?;
+        Err(JobError::retryable("asks to retry"))
+    }
+}
+
+/// A handler set after the queue started was accepted and never started: jobs asking to retry
+/// waited for it for ever. It is refused now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_handler_set_after_start_is_refused() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue
+        .set_runner(amboy::runner::LocalWorkers::new(1))
+        .unwrap();
+    queue.start().await.unwrap();
+    let handler = BasicRetryHandler::new(RetryHandlerOptions::default()).unwrap();
+    let error = queue
+        .set_retry_handler(handler.clone())
+        .expect_err("too late");
+    assert!(
+        matches!(error, amboy::Error::AlreadyStarted("queue")),
+        "{error}"
+    );
+    assert!(queue.retry_handler().is_none() && !handler.started());
+    queue.close().await;
+}
+
+/// Workers used to await the handler's `put` on its bounded buffer: a full handler held a
+/// worker for as long as it stayed full, and `close` waited for that worker. Now a full
+/// handler does not take the job (it stays retrying in its queue for the stale-retrying
+/// monitor), the worker moves on, and closing never waits on the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_retry_handler_holds_up_neither_workers_nor_close() {
+    const GATE: &str = "full-handler";
+    let queue = LimitedSizeSerializableQueue::new(3);
+    let pool = amboy::runner::AbortablePool::new(3);
+    queue.set_runner(pool.clone()).unwrap();
+    // Room for one job; a retry that fails waits an hour before it is tried again.
+    let handler = BasicRetryHandler::new(RetryHandlerOptions {
+        max_capacity: 1,
+        retry_backoff: Duration::from_secs(3600),
+        max_retry_time: Duration::from_secs(7200),
+        ..RetryHandlerOptions::default()
+    })
+    .unwrap();
+    queue.set_retry_handler(handler.clone()).unwrap();
+    queue.start().await.unwrap();
+    for n in 0..3 {
+        let job = GatedRetry {
+            base: Base::with_id(format!("full-{n}")).with_retryable(true),
+            gate: GATE.to_owned(),
+        };
+        queue.put(Arc::new(job)).await.unwrap();
+    }
+    timeout(PROMPTLY, async {
+        while pool.running_jobs().len() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the three jobs run");
+    // The queue is full of jobs for later: every next attempt is refused (queue full), so the
+    // handler's worker waits out its back-off with the first job, its buffer holds the second,
+    // and it has no room for the third.
+    let later = Utc::now() + TimeDelta::hours(1);
+    for n in 0..3 {
+        queue
+            .put(plain(
+                Base::with_id(format!("later-{n}")).with_wait_until(later),
+            ))
+            .await
+            .unwrap();
+    }
+    amboy_tests::jobs::open_gate(GATE);
+    timeout(PROMPTLY, async {
+        while !pool.running_jobs().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("no worker waits on the full handler");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.retrying, 3, "{stats}");
+    timeout(PROMPTLY, queue.close())
+        .await
+        .expect("closing does not wait on the handler");
+}
+
+#[tokio::test]
+async fn a_basic_handler_takes_a_job_without_waiting_or_says_it_is_full() {
+    let handler = BasicRetryHandler::new(RetryHandlerOptions {
+        max_capacity: 1,
+        ..RetryHandlerOptions::default()
+    })
+    .unwrap();
+    assert!(matches!(handler.try_put(&retryable("a", 0)), Some(Ok(()))));
+    match handler.try_put(&retryable("b", 0)) {
+        Some(Err(amboy::Error::QueueFull { id })) => assert_eq!(id, "b"),
+        other => panic!("a full handler says so: {other:?}"),
+    }
+    assert_eq!(handler.pending(), 1);
+}

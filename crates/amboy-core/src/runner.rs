@@ -72,8 +72,19 @@ pub trait RetryHandler: Send + Sync + 'static {
     /// Whether the handler is started.
     fn started(&self) -> bool;
 
-    /// Hands over a completed job that asked to retry.
+    /// Hands over a completed job that asked to retry, waiting for room if the handler's buffer
+    /// is full.
     async fn put(&self, job: JobRef) -> Result<()>;
+
+    /// Hands over a job without waiting, if the handler can tell: `Some(Ok(()))` if it took
+    /// the job, `Some(Err(_))` if it cannot now (its buffer is full, say). Runners call this
+    /// first, so that a full handler never holds up a worker; a job not taken stays retrying
+    /// in its queue, whose stale-retrying monitor hands it over later. `None`, the default,
+    /// means the caller must call [`put`](RetryHandler::put).
+    fn try_put(&self, job: &JobRef) -> Option<Result<()>> {
+        let _ = job;
+        None
+    }
 
     /// Aborts retries in progress and waits for the workers; the handler can start again.
     async fn close(&self);
@@ -181,9 +192,9 @@ pub async fn execute_job(
 }
 
 /// Hands a job asking to retry to its queue's retry handler. A handler that is not running, or
-/// whose buffer stays full until the runner closes, does not get the job: it stays retrying in
-/// its queue, whose stale-retrying monitor hands it over later. The worker never waits on a
-/// handler that cannot take the job.
+/// full ([`RetryHandler::try_put`]), does not get the job: it stays retrying in its queue,
+/// whose stale-retrying monitor hands it over later. A handler that cannot tell whether it has
+/// room is waited for until the runner closes.
 async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef, cancel: &CancellationToken) {
     let Some(retryable) = queue.as_retryable() else {
         return;
@@ -197,6 +208,14 @@ async fn hand_to_retry_handler(queue: &dyn Queue, job: &JobRef, cancel: &Cancell
             "the queue's retry handler is not running; the job stays retrying in its queue"
         );
         return;
+    }
+    match handler.try_put(job) {
+        Some(Ok(())) => return,
+        Some(Err(error)) => {
+            tracing::warn!(error = %error, "the retry handler cannot take the job now; it stays retrying in its queue");
+            return;
+        }
+        None => {}
     }
     tokio::select! {
         biased;

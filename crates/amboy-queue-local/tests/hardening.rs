@@ -256,6 +256,9 @@ async fn a_copy_of_a_running_job_cannot_complete_it() {
 // Defect 4: the dispatcher's heartbeat, by attempt
 // ---------------------------------------------------------------------------------------------
 
+/// How a scripted store answers a save.
+type Answer = Box<dyn Fn(&JobRef) -> amboy_core::Result<()> + Send + Sync>;
+
 /// A store whose `save` is scripted by the test.
 struct Store {
     saves: Mutex<Vec<String>>,
@@ -263,7 +266,7 @@ struct Store {
     first_entered: Notify,
     first_release: Notify,
     holds_first: bool,
-    answer: Box<dyn Fn(&JobRef) -> amboy_core::Result<()> + Send + Sync>,
+    answer: Answer,
 }
 
 impl Store {

@@ -191,6 +191,16 @@ impl RetryHandler for BasicRetryHandler {
         self.state.lock().running.is_some()
     }
 
+    fn try_put(&self, job: &JobRef) -> Option<Result<()>> {
+        Some(match self.sender.try_send(job.clone()) {
+            Ok(()) => Ok(()),
+            Err(async_channel::TrySendError::Full(_)) => Err(Error::QueueFull {
+                id: job.id().to_owned(),
+            }),
+            Err(async_channel::TrySendError::Closed(_)) => Err(Error::Closed("retry handler")),
+        })
+    }
+
     async fn put(&self, job: JobRef) -> Result<()> {
         tracing::debug!(
             amboy.job.id = job.id(),

@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use amboy::chrono::Utc;
 use amboy::prelude::*;
 use amboy::{Base, JobContext, JobError, JobRef, QueueOperationConfig, typetag};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]

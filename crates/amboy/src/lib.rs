@@ -40,6 +40,15 @@ pub use amboy_core::{
 /// [`Job`] carry it.
 pub use async_trait::async_trait;
 
+/// Dates and times, as jobs' timing uses them (`with_wait_until`, `with_dispatch_by`,
+/// [`JobTimeInfo`]): the `chrono` crate, so that applications need not depend on it themselves.
+pub use chrono;
+
+/// Streams and futures, as [`Queue::results`] and [`Queue::job_info`] return them: the
+/// `futures` crate. `use amboy::prelude::*;` brings the stream adapters (`StreamExt`,
+/// `TryStreamExt`) into scope.
+pub use futures;
+
 /// The registration attribute of job types: `#[typetag::serde(name = "...")]` on `impl Job`.
 /// Bring it into scope with `use amboy::typetag;` (its expansion names `typetag`).
 pub use typetag;
@@ -144,9 +153,23 @@ pub fn new_local_limited_size_serializable(
     queue
 }
 
-/// The traits, for `use amboy::prelude::*;`.
+/// The traits, for `use amboy::prelude::*;`: amboy's, and the stream adapters that read
+/// [`Queue::results`] and [`Queue::job_info`] (imported anonymously, so they clash with nothing).
+///
+/// ```
+/// use amboy::prelude::*;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue = amboy::new_local_limited_size(2, 16);
+/// queue.start().await?;
+/// let finished: Vec<amboy::JobRef> = queue.results().await.try_collect().await?;
+/// assert!(finished.is_empty());
+/// queue.close().await;
+/// # Ok(()) }
+/// ```
 pub mod prelude {
     pub use amboy_core::{
         AbortableRunner, Job, Queue, QueueGroup, QueueOptions, RetryHandler, RetryableQueue, Runner,
     };
+    pub use futures::{StreamExt as _, TryStreamExt as _};
 }
