@@ -299,10 +299,12 @@ pub struct JobInfo {
 impl JobInfo {
     /// The info of `job` as it is now.
     pub fn new(job: &dyn crate::Job) -> Self {
+        // Before taking the metadata lock: `version` is the user's and may read the metadata.
+        let job_type = job.job_type();
         let meta = job.base().metadata();
         JobInfo {
             id: job.id().to_owned(),
-            job_type: job.job_type(),
+            job_type,
             status: meta.status.clone(),
             time: meta.time_info.clone(),
             retry: meta.retry_info.clone(),
@@ -508,6 +510,50 @@ mod tests {
         assert_eq!(back, retry);
         let no_owner: JobStatusInfo = serde_json::from_str(r#"{"owner": ""}"#).unwrap();
         assert_eq!(no_owner.owner, None);
+    }
+
+    /// A job whose version is read from its own metadata.
+    #[derive(Serialize, Deserialize)]
+    struct VersionFromMetadata {
+        base: crate::Base,
+    }
+
+    #[typetag::serde(name = "amboy-core-test-version-from-metadata")]
+    #[async_trait::async_trait]
+    impl crate::Job for VersionFromMetadata {
+        fn base(&self) -> &crate::Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &crate::JobContext) -> Result<(), crate::JobError> {
+            Ok(())
+        }
+
+        fn version(&self) -> i32 {
+            i32::try_from(self.base.status().modification_count).unwrap_or(-1)
+        }
+    }
+
+    #[test]
+    fn job_info_of_a_job_whose_version_reads_its_metadata() {
+        let job = VersionFromMetadata {
+            base: crate::Base::with_id("self-reading"),
+        };
+        job.base.metadata().status.modification_count = 3;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        // On a thread, so that a deadlock fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let _ = sender.send(JobInfo::new(&job));
+        });
+        let info = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("JobInfo::new deadlocked on the job's metadata lock");
+        assert_eq!(info.id, "self-reading");
+        assert_eq!(
+            info.job_type,
+            JobType::new("amboy-core-test-version-from-metadata", 3)
+        );
+        assert_eq!(info.status.modification_count, 3);
     }
 
     #[test]
