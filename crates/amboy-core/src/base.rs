@@ -1,7 +1,7 @@
 //! [`Base`]: the metadata every job embeds (amboy's `job.Base`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use amboy_dependency::{Always, Manager};
@@ -10,7 +10,9 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo};
+use crate::{
+    Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo, JobType,
+};
 
 /// The metadata every job embeds: identity, status, timing, retry information, scopes,
 /// priority and dependency, with amboy's rules for changing them.
@@ -19,7 +21,8 @@ use crate::{Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo
 /// with a lock and every method takes `&self`; the ID alone is fixed once the job is shared.
 /// Builder methods (`with_…`) configure a job before it is enqueued.
 ///
-/// Serialized, a `Base` carries only the ID (as `name`) and the required scopes (as
+/// Serialized, a `Base` carries the ID (as `name`), the job's type (as `job_type`, once known:
+/// see [`record_job_type`](Base::record_job_type)) and the required scopes (as
 /// `required_scopes`), as amboy's does: a queue stores the rest beside the job.
 ///
 /// ```
@@ -37,6 +40,8 @@ use crate::{Error, JobError, JobId, JobRetryInfo, JobRetryOptions, JobStatusInfo
 pub struct Base {
     id: JobId,
     meta: Mutex<Metadata>,
+    /// The `job_type` of the serialized form: read when decoded, or recorded by the encoder.
+    job_type: OnceLock<JobType>,
 }
 
 /// The mutable part of a job's [`Base`], read and written under its lock.
@@ -167,6 +172,7 @@ impl Base {
         Base {
             id: JobId::new(id.as_ref()),
             meta: Mutex::new(Metadata::default()),
+            job_type: OnceLock::new(),
         }
     }
 
@@ -183,6 +189,20 @@ impl Base {
     /// Changes the ID; only possible while the job is not shared.
     pub fn set_id(&mut self, id: impl AsRef<str>) {
         self.id = JobId::new(id.as_ref());
+    }
+
+    /// The job type the serialized form names (amboy's `job_base.job_type`), if known: the one
+    /// read when this `Base` was decoded, else the one [recorded](Self::record_job_type).
+    pub fn serialized_job_type(&self) -> Option<&JobType> {
+        self.job_type.get()
+    }
+
+    /// Records the type of the job embedding this `Base`, for the serialized form to name it,
+    /// unless a type is known already (read when decoded, or recorded before). A `Base` does
+    /// not know its job's type; the registry's encoder records `job.job_type()` before
+    /// encoding the job's fields, so that stored jobs carry `job_type` as amboy's do.
+    pub fn record_job_type(&self, job_type: JobType) {
+        let _ = self.job_type.get_or_init(|| job_type);
     }
 
     /// Locks the metadata for reading or changing several fields at once. Do not hold the
@@ -501,6 +521,7 @@ impl Clone for Base {
         Base {
             id: self.id.clone(),
             meta: Mutex::new(self.meta.lock().clone()),
+            job_type: self.job_type.clone(),
         }
     }
 }
@@ -518,9 +539,12 @@ impl fmt::Debug for Base {
     }
 }
 
+/// amboy's `job.Base` fields, in its order.
 #[derive(Serialize)]
 struct BaseRef<'a> {
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_type: Option<&'a JobType>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     required_scopes: &'a [String],
 }
@@ -528,6 +552,8 @@ struct BaseRef<'a> {
 #[derive(Deserialize)]
 struct BaseOwned {
     name: String,
+    #[serde(default)]
+    job_type: Option<JobType>,
     #[serde(default)]
     required_scopes: Option<Vec<String>>,
 }
@@ -537,6 +563,7 @@ impl Serialize for Base {
         let meta = self.meta.lock();
         BaseRef {
             name: self.id.as_str(),
+            job_type: self.job_type.get(),
             required_scopes: &meta.scopes,
         }
         .serialize(serializer)
@@ -548,6 +575,10 @@ impl<'de> Deserialize<'de> for Base {
         let owned = BaseOwned::deserialize(deserializer)?;
         let base = Base::with_id(owned.name);
         base.set_scopes(owned.required_scopes.unwrap_or_default());
+        // A Go job that never set its type writes `{"name": "", "version": 0}`: no type.
+        if let Some(job_type) = owned.job_type.filter(|job_type| !job_type.name.is_empty()) {
+            base.record_job_type(job_type);
+        }
         Ok(base)
     }
 }
@@ -768,23 +799,50 @@ mod tests {
     }
 
     #[test]
-    fn serializes_only_id_and_required_scopes() {
+    fn serializes_only_id_job_type_and_required_scopes() {
         let base = Base::with_id("j1").with_scopes(["s"]).with_retryable(true);
         base.add_error("kept out");
         let json = serde_json::to_value(&base).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"name": "j1", "required_scopes": ["s"]})
+            serde_json::json!({"name": "j1", "required_scopes": ["s"]}),
+            "no job type until one is known"
+        );
+        base.record_job_type(JobType::new("x", 2));
+        base.record_job_type(JobType::new("y", 3));
+        let json = serde_json::to_value(&base).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "j1", "job_type": {"name": "x", "version": 2}, "required_scopes": ["s"]
+            }),
+            "the first type recorded stays"
         );
         let back: Base = serde_json::from_value(json).unwrap();
         assert_eq!(back.id(), "j1");
         assert_eq!(back.scopes(), ["s"]);
+        assert_eq!(back.serialized_job_type(), Some(&JobType::new("x", 2)));
         assert!(!back.has_errors());
-        let bare: Base =
-            serde_json::from_str(r#"{"name": "j2", "job_type": {"name": "x", "version": 0}}"#)
-                .unwrap();
+        assert_eq!(
+            back.clone().serialized_job_type(),
+            Some(&JobType::new("x", 2))
+        );
+        let bare: Base = serde_json::from_str(
+            r#"{"name": "j2", "job_type": {"name": "x", "version": 0}, "required_scopes": null}"#,
+        )
+        .unwrap();
         assert_eq!(bare.id(), "j2");
-        assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"name":"j2"}"#);
+        assert!(bare.scopes().is_empty());
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"name":"j2","job_type":{"name":"x","version":0}}"#
+        );
+        let untyped: Base =
+            serde_json::from_str(r#"{"name": "j3", "job_type": {"name": "", "version": 0}}"#)
+                .unwrap();
+        assert_eq!(untyped.serialized_job_type(), None);
+        untyped.record_job_type(JobType::new("z", 1));
+        assert_eq!(untyped.serialized_job_type(), Some(&JobType::new("z", 1)));
     }
 
     #[test]

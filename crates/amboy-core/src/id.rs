@@ -6,6 +6,8 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use arrayvec::ArrayString;
+
 /// The longest ID stored inline: a hyphenated UUID (36 bytes) fits.
 const INLINE: usize = 38;
 
@@ -17,57 +19,39 @@ pub struct JobId(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline(ArrayString<INLINE>),
     Shared(Arc<str>),
 }
 
 impl JobId {
     /// The ID `id`.
     pub fn new(id: &str) -> Self {
-        if id.len() <= INLINE {
-            let mut bytes = [0; INLINE];
-            bytes[..id.len()].copy_from_slice(id.as_bytes());
-            JobId(Repr::Inline {
-                len: id.len() as u8,
-                bytes,
-            })
-        } else {
-            JobId(Repr::Shared(Arc::from(id)))
-        }
-    }
-
-    /// The ID's bytes (UTF-8).
-    fn bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Repr::Shared(id) => id.as_bytes(),
+        match ArrayString::from(id) {
+            Ok(inline) => JobId(Repr::Inline(inline)),
+            Err(_) => JobId(Repr::Shared(Arc::from(id))),
         }
     }
 
     /// The ID.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // Built from a `&str` and never changed: always valid UTF-8.
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("a JobId holds UTF-8")
-            }
+            Repr::Inline(id) => id,
             Repr::Shared(id) => id,
         }
     }
 }
 
 impl Hash for JobId {
-    /// Hashes as the `str` it holds does (its bytes, then `0xff`), without re-reading them as
-    /// UTF-8, so that `&str` lookups find it.
+    /// Hashes as the `str` it holds, through `str`'s own `Hash`, so that `&str` lookups find it
+    /// whatever the hasher does with strings.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write(self.bytes());
-        state.write_u8(0xff);
+        self.as_str().hash(state);
     }
 }
 
 impl PartialEq for JobId {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes() == other.bytes()
+        self.as_str() == other.as_str()
     }
 }
 
@@ -81,7 +65,7 @@ impl PartialOrd for JobId {
 
 impl Ord for JobId {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.bytes().cmp(other.bytes())
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -159,6 +143,21 @@ mod tests {
         assert_eq!(map.get("job-1"), Some(&1));
         assert_eq!(map.get("long-".repeat(20).as_str()), Some(&2));
         assert_eq!(map.get("job-2"), None);
+    }
+
+    #[test]
+    fn stays_small_and_keeps_uuids_inline() {
+        assert!(
+            std::mem::size_of::<JobId>() <= 48,
+            "JobId grew to {} bytes",
+            std::mem::size_of::<JobId>()
+        );
+        let inline = |id: &str| matches!(JobId::new(id).0, Repr::Inline(_));
+        assert!(inline("0195f3c2-8a3e-7c1d-9b2a-4f6e8d0c1b2a"));
+        assert!(inline(&"x".repeat(38)));
+        assert!(!inline(&"x".repeat(39)));
+        // The limit is in bytes: 37 bytes and a two-byte character do not fit.
+        assert!(!inline(&format!("{}é", "x".repeat(37))));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::serde_util::{is_false, is_zero_u32, nanos, owner};
+use crate::serde_util::{default_if_negative, go_time, is_false, is_zero_u32, nanos, owner};
 
 /// How long a queue respects another owner's lock on a job before taking the job over
 /// (amboy's `LockTimeout`, 10 minutes).
@@ -56,7 +56,11 @@ pub struct JobStatusInfo {
     /// The job is running.
     pub in_progress: bool,
     /// When the lock was last taken or refreshed.
-    #[serde(rename = "mod_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "mod_time",
+        with = "go_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modification_time: Option<DateTime<Utc>>,
     /// The optimistic-lock counter: every lock, heartbeat and completion increments it.
     #[serde(rename = "mod_count")]
@@ -79,19 +83,19 @@ pub struct JobStatusInfo {
 #[serde(default)]
 pub struct JobTimeInfo {
     /// When the job was put into its queue.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub created: Option<DateTime<Utc>>,
     /// When the job was dispatched to run.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub start: Option<DateTime<Utc>>,
     /// When the job finished.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub end: Option<DateTime<Utc>>,
     /// Do not dispatch the job before this time.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub wait_until: Option<DateTime<Utc>>,
     /// Dispatch the job before this time or drop it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub dispatch_by: Option<DateTime<Utc>>,
     /// The longest the job may run; zero means no limit.
     #[serde(with = "nanos", skip_serializing_if = "nanos::is_zero")]
@@ -180,8 +184,12 @@ pub struct JobRetryInfo {
     /// The attempt this is, counting from 0.
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub current_attempt: u32,
-    /// The most attempts the job may make; 0 means [`DEFAULT_MAX_ATTEMPTS`].
-    #[serde(skip_serializing_if = "is_zero_u32")]
+    /// The most attempts the job may make; 0 means [`DEFAULT_MAX_ATTEMPTS`] (as does a
+    /// negative value from amboy, which decodes as 0).
+    #[serde(
+        deserialize_with = "default_if_negative::deserialize",
+        skip_serializing_if = "is_zero_u32"
+    )]
     pub max_attempts: u32,
     /// The next attempt's `dispatch_by`, relative to when it is created.
     #[serde(with = "nanos", skip_serializing_if = "nanos::is_zero")]
@@ -190,10 +198,10 @@ pub struct JobRetryInfo {
     #[serde(with = "nanos", skip_serializing_if = "nanos::is_zero")]
     pub wait_until: Duration,
     /// When the retry handler started processing this attempt's retry.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub start: Option<DateTime<Utc>>,
     /// When the retry handler finished processing this attempt's retry.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "go_time", skip_serializing_if = "Option::is_none")]
     pub end: Option<DateTime<Utc>>,
 }
 
@@ -304,10 +312,12 @@ pub struct JobInfo {
 impl JobInfo {
     /// The info of `job` as it is now.
     pub fn new(job: &dyn crate::Job) -> Self {
+        // Before taking the metadata lock: `version` is the user's and may read the metadata.
+        let job_type = job.job_type();
         let meta = job.base().metadata();
         JobInfo {
             id: job.id().to_owned(),
-            job_type: job.job_type(),
+            job_type,
             status: meta.status.clone(),
             time: meta.time_info.clone(),
             retry: meta.retry_info.clone(),
@@ -514,6 +524,146 @@ mod tests {
         assert_eq!(back, retry);
         let no_owner: JobStatusInfo = serde_json::from_str(r#"{"owner": ""}"#).unwrap();
         assert_eq!(no_owner.owner, None);
+    }
+
+    /// A job whose version is read from its own metadata.
+    #[derive(Serialize, Deserialize)]
+    struct VersionFromMetadata {
+        base: crate::Base,
+    }
+
+    #[typetag::serde(name = "amboy-core-test-version-from-metadata")]
+    #[async_trait::async_trait]
+    impl crate::Job for VersionFromMetadata {
+        fn base(&self) -> &crate::Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &crate::JobContext) -> Result<(), crate::JobError> {
+            Ok(())
+        }
+
+        fn version(&self) -> i32 {
+            i32::try_from(self.base.status().modification_count).unwrap_or(-1)
+        }
+    }
+
+    #[test]
+    fn job_info_of_a_job_whose_version_reads_its_metadata() {
+        let job = VersionFromMetadata {
+            base: crate::Base::with_id("self-reading"),
+        };
+        job.base.metadata().status.modification_count = 3;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        // On a thread, so that a deadlock fails the test instead of hanging it.
+        std::thread::spawn(move || {
+            let _ = sender.send(JobInfo::new(&job));
+        });
+        let info = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("JobInfo::new deadlocked on the job's metadata lock");
+        assert_eq!(info.id, "self-reading");
+        assert_eq!(
+            info.job_type,
+            JobType::new("amboy-core-test-version-from-metadata", 3)
+        );
+        assert_eq!(info.status.modification_count, 3);
+    }
+
+    fn utc(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn go_zero_times_decode_as_unset() {
+        // As Go's encoding/json writes a job that was never dispatched, locked or retried.
+        let status: JobStatusInfo = serde_json::from_str(
+            r#"{"owner":"","completed":false,"in_progress":false,
+                "mod_time":"0001-01-01T00:00:00Z","mod_count":0,"err_count":0}"#,
+        )
+        .unwrap();
+        assert_eq!(status, JobStatusInfo::default());
+        let time: JobTimeInfo = serde_json::from_str(
+            r#"{"created":"2024-05-06T07:08:09.123456789-04:00","start":"0001-01-01T00:00:00Z",
+                "end":"0001-01-01T00:00:00Z","wait_until":"0001-01-01T00:00:00Z",
+                "dispatch_by":"0001-01-01T00:00:00Z","max_time":0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            time,
+            JobTimeInfo {
+                created: Some(utc("2024-05-06T11:08:09.123456789Z")),
+                ..Default::default()
+            }
+        );
+        assert!(!time.is_stale(), "an unset dispatch_by never expires");
+        assert!(time.is_dispatchable());
+        let retry: JobRetryInfo = serde_json::from_str(
+            r#"{"start":"0001-01-01T00:00:00Z","end":"0001-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(retry, JobRetryInfo::default());
+        // Re-encoded, unset times are left out (Go reads a missing time as its zero time).
+        assert_eq!(
+            serde_json::to_value(&time).unwrap(),
+            serde_json::json!({"created": "2024-05-06T11:08:09.123456789Z"})
+        );
+    }
+
+    #[test]
+    fn every_form_of_go_zero_time_is_unset() {
+        for zero in [
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00.000Z",
+            "0001-01-01T00:00:00.000000000Z",
+            "0001-01-01T00:00:00+00:00",
+            "0001-01-01T00:00:00-00:00",
+            // Go's zero time in a zone whose offset at year 1 is local mean time, cut to
+            // minutes: New York's (-04:56:02) and Paris's (+00:09:21).
+            "0000-12-31T19:03:58-04:56",
+            "0001-01-01T00:09:21+00:09",
+        ] {
+            let time: JobTimeInfo =
+                serde_json::from_str(&format!(r#"{{"dispatch_by": "{zero}"}}"#)).unwrap();
+            assert_eq!(time.dispatch_by, None, "{zero}");
+        }
+    }
+
+    #[test]
+    fn set_times_in_go_forms_decode() {
+        for (written, instant) in [
+            ("2024-01-02T03:04:05Z", "2024-01-02T03:04:05Z"),
+            ("2024-01-02T03:04:05.5Z", "2024-01-02T03:04:05.500Z"),
+            (
+                "2024-01-02T03:04:05.123456789+05:30",
+                "2024-01-01T21:34:05.123456789Z",
+            ),
+            ("1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z"),
+            ("0001-01-03T00:00:00Z", "0001-01-03T00:00:00Z"),
+        ] {
+            let status: JobStatusInfo =
+                serde_json::from_str(&format!(r#"{{"mod_time": "{written}"}}"#)).unwrap();
+            assert_eq!(status.modification_time, Some(utc(instant)), "{written}");
+        }
+        let err = serde_json::from_str::<JobTimeInfo>(r#"{"start": "yesterday"}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("input contains invalid characters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn negative_max_attempts_from_go_mean_the_default() {
+        let retry: JobRetryInfo =
+            serde_json::from_str(r#"{"retryable": true, "max_attempts": -1}"#).unwrap();
+        assert_eq!(retry.max_attempts, 0);
+        assert_eq!(retry.max_attempts_or_default(), DEFAULT_MAX_ATTEMPTS);
+        let retry: JobRetryInfo = serde_json::from_str(r#"{"max_attempts": 4}"#).unwrap();
+        assert_eq!(retry.max_attempts, 4);
+        assert!(serde_json::from_str::<JobRetryInfo>(r#"{"max_attempts": 4294967296}"#).is_err());
     }
 
     #[test]

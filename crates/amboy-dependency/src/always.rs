@@ -1,9 +1,13 @@
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::wire::TypeField;
 use crate::{DependencyError, JobEdges, Manager, State};
 
 /// The default manager: the job is always ready to run (registered as `always`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Serialized as amboy's: `{"type": {"name": "always", "version": 0}, "edges": […]}`.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Always {
     /// The jobs this job depends on.
     #[serde(default)]
@@ -14,6 +18,15 @@ impl Always {
     /// A manager that is always [`State::Ready`].
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl Serialize for Always {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_struct("Always", 2)?;
+        body.serialize_field("type", &TypeField::of(self))?;
+        body.serialize_field("edges", &self.edges)?;
+        body.end()
     }
 }
 

@@ -2,8 +2,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::wire::{NestedEdges, TypeField, nested_or_flat_edges};
 use crate::{DependencyError, JobEdges, Manager, State};
 
 /// A named dependency check: given a job's edges, decide its state.
@@ -34,13 +36,26 @@ pub fn registered_checks() -> Vec<String> {
 
 /// A manager whose state comes from a registered check function (registered as `check`,
 /// version 1). An unknown check makes the job [`State::Unresolved`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Serialized as amboy's: `function_name`, `type` (`{"name": "check", "version": 1}`) and the
+/// edges nested as `"edges": {"edges": […]}`; a plain list of edges is read too.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct CheckManager {
     /// The name of the registered check.
     pub function_name: String,
     /// The jobs this job depends on, handed to the check.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nested_or_flat_edges")]
     pub edges: JobEdges,
+}
+
+impl Serialize for CheckManager {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_struct("CheckManager", 3)?;
+        body.serialize_field("function_name", &self.function_name)?;
+        body.serialize_field("type", &TypeField::of(self))?;
+        body.serialize_field("edges", &NestedEdges(&self.edges))?;
+        body.end()
+    }
 }
 
 impl CheckManager {

@@ -1,12 +1,17 @@
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::wire::TypeField;
 use crate::{DependencyError, JobEdges, Manager, State};
 
 /// Ready until a file exists, then passed: for jobs whose work is creating that file
 /// (registered as `create-file`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Serialized as amboy's: `file_name`, `type` (`{"name": "create-file", "version": 0}`) and
+/// `edges`.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct CreatesFile {
     /// The file the job creates. An empty name means the job always runs.
     #[serde(default)]
@@ -23,6 +28,16 @@ impl CreatesFile {
             file_name: file_name.into(),
             edges: JobEdges::new(),
         }
+    }
+}
+
+impl Serialize for CreatesFile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_struct("CreatesFile", 3)?;
+        body.serialize_field("file_name", &self.file_name)?;
+        body.serialize_field("type", &TypeField::of(self))?;
+        body.serialize_field("edges", &self.edges)?;
+        body.end()
     }
 }
 

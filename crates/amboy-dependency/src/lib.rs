@@ -22,6 +22,7 @@ mod local;
 mod manager;
 mod mock;
 mod state;
+mod wire;
 
 pub use always::Always;
 pub use check::{CheckFunc, CheckManager, check_function, register_check, registered_checks};

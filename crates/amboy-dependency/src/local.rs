@@ -1,8 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::wire::{TypeField, null_as_empty};
 use crate::{DependencyError, JobEdges, Manager, State};
 
 /// A make-like file dependency (registered as `local-file`): the job must run when any target
@@ -11,13 +13,16 @@ use crate::{DependencyError, JobEdges, Manager, State};
 /// amboy skips the first dependency and crashes on a missing one; here every dependency is
 /// compared, and a missing dependency makes the job [`State::Unresolved`], with
 /// [`LocalFile::check`] naming the file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// Serialized as amboy's: `targets`, `dependencies` (either may be `null` when read),
+/// `type` (`{"name": "local-file", "version": 0}`) and `edges`.
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct LocalFile {
     /// The files the job produces.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub targets: Vec<String>,
     /// The files the targets are built from.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub dependencies: Vec<String>,
     /// The jobs this job depends on.
     #[serde(default)]
@@ -79,6 +84,17 @@ fn modified(path: &str) -> Result<Option<SystemTime>, DependencyError> {
         Ok(meta) => meta.modified().map(Some).map_err(io),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(io(err)),
+    }
+}
+
+impl Serialize for LocalFile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_struct("LocalFile", 4)?;
+        body.serialize_field("targets", &self.targets)?;
+        body.serialize_field("dependencies", &self.dependencies)?;
+        body.serialize_field("type", &TypeField::of(self))?;
+        body.serialize_field("edges", &self.edges)?;
+        body.end()
     }
 }
 

@@ -18,6 +18,12 @@ pub const MAX_ERROR_LENGTH: usize = 1000;
 /// JSON field names are amboy's: `name` (the ID), `type`, `group`, `version`, `status`,
 /// `scopes`, `enqueue_scopes`, `enqueue_all_scopes`, `retry_info`, `time_info`, `job` (the job's
 /// own fields) and `dependency`; `priority` is added for priority queues.
+///
+/// Documents written by amboy (Go) decode: the times it writes for unset values (Go's zero
+/// time) decode as unset. Encoding writes what amboy writes for the job's `Base`
+/// (`job_type` beside `name` and `required_scopes`) and for the dependency (`edges`, even
+/// when empty, and the manager's `type` in its body), and leaves unset times out, which amboy
+/// reads as its zero time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobInterchange {
     /// The job's ID.
@@ -66,8 +72,9 @@ pub struct DependencyInterchange {
     pub type_name: String,
     /// The manager type's version.
     pub version: i32,
-    /// The edges, for reading; decoding takes them from the manager's own fields.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The edges, for reading; decoding takes them from the manager's own fields. Written even
+    /// when empty (`[]`), as amboy does; `null` reads as empty.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub edges: Vec<String>,
     /// The manager's own fields.
     pub dependency: Box<RawValue>,
@@ -75,6 +82,12 @@ pub struct DependencyInterchange {
 
 fn is_zero(value: &i32) -> bool {
     *value == 0
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl JobInterchange {
@@ -93,6 +106,9 @@ impl JobInterchange {
             id: id.to_owned(),
             reason: error.to_string(),
         };
+        // The job's `Base` cannot know the job's type; recorded here, the body names it
+        // (`job_type`) as amboy's does. A no-op once recorded, or when read from a document.
+        job.base().record_job_type(job_type.clone());
         let body = serde_json::value::to_raw_value(job as &dyn erased_serde::Serialize)
             .map_err(encode_error)?;
         let meta = job.base().metadata().clone();
