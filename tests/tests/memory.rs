@@ -247,3 +247,30 @@ async fn serializable_queue_stays_flat() {
     };
     stays_flat(queue, move || measured.footprint(), kind).await;
 }
+
+/// A limited-size queue of capacity 1,000,000 used to reserve its retention ring at creation
+/// (about 46 MiB); every structure grows with use now.
+#[tokio::test]
+async fn a_large_capacity_reserves_nothing_up_front() {
+    const LARGE: usize = 1_000_000;
+    let queues = |capacity| -> Vec<Arc<dyn Queue>> {
+        vec![
+            LimitedSizeQueue::new(capacity),
+            PriorityQueue::new(capacity),
+            ShuffledQueue::new(capacity),
+            DependencyOrderedQueue::new(capacity),
+            AdaptiveOrderingQueue::new(capacity),
+            LimitedSizeSerializableQueue::new(capacity),
+        ]
+    };
+    // What is set up once per process (random number generators, say) is set up here.
+    drop(queues(1));
+    let before = resident_bytes();
+    let queues = queues(LARGE);
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 1024 * 1024,
+        "six queues of capacity {LARGE} took {grown} bytes at creation"
+    );
+    drop(queues);
+}

@@ -18,8 +18,10 @@ pub trait Runner: Send + Sync + 'static {
     /// Whether the runner is started.
     fn started(&self) -> bool;
 
-    /// Sets the queue to serve; not possible once started. The runner keeps a weak reference:
-    /// the queue owns the runner, not the other way round.
+    /// Sets the queue to serve; not possible once started. Until it starts, the runner keeps a
+    /// weak reference (the queue owns the runner, not the other way round); its workers hold
+    /// the queue while they run, so a queue must stop its runner when it closes or its owner
+    /// drops it (the queues of `amboy-queue-local` close when their last handle is dropped).
     fn set_queue(&self, queue: Arc<dyn Queue>) -> Result<()>;
 
     /// Starts the workers; starting a started runner does nothing. Fails without a queue.

@@ -11,8 +11,10 @@
 //!
 //! Invariants: every state change takes the job's metadata lock once and never across an
 //! `.await`; a pending job is in exactly one of the dispatch line, the timer heap, a scope's
-//! waiting list, or the dependency graph; no operation scans all jobs except the reporting ones
-//! (`results`, `job_info`).
+//! waiting list, or the dependency graph; no operation on a job scans the queue's jobs: only the
+//! reporting ones (`results`, `job_info`) and the lock heartbeat of the queues holding the jobs
+//! themselves (every quarter of the lock timeout) do. Every structure is bounded by the
+//! capacity ([`Footprint`]). Dropping a queue's last handle closes it.
 //!
 //! Most users want the `amboy` crate, which re-exports this one as `amboy::local`.
 

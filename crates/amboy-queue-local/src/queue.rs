@@ -477,7 +477,6 @@ impl<L: Line> Engine<L> {
     fn expire(&self, job: &JobRef, scopes: &[String]) {
         let id = job.base().job_id();
         self.release_scopes(id, scopes);
-        self.counts.expired.fetch_add(1, Ordering::SeqCst);
         self.gate.give_back();
         tracing::debug!(queue_id = %self.id, job_id = %id, "set aside job past its dispatch_by deadline");
         if let Some(dependencies) = &self.dependencies {
@@ -485,6 +484,7 @@ impl<L: Line> Engine<L> {
             self.apply(verdicts);
         }
         self.retain(id);
+        self.counts.expired.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Releases the scopes `id` holds among `scopes`, waking the jobs waiting for them.
@@ -524,11 +524,11 @@ impl<L: Line> Engine<L> {
         }
     }
 
-    /// Everything that follows a job's completion: its scopes, the counts, the jobs that
-    /// depended on it, and retention.
+    /// Everything that follows a job's completion: its scopes, the jobs that depended on it,
+    /// retention, and last the count, so that stats saying the queue is complete mean all of
+    /// it is done.
     fn finish(&self, id: &JobId, scopes: &[String]) {
         self.release_scopes(id, scopes);
-        self.counts.completed.fetch_add(1, Ordering::SeqCst);
         if let Some(dependencies) = &self.dependencies {
             let verdicts = dependencies.finished(id);
             if !verdicts.is_empty() {
@@ -536,6 +536,7 @@ impl<L: Line> Engine<L> {
             }
         }
         self.retain(id);
+        self.counts.completed.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Carries out dependency verdicts: runs, passes or fails the jobs, and whatever follows.
@@ -568,11 +569,11 @@ impl<L: Line> Engine<L> {
             self.gate.give_back();
             let id = job.base().job_id();
             self.release_scopes(id, &scopes);
-            self.counts.completed.fetch_add(1, Ordering::SeqCst);
             if let Some(dependencies) = &self.dependencies {
                 work.extend(dependencies.finished(id));
             }
             self.retain(id);
+            self.counts.completed.fetch_add(1, Ordering::SeqCst);
         }
     }
 

@@ -19,7 +19,10 @@
 //!
 //! Invariants: a panicking job never takes its worker down, and a worker whose own loop panics
 //! is restarted; closing a runner cancels the running jobs, waits for the workers to stop, and
-//! leaves the runner restartable; a runner holds its queues weakly (the queue owns the runner).
+//! leaves the runner restartable; shutting it down lets running jobs finish for a grace period
+//! first; until it starts, a runner holds its queues weakly (the queue owns the runner), and
+//! while it runs, its workers hold them (a queue stops its runner when it closes or is
+//! dropped).
 //!
 //! Most users want the `amboy` crate, which re-exports this one as `amboy::runner`.
 

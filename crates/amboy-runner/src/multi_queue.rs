@@ -46,8 +46,9 @@ impl MultiQueuePool {
         self.pool.size()
     }
 
-    /// Adds a queue to serve; not possible once started. The pool keeps a weak reference, as
-    /// for [`set_queue`](amboy_core::Runner::set_queue); adding a queue already served does nothing.
+    /// Adds a queue to serve; not possible once started. Until it starts, the pool keeps a weak
+    /// reference, as for [`set_queue`](amboy_core::Runner::set_queue); adding a queue already
+    /// served does nothing.
     pub fn add_queue(&self, queue: Arc<dyn Queue>) -> Result<()> {
         self.pool.set_queue(queue)
     }
