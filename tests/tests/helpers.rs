@@ -153,6 +153,17 @@ async fn report_sorts_jobs_by_state() {
         base: Base::with_id("report-pending").with_wait_until(Utc::now() + TimeDelta::hours(1)),
     };
     queue.put(Arc::new(waiting)).await.unwrap();
+    let late = Noop {
+        base: Base::with_id("report-expired").with_dispatch_by(Utc::now() - TimeDelta::seconds(1)),
+    };
+    queue.put(Arc::new(late)).await.unwrap();
+    assert_eq!(
+        timeout(PROMPTLY, amboy::wait_job(&*queue, "report-expired"))
+            .await
+            .unwrap()
+            .unwrap(),
+        amboy::JobOutcome::Expired
+    );
     let running = queue.get("report-running").await.unwrap();
     timeout(PROMPTLY, async {
         while !running.status().in_progress {
@@ -166,13 +177,17 @@ async fn report_sorts_jobs_by_state() {
     assert_eq!(report.completed, ["report-done"]);
     assert_eq!(report.in_progress, ["report-running"]);
     assert_eq!(report.pending, ["report-pending"]);
+    assert_eq!(report.expired, ["report-expired"]);
     assert!(report.retrying.is_empty());
     assert_eq!(
         amboy::report(&*queue, Some(0)).await.unwrap(),
         amboy::QueueReport::default()
     );
     let limited = amboy::report(&*queue, Some(2)).await.unwrap();
-    let seen = limited.completed.len() + limited.in_progress.len() + limited.pending.len();
+    let seen = limited.completed.len()
+        + limited.in_progress.len()
+        + limited.pending.len()
+        + limited.expired.len();
     assert_eq!(seen, 2);
     open_gate("report-gate");
     queue.close().await;

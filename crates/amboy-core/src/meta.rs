@@ -65,6 +65,9 @@ pub struct QueueReport {
     pub completed: Vec<String>,
     /// Jobs finished and waiting for another attempt.
     pub retrying: Vec<String>,
+    /// Jobs set aside because their `dispatch_by` passed before they could run.
+    #[serde(default)]
+    pub expired: Vec<String>,
 }
 
 /// Sorts the queue's jobs by state; `limit` caps how many are looked at (`None`: all).
@@ -80,6 +83,8 @@ pub async fn report(queue: &dyn Queue, limit: Option<usize>) -> Result<QueueRepo
             &mut report.retrying
         } else if info.status.completed {
             &mut report.completed
+        } else if info.status.expired {
+            &mut report.expired
         } else if info.status.in_progress {
             &mut report.in_progress
         } else {
