@@ -273,8 +273,7 @@ impl<L: Line> Drop for LocalQueue<L> {
         self.engine
             .lifecycle
             .abandon(async move { engine.close().await }, || {
-                self.engine.lifecycle.lifetime().cancel();
-                self.engine.line.close();
+                self.engine.stop_now()
             });
     }
 }
@@ -983,10 +982,16 @@ impl<L: Line> Engine<L> {
         Ok(())
     }
 
-    async fn close(&self) {
-        self.lifecycle.close_runner().await;
+    /// What stops without waiting: the background tasks and the line (so that workers find no
+    /// more jobs).
+    fn stop_now(&self) {
         self.lifecycle.lifetime().cancel();
         self.line.close();
+    }
+
+    async fn close(&self) {
+        self.lifecycle.close_runner().await;
+        self.stop_now();
         self.dispatcher.close().await;
         self.lifecycle.end().await;
     }
@@ -1148,8 +1153,7 @@ impl<L: Line> Queue for Engine<L> {
 impl<L: Line> Drop for Engine<L> {
     /// An engine nobody holds any more stops its background tasks.
     fn drop(&mut self) {
-        self.lifecycle.lifetime().cancel();
-        self.line.close();
+        self.stop_now();
     }
 }
 

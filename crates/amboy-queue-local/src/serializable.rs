@@ -358,8 +358,7 @@ impl Drop for LimitedSizeSerializableQueue {
         self.engine
             .lifecycle
             .abandon(async move { engine.close().await }, || {
-                self.engine.lifecycle.lifetime().cancel();
-                self.engine.line_tx.close();
+                self.engine.stop_now()
             });
     }
 }
@@ -761,20 +760,12 @@ impl Engine {
     /// Copies of the retrying jobs whose lock is older than the lock timeout.
     fn stale_retrying(&self) -> Vec<JobRef> {
         let now = amboy_core::clock::now();
-        let records: Vec<Record> = {
-            let store = self.store.lock();
-            store
-                .records
-                .values()
-                .filter(|record| {
-                    is_retrying(record)
-                        && record.status.modification_time.is_none_or(|time| {
-                            (now - time).to_std().unwrap_or_default() > self.options.lock_timeout
-                        })
+        let records = self.records_where(|record| {
+            is_retrying(record)
+                && record.status.modification_time.is_none_or(|time| {
+                    (now - time).to_std().unwrap_or_default() > self.options.lock_timeout
                 })
-                .cloned()
-                .collect()
-        };
+        });
         records
             .iter()
             .filter_map(|record| decode(record).ok())
@@ -809,6 +800,23 @@ impl Engine {
 
     fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
         self.retry_handler.lock().clone()
+    }
+
+    /// What stops without waiting: the background tasks and the line.
+    fn stop_now(&self) {
+        self.lifecycle.lifetime().cancel();
+        self.line_tx.close();
+    }
+
+    /// The records `keep` keeps, taken under the lock to be read outside it.
+    fn records_where(&self, keep: impl Fn(&JobInterchange) -> bool) -> Vec<Record> {
+        let store = self.store.lock();
+        store
+            .records
+            .values()
+            .filter(|record| keep(record))
+            .cloned()
+            .collect()
     }
 }
 
@@ -901,17 +909,9 @@ impl Queue for Engine {
     }
 
     async fn results(&self) -> JobStream {
-        let records: Vec<Record> = {
-            let store = self.store.lock();
-            store
-                .records
-                .values()
-                .filter(|record| {
-                    record.status.completed && !is_retrying(record) && !record.status.in_progress
-                })
-                .cloned()
-                .collect()
-        };
+        let records = self.records_where(|record| {
+            record.status.completed && !is_retrying(record) && !record.status.in_progress
+        });
         // Jobs set aside because they cannot be decoded are left out: `job_info` shows them.
         let jobs: Vec<Result<JobRef>> = records
             .iter()
@@ -922,7 +922,7 @@ impl Queue for Engine {
     }
 
     async fn job_info(&self) -> JobInfoStream {
-        let records: Vec<Record> = self.store.lock().records.values().cloned().collect();
+        let records = self.records_where(|_| true);
         let infos: Vec<Result<JobInfo>> = records.iter().map(|r| Ok(info_of(r))).collect();
         Box::pin(stream::iter(infos))
     }
@@ -986,8 +986,7 @@ impl Queue for Engine {
         if let Some(handler) = self.retry_handler() {
             handler.close().await;
         }
-        self.lifecycle.lifetime().cancel();
-        self.line_tx.close();
+        self.stop_now();
         self.dispatcher.close().await;
         self.lifecycle.end().await;
     }
@@ -1126,8 +1125,7 @@ impl RetryableQueue for Engine {
 impl Drop for Engine {
     /// An engine nobody holds any more stops its background tasks.
     fn drop(&mut self) {
-        self.lifecycle.lifetime().cancel();
-        self.line_tx.close();
+        self.stop_now();
     }
 }
 
