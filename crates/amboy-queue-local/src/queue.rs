@@ -817,10 +817,13 @@ impl<L: Line> Engine<L> {
             (Self::mark(&mut meta, dispatched), was_pending)
         };
         if was_pending {
-            // It leaves the pending set now; the line skips it when its turn comes.
+            // It leaves the pending set now: out of the dependency graph and from beside the
+            // scopes it waited for; the line and the timer heap skip it when its turn comes.
             if let Some(dependencies) = &self.dependencies {
                 dependencies.forget(id);
             }
+            self.scopes
+                .unpark(&scopes, |parked| Arc::ptr_eq(parked, job));
             self.gate.give_back();
         }
         Ok(Some(scopes))

@@ -135,6 +135,28 @@ impl<W> ScopeManager<W> {
         self.len() == 0
     }
 
+    /// Takes back the waiters parked on any of `scopes` that `is_it` recognizes (a job
+    /// completed from outside while it waited, say); returns how many it took. The others stay
+    /// parked.
+    pub fn unpark(&self, scopes: &[String], is_it: impl Fn(&W) -> bool) -> usize {
+        if scopes.is_empty() {
+            return 0;
+        }
+        let mut inner = self.inner.lock();
+        let mut taken = 0;
+        for scope in scopes {
+            if let Some(waiters) = inner.waiters.get_mut(scope) {
+                let before = waiters.len();
+                waiters.retain(|waiter| !is_it(waiter));
+                taken += before - waiters.len();
+                if waiters.is_empty() {
+                    inner.waiters.remove(scope);
+                }
+            }
+        }
+        taken
+    }
+
     /// The number of parked waiters.
     pub fn waiting(&self) -> usize {
         self.inner.lock().waiters.values().map(Vec::len).sum()
@@ -248,6 +270,19 @@ mod tests {
                 m.release_and_acquire(owner, scopes, "", &[]).map(|_| ())
             }),
         ]
+    }
+
+    #[test]
+    fn unpark_takes_back_only_the_waiter_named() {
+        let manager: ScopeManager<u32> = ScopeManager::new();
+        manager.acquire("holder", &s(&["x", "y"])).unwrap();
+        assert!(manager.acquire_or_wait("a", &s(&["x"]), 1).is_err());
+        assert!(manager.acquire_or_wait("b", &s(&["x"]), 2).is_err());
+        assert!(manager.acquire_or_wait("c", &s(&["x", "y"]), 3).is_err());
+        assert_eq!(manager.waiting(), 3);
+        assert_eq!(manager.unpark(&s(&["x", "y"]), |w| *w == 2), 1);
+        assert_eq!(manager.waiting(), 2);
+        assert_eq!(manager.release("holder", &s(&["x", "y"])).unwrap(), [1, 3]);
     }
 
     #[test]

@@ -107,13 +107,22 @@ struct Engine {
     options: SerializableQueueOptions,
     this: Weak<Engine>,
     store: Mutex<Store>,
-    line_tx: async_channel::Sender<Arc<str>>,
-    line_rx: async_channel::Receiver<Arc<str>>,
-    delayed: Arc<Delayed<Arc<str>>>,
-    scopes: ScopeManager<Arc<str>>,
+    line_tx: async_channel::Sender<Ticket>,
+    line_rx: async_channel::Receiver<Ticket>,
+    delayed: Arc<Delayed<Ticket>>,
+    scopes: ScopeManager<Ticket>,
     dispatcher: Arc<Dispatcher>,
     retry_handler: Mutex<Option<Arc<dyn RetryHandler>>>,
     lifecycle: Lifecycle,
+}
+
+/// A pending job's place in the line, the timer heap or beside a scope: its key, and the serial
+/// the store gave the job when it was put, so that a ticket left behind by a job completed
+/// before its turn never stands for a later job put under the same key.
+#[derive(Debug, Clone)]
+struct Ticket {
+    key: Arc<str>,
+    serial: u64,
 }
 
 /// A stored job: shared, so that it is decoded and encoded outside the store's lock. A write
@@ -128,6 +137,9 @@ struct Store {
     latest: HashMap<String, u32, Hasher>,
     /// Keys of retained finished (completed and not retrying, or expired) jobs, oldest first.
     results: VecDeque<Arc<str>>,
+    /// The serial of the job stored under each key (see [`Ticket`]).
+    serials: HashMap<Arc<str>, u64, Hasher>,
+    next_serial: u64,
     total: usize,
     completed: usize,
     retrying: usize,
@@ -231,16 +243,31 @@ impl Store {
                 .is_some_and(|record| is_finished(record))
             {
                 let record = self.records.remove(&oldest).expect("looked up");
+                self.serials.remove(&oldest);
                 self.forget_attempt(&record);
             }
         }
     }
 
-    /// Forgets the latest-attempt entry that points at `record`, which left the store.
+    /// Updates the latest-attempt entry of `record`'s job, which left the store: if it was the
+    /// latest, the latest is now the highest attempt still stored (an attempt put again under
+    /// the job's ID, say), or the entry goes.
     fn forget_attempt(&mut self, record: &JobInterchange) {
         let retry = &record.retry_info;
-        if retry.retryable && self.latest.get(&record.name) == Some(&retry.current_attempt) {
-            self.latest.remove(&record.name);
+        if !retry.retryable || self.latest.get(&record.name) != Some(&retry.current_attempt) {
+            return;
+        }
+        let id = &record.name;
+        let below = (0..retry.current_attempt)
+            .rev()
+            .find(|&attempt| self.records.contains_key(&*storage_key(id, true, attempt)));
+        match below {
+            Some(attempt) => {
+                self.latest.insert(id.clone(), attempt);
+            }
+            None => {
+                self.latest.remove(id);
+            }
         }
     }
 
@@ -259,14 +286,24 @@ impl Store {
         self.records.get(key).cloned()
     }
 
-    /// Stores a new record; a retryable job's attempt becomes its latest when it is.
-    fn insert_new(&mut self, key: Arc<str>, envelope: JobInterchange) {
+    /// Stores a new record; a retryable job's attempt becomes its latest when it is. Returns
+    /// the job's ticket.
+    fn insert_new(&mut self, key: Arc<str>, envelope: JobInterchange) -> Ticket {
         if envelope.retry_info.retryable {
             let attempt = envelope.retry_info.current_attempt;
             let latest = self.latest.entry(envelope.name.clone()).or_insert(attempt);
             *latest = (*latest).max(attempt);
         }
-        self.records.insert(key, Arc::new(envelope));
+        self.records.insert(key.clone(), Arc::new(envelope));
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.serials.insert(key.clone(), serial);
+        Ticket { key, serial }
+    }
+
+    /// Whether `ticket` stands for the job stored under its key.
+    fn holds(&self, ticket: &Ticket) -> bool {
+        self.serials.get(&ticket.key) == Some(&ticket.serial)
     }
 
     /// The record under `key`, to change in place (copied first if a reader holds it).
@@ -370,18 +407,18 @@ impl Engine {
             .expect("a queue method runs while the queue is alive")
     }
 
-    fn route(&self, key: Arc<str>, wait_until: Option<DateTime<Utc>>) {
+    fn route(&self, ticket: Ticket, wait_until: Option<DateTime<Utc>>) {
         match wait_until {
-            Some(at) if at >= amboy_core::clock::now() => self.delayed.push(at, key),
+            Some(at) if at >= amboy_core::clock::now() => self.delayed.push(at, ticket),
             _ => {
-                let _ = self.line_tx.try_send(key);
+                let _ = self.line_tx.try_send(ticket);
             }
         }
     }
 
-    fn requeue(&self, keys: Vec<Arc<str>>) {
-        for key in keys {
-            let _ = self.line_tx.try_send(key);
+    fn requeue(&self, tickets: Vec<Ticket>) {
+        for ticket in tickets {
+            let _ = self.line_tx.try_send(ticket);
         }
     }
 
@@ -428,7 +465,7 @@ impl Engine {
         // A job put as already finished (restored from elsewhere, say) is recorded, not run;
         // if it asks to retry, the stale-retrying monitor picks it up.
         let finished = envelope.status.completed || envelope.status.expired;
-        {
+        let ticket = {
             let mut store = self.store.lock();
             if store.records.contains_key(&key) {
                 return Err(Error::duplicate_job(&envelope.name));
@@ -441,7 +478,7 @@ impl Engine {
             self.scopes.acquire(&key, &enqueue_scopes)?;
             let retrying = is_retrying(&envelope);
             let expired = envelope.status.expired;
-            store.insert_new(key.clone(), envelope);
+            let ticket = store.insert_new(key.clone(), envelope);
             store.total += 1;
             if !finished {
                 store.pending += 1;
@@ -457,9 +494,10 @@ impl Engine {
                 store.retain(key, self.options.capacity - 1);
                 return Ok(());
             }
-        }
-        if !finished {
-            self.route(key, wait_until);
+            (!finished).then_some(ticket)
+        };
+        if let Some(ticket) = ticket {
+            self.route(ticket, wait_until);
         }
         Ok(())
     }
@@ -492,10 +530,19 @@ impl Engine {
         })
     }
 
-    /// Decides what to do with a key taken from the line; `Some` if its job was dispatched.
-    fn take(&self, key: Arc<str>) -> Option<JobRef> {
+    /// Decides what to do with a ticket taken from the line; `Some` if its job was dispatched.
+    fn take(&self, ticket: Ticket) -> Option<JobRef> {
+        let key = &ticket.key;
         loop {
-            let record = self.store.lock().record(&key)?;
+            let record = {
+                let store = self.store.lock();
+                // A ticket left by a job completed before its turn: the job under its key now
+                // is a later one, with a ticket of its own.
+                if !store.holds(&ticket) {
+                    return None;
+                }
+                store.record(key)?
+            };
             if record.status.completed || record.status.expired {
                 // Finished while it waited, which counted it out of the pending jobs already.
                 return None;
@@ -504,16 +551,17 @@ impl Engine {
             // meanwhile, decoded again.
             let decoded = decode(&record);
             let mut store = self.store.lock();
-            match store.records.get(&key) {
+            match store.records.get(key) {
                 Some(current) if Arc::ptr_eq(current, &record) => {}
+                // Changed while it was decoded: look again.
                 Some(_) => continue,
                 None => return None,
             }
             drop(record);
             return match decoded {
-                Ok(job) => self.dispatch(store, key, job),
+                Ok(job) => self.dispatch(store, ticket, job),
                 Err(error) => {
-                    self.set_aside(&mut store, &key, &error);
+                    self.set_aside(&mut store, key, &error);
                     None
                 }
             };
@@ -524,9 +572,10 @@ impl Engine {
     fn dispatch(
         &self,
         mut store: parking_lot::MutexGuard<'_, Store>,
-        key: Arc<str>,
+        ticket: Ticket,
         job: JobRef,
     ) -> Option<JobRef> {
+        let key = ticket.key.clone();
         let now = amboy_core::clock::now();
         let mut meta = job.base().metadata();
         if meta.time_info.is_stale_at(now) {
@@ -546,13 +595,13 @@ impl Engine {
             let at = meta.time_info.wait_until.unwrap_or(now);
             drop(meta);
             drop(store);
-            self.delayed.push(at, key);
+            self.delayed.push(at, ticket);
             return None;
         }
         if !meta.scopes.is_empty()
             && self
                 .scopes
-                .acquire_or_wait(&key, &meta.scopes, key.clone())
+                .acquire_or_wait(&key, &meta.scopes, ticket.clone())
                 .is_err()
         {
             return None;
@@ -618,14 +667,15 @@ impl Engine {
         }
     }
 
-    /// The stored record under `key`, checked against the copy's lock.
+    /// Checks the copy's lock against the stored record under `key`; returns the copy's status
+    /// that passed.
     fn check_lock(
         &self,
         store: &Store,
         key: &Arc<str>,
         job: &JobRef,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<JobStatusInfo> {
         let record = store
             .records
             .get(key)
@@ -648,7 +698,7 @@ impl Engine {
                 ),
             ));
         }
-        Ok(())
+        Ok(copy)
     }
 
     /// Completes `job`, encoded beforehand as `envelope`, under the store's lock; returns the
@@ -674,9 +724,12 @@ impl Engine {
                 "it expired: its dispatch_by deadline passed before it was dispatched",
             ));
         }
-        // A job completed before it ran leaves the pending jobs now; the line skips it later.
+        // A job completed before it ran leaves the pending jobs now (and from beside the scopes
+        // it waited for); the line skips it later.
         if !was_completed && !was_in_progress {
             count_out(&mut store.pending);
+            self.scopes
+                .unpark(&job.scopes(), |parked| *parked.key == **key);
         }
         let dispatched = forget && was_in_progress && self.dispatcher.forget(job);
         let (scopes, should_retry) = {
@@ -773,14 +826,14 @@ impl Engine {
     }
 
     async fn run_timer(
-        delayed: Arc<Delayed<Arc<str>>>,
-        line: async_channel::Sender<Arc<str>>,
+        delayed: Arc<Delayed<Ticket>>,
+        line: async_channel::Sender<Ticket>,
         lifetime: CancellationToken,
     ) {
         loop {
             let (due, wait) = delayed.take_due(amboy_core::clock::now());
-            for key in due {
-                let _ = line.try_send(key);
+            for ticket in due {
+                let _ = line.try_send(ticket);
             }
             tokio::select! {
                 _ = lifetime.cancelled() => return,
@@ -854,8 +907,8 @@ impl Queue for Engine {
     async fn next(&self) -> Option<JobRef> {
         // Closing the queue closes the line, which ends this wait.
         loop {
-            let key = self.line_rx.recv().await.ok()?;
-            if let Some(job) = self.take(key) {
+            let ticket = self.line_rx.recv().await.ok()?;
+            if let Some(job) = self.take(ticket) {
                 return Some(job);
             }
         }
@@ -883,7 +936,11 @@ impl Queue for Engine {
         let key = key_of(job);
         let mut envelope = encode(job)?;
         let mut store = self.store.lock();
-        self.check_lock(&store, &key, job, amboy_core::clock::now())?;
+        // The lock is checked against the copy's status now, and that status is what is stored:
+        // the heartbeat may have moved the copy's lock on since it was encoded.
+        let status = self.check_lock(&store, &key, job, amboy_core::clock::now())?;
+        envelope.status = status;
+        truncate_errors(&mut envelope.status.errors);
         // Whether the job waits, runs, retries or finished is the queue's to say (its counts
         // follow it): a save stores everything else. The scopes it holds follow from that
         // state, read under the store's lock so that a completion cannot slip in between.
@@ -1057,7 +1114,7 @@ impl RetryableQueue for Engine {
             meta.retry_info.end = Some(amboy_core::clock::now());
         }
         let completed_envelope = encode(to_complete)?;
-        let woken = {
+        let (woken, ticket) = {
             let mut store = self.store.lock();
             self.check_lock(&store, &key, to_complete, amboy_core::clock::now())?;
             if store.records.contains_key(&put_key) {
@@ -1092,13 +1149,13 @@ impl RetryableQueue for Engine {
                 }
                 return Err(error);
             }
-            store.insert_new(put_key.clone(), envelope);
+            let ticket = store.insert_new(put_key.clone(), envelope);
             store.pending += 1;
             store.total += 1;
-            woken
+            (woken, ticket)
         };
         self.requeue(woken);
-        self.route(put_key, wait_until);
+        self.route(ticket, wait_until);
         Ok(())
     }
 
