@@ -24,7 +24,8 @@ use amboy_bench::{
     timed,
 };
 use apalis::prelude::{
-    MemorySink, MemoryStorage, MemoryStorageError, TaskBuilder, WorkerBuilder, WorkerBuilderExt,
+    MemorySink, MemoryStorage, MemoryStorageError, RandomId, TaskBuilder, TaskId, WorkerBuilder,
+    WorkerBuilderExt,
 };
 use futures::{Sink, SinkExt, StreamExt};
 use tokio::sync::Notify;
@@ -45,15 +46,21 @@ type BoxedSink =
 /// `jobs` no-op tasks through apalis's in-memory backend, run by one worker with concurrency
 /// `workers`.
 ///
-/// `MemoryStorage::new` keeps its sender to itself, so a producer could only push before the
-/// worker takes the storage; `MemoryStorage::new_with` builds the same storage (an unbounded
-/// futures channel behind a shared `MemorySink`) and leaves a clone of the sink to the
-/// producer task. Pushing through it is what `TaskSink::push` does: build the task, send it.
+/// `MemoryStorage::new` keeps its channel's sender to itself (behind a `MemorySink`), so a
+/// producer could only push before the worker takes the storage. `MemoryStorage::new_with`
+/// builds the same storage (an unbounded futures channel, its sender behind a `MemorySink`)
+/// from a channel made here, and the producer task sends each task through its own clone of
+/// the channel's sender, with a random task ID, as `TaskSink::push` and `MemorySink` make it.
+/// It does not push through a clone of the worker's `MemorySink`: in apalis-core 1.0.0 that
+/// sink's `poll_ready` polls a new `lock()` future of its futures mutex and drops it while it
+/// is pending, which withdraws its waker, so a push and the worker's readiness check meeting
+/// on that lock can lose a wake-up. Pushing so, a run hung here with every thread parked.
 async fn apalis(jobs: usize, workers: usize) -> f64 {
     let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let producer_sender = sender.clone();
     let sender: BoxedSink = Box::new(sender.sink_map_err(MemoryStorageError::from));
     let sink = MemorySink::new(Arc::new(futures::lock::Mutex::new(sender)));
-    let storage = MemoryStorage::new_with(sink.clone(), receiver.boxed());
+    let storage = MemoryStorage::new_with(sink, receiver.boxed());
     let worker = WorkerBuilder::new("bench")
         .backend(storage)
         .concurrency(workers)
@@ -70,10 +77,11 @@ async fn apalis(jobs: usize, workers: usize) -> f64 {
         }))
     };
     let rate = timed(jobs, async move {
-        let mut sink = sink;
         for _ in 0..jobs {
-            let task = TaskBuilder::new(Noop).build();
-            sink.send(task).await.expect("push");
+            let task = TaskBuilder::new(Noop)
+                .task_id(TaskId::from_string(RandomId::default()))
+                .build();
+            producer_sender.unbounded_send(task).expect("push");
         }
     })
     .await;
