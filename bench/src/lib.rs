@@ -255,3 +255,27 @@ pub fn worker_counts(list: Option<String>, default: &[usize]) -> Vec<usize> {
         None => default.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn countdown_wakes_after_the_last_tick() {
+        let countdown = Arc::new(Countdown::new());
+        countdown.arm(3);
+        let waiter = tokio::spawn({
+            let countdown = countdown.clone();
+            async move { countdown.finished().await }
+        });
+        countdown.tick();
+        countdown.tick();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        countdown.tick();
+        waiter.await.unwrap();
+        // Nothing armed: returns at once.
+        countdown.arm(0);
+        countdown.finished().await;
+    }
+}

@@ -233,3 +233,52 @@ impl<T> Handoff<T> {
         self.ready.notify_waiters();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handoff_delivers_everything_in_order_and_closes() {
+        let handoff = Arc::new(Handoff::new(2));
+        let consumers: Vec<_> = (0..4)
+            .map(|_| {
+                let handoff = handoff.clone();
+                tokio::spawn(async move {
+                    let mut taken = Vec::new();
+                    while let Some(item) = handoff.pop().await {
+                        taken.push(item);
+                    }
+                    taken
+                })
+            })
+            .collect();
+        for n in 0..10_000 {
+            handoff.push(n).await;
+        }
+        // Every item is taken before close, so no consumer may return early.
+        while !handoff.line.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        handoff.close();
+        let mut all = Vec::new();
+        for consumer in consumers {
+            let taken = consumer.await.unwrap();
+            assert!(taken.is_sorted(), "each consumer takes in order");
+            all.extend(taken);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..10_000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_reference_runs_every_job() {
+        for rate in [
+            mpsc_shared_receiver(5_000, 3).await,
+            async_channel(5_000, 3).await,
+            mutex_vecdeque_notify(5_000, 3).await,
+        ] {
+            assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        }
+    }
+}
