@@ -13,7 +13,8 @@
 //! rate goes to stderr, and one JSON line per case to stdout, with its ratio to each
 //! reference and to apalis. Arguments: `[jobs]` (default 1,000,000) and `[workers]`, a
 //! comma-separated list (default `8`). `AMBOY_BENCH_THREADS` sets the runtime's worker threads
-//! (default: one per core).
+//! (default: one per core). Built with the `mimalloc` feature, it runs on mimalloc instead of
+//! the system's allocator.
 //!
 //! This crate is a workspace of its own so that the main workspace never depends on apalis.
 
