@@ -4,9 +4,13 @@
 //!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`.
 //! * `tidy`: the layering rules: allowed dependencies between crates, workspace lints everywhere,
 //!   every `lib.rs` opening with `//!`. Also run by `cargo test -p xtask`.
-//! * `bench local [jobs] [filter] [workers] [--mimalloc]`: the in-memory throughput benchmark
-//!   (one JSON line per case), on the system's allocator or mimalloc; `bench micro`: the
-//!   criterion benchmarks of the hot path.
+//! * `bench local [jobs] [filter] [workers] [--mimalloc]`: the in-memory throughput benchmark of
+//!   the local queues against the reference hand-offs (one JSON line per case), on the system's
+//!   allocator or mimalloc.
+//! * `bench peers [jobs] [workers] [--mimalloc]`: the limited-size queue beside apalis and the
+//!   reference hand-offs, in one run (one JSON line per case). It builds `bench/peers`, a crate
+//!   outside the workspace with its own `Cargo.lock`, so that nothing else depends on apalis.
+//! * `bench micro`: the criterion benchmarks of the hot path.
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
 
@@ -24,7 +28,8 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci|tidy|bench local [jobs] [filter] [workers] [--mimalloc]|bench micro>"
+                "usage: cargo xtask <ci|tidy|bench local [jobs] [filter] [workers] [--mimalloc]\
+                 |bench peers [jobs] [workers] [--mimalloc]|bench micro>"
             );
             return ExitCode::from(2);
         }
@@ -74,23 +79,30 @@ fn has_nextest() -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
+/// `cargo run` of a benchmark in release: `target` selects it (package and binary, or
+/// manifest), `--mimalloc` among `args` turns on the `mimalloc` feature, and the other `args`
+/// are passed on.
+fn run_bench(target: &[&str], args: &[String]) -> Result<(), String> {
+    let mut command = vec!["run", "--locked", "--release"];
+    command.extend(target);
+    if args.iter().any(|arg| arg == "--mimalloc") {
+        command.extend(["--features", "mimalloc"]);
+    }
+    command.push("--");
+    command.extend(
+        args.iter()
+            .map(String::as_str)
+            .filter(|arg| *arg != "--mimalloc"),
+    );
+    run(&command, &[])
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
+    let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some("local") | None => {
-            let mimalloc = args.iter().any(|arg| arg == "--mimalloc");
-            let mut command = vec!["run", "--locked", "--release", "-p", "amboy-bench"];
-            if mimalloc {
-                command.extend(["--features", "mimalloc"]);
-            }
-            command.extend(["--bin", "local", "--"]);
-            command.extend(
-                args.iter()
-                    .skip(1)
-                    .map(String::as_str)
-                    .filter(|arg| *arg != "--mimalloc"),
-            );
-            run(&command, &[])
-        }
+        Some("local") | None => run_bench(&["-p", "amboy-bench", "--bin", "local"], rest),
+        // A workspace of its own (it depends on apalis), built into `bench/peers/target`.
+        Some("peers") => run_bench(&["--manifest-path", "bench/peers/Cargo.toml"], rest),
         Some("micro") => run(
             &[
                 "bench",
@@ -103,7 +115,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             &[],
         ),
         Some(other) => Err(format!(
-            "unknown benchmark '{other}': use 'local' or 'micro'"
+            "unknown benchmark '{other}': use 'local', 'peers' or 'micro'"
         )),
     }
 }
