@@ -118,19 +118,18 @@ impl std::fmt::Debug for dyn RetryHandler {
 }
 
 /// Runs one dispatched job and reports it to its queue, as every runner does (amboy's
-/// `executeJob`): the run is bounded by the job's `max_time` and stopped when `cancel` is
+/// `executeJob`): the run is bounded by the job's `max_time` and stopped when `ctx` is
 /// cancelled; errors and panics are recorded on the job; the job is completed in the queue; a
 /// retryable queue's handler receives the job if it asked to retry.
 ///
-/// `cancel` is the job's token: runners that abort single jobs pass a token of the job's own,
-/// others may share one token between the jobs a worker runs.
+/// `ctx` is the runner's context for the job: runners that abort single jobs pass a context
+/// with a token of the job's own; others build one context per worker and pass it to every
+/// job the worker runs (a job with a time limit, or whose queue watches its lock, gets a child
+/// token of its own here).
 ///
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
-pub async fn execute_job(
-    queue: &dyn Queue,
-    job: &JobRef,
-    cancel: &CancellationToken,
-) -> RunOutcome {
+pub async fn execute_job(queue: &dyn Queue, job: &JobRef, ctx: &JobContext) -> RunOutcome {
+    let cancel = ctx.token();
     let (max_time, retryable, watched) = {
         let mut meta = job.base().metadata();
         let watched = meta.run_token(cancel);
@@ -146,16 +145,21 @@ pub async fn execute_job(
     let work = async {
         // A job whose queue watches its lock gets a token of its own, which the queue cancels
         // if it loses the lock; so does a job with a time limit, cancelled when the limit
-        // passes, so that work it spawned stops too. Other jobs share the caller's token.
-        let token = match &watched {
-            Some(token) => token.clone(),
-            None if max_time.is_zero() => cancel.clone(),
-            None => cancel.child_token(),
+        // passes, so that work it spawned stops too. Other jobs run in the caller's context.
+        let own = match &watched {
+            Some(token) => Some(token.clone()),
+            None if max_time.is_zero() => None,
+            None => Some(cancel.child_token()),
         };
-        let ctx = JobContext::with_token(token).with_deadline(max_time_deadline(max_time));
-        let outcome = execute(&**job, &ctx).await;
+        let own = own.map(|token| {
+            JobContext::with_token(token)
+                .with_deadline(ctx.deadline())
+                .with_deadline(max_time_deadline(max_time))
+        });
+        let run_ctx = own.as_ref().unwrap_or(ctx);
+        let outcome = execute(&**job, run_ctx).await;
         if outcome == RunOutcome::TimedOut {
-            ctx.token().cancel();
+            run_ctx.token().cancel();
         }
         let completed = match queue.try_complete(job) {
             Some(result) => result,

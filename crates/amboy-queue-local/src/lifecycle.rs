@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Lifecycle {
     runner: Mutex<Option<Arc<dyn Runner>>>,
     started: AtomicBool,
+    /// Set with the lifetime's cancellation: read on every put, where the token's own check
+    /// would take a lock.
+    closed: AtomicBool,
     lifetime: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -25,12 +28,19 @@ impl Lifecycle {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.lifetime.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
-    /// Cancelled when the queue closes or is dropped.
+    /// Cancelled when the queue closes or is dropped ([`close`](Self::close)); wait on it,
+    /// cancel it through `close`.
     pub(crate) fn lifetime(&self) -> &CancellationToken {
         &self.lifetime
+    }
+
+    /// Ends the queue's lifetime: puts are refused, background tasks stop.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.lifetime.cancel();
     }
 
     pub(crate) fn runner(&self) -> Option<Arc<dyn Runner>> {
@@ -104,7 +114,7 @@ impl Lifecycle {
 
     /// Ends the queue's lifetime and waits for its background tasks.
     pub(crate) async fn end(&self) {
-        self.lifetime.cancel();
+        self.close();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
             let _ = task.await;

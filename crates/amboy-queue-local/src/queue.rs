@@ -36,6 +36,9 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// fingerprints) after it stops retaining them, so that edges to them are still judged.
 const REMEMBER_CAPACITIES: usize = 4;
 
+/// The shards of a queue's job map.
+const JOB_MAP_SHARDS: usize = 64;
+
 /// The claims queues put on the jobs they dispatch: one per queue, never 0.
 static CLAIMS: AtomicU64 = AtomicU64::new(1);
 
@@ -360,7 +363,9 @@ impl<L: Line> Engine<L> {
             claim: CLAIMS.fetch_add(1, Ordering::Relaxed),
             options,
             this: this.clone(),
-            jobs: DashMap::with_hasher(Hasher::default()),
+            // More shards than dashmap's default (four per core): puts and evictions from
+            // many workers meet on a shard's lock less often.
+            jobs: DashMap::with_hasher_and_shard_amount(Hasher::default(), JOB_MAP_SHARDS),
             line: Arc::new(L::default()),
             delayed: Arc::new(Delayed::default()),
             scopes: ScopeManager::new(),
@@ -988,7 +993,7 @@ impl<L: Line> Engine<L> {
     /// What stops without waiting: the background tasks and the line (so that workers find no
     /// more jobs).
     fn stop_now(&self) {
-        self.lifecycle.lifetime().cancel();
+        self.lifecycle.close();
         self.line.close();
     }
 

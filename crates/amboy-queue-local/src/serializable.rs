@@ -857,7 +857,7 @@ impl Engine {
 
     /// What stops without waiting: the background tasks and the line.
     fn stop_now(&self) {
-        self.lifecycle.lifetime().cancel();
+        self.lifecycle.close();
         self.line_tx.close();
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobId, JobRef, Queue, Result, execute_job};
+use amboy_core::{Error, JobContext, JobId, JobRef, Queue, Result, execute_job};
 use dashmap::DashMap;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -55,20 +55,58 @@ struct State {
 
 #[derive(Debug)]
 struct Running {
-    /// Cancelled to stop taking jobs.
-    stop: CancellationToken,
+    /// Set to stop taking jobs.
+    stop: Stop,
     /// Cancelled to stop the running jobs: every job's token descends from it.
     token: CancellationToken,
     workers: JoinSet<()>,
 }
 
-/// A worker's two tokens: one to stop taking jobs, one that its jobs' tokens descend from.
-/// Each worker has its own pair (children of the pool's), so that waiting on them never
+/// A worker's two signals: one to stop taking jobs, one that its jobs' tokens descend from.
+/// Each worker has its own tokens (children of the pool's), so that waiting on them never
 /// contends with the other workers.
 #[derive(Debug)]
 struct Tokens {
-    stop: CancellationToken,
+    stop: Stop,
     jobs: CancellationToken,
+}
+
+/// The signal to stop taking jobs: a flag read before every take (a load, where a token's own
+/// check takes a lock), and a token to wait on.
+#[derive(Debug, Clone)]
+struct Stop {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Stop {
+            flag: Arc::new(AtomicBool::new(false)),
+            token: CancellationToken::new(),
+        }
+    }
+
+    /// The same signal, with a token of its own (a child) for one worker to wait on.
+    fn for_worker(&self) -> Self {
+        Stop {
+            flag: self.flag.clone(),
+            token: self.token.child_token(),
+        }
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    async fn wait(&self) {
+        self.token.cancelled().await;
+    }
 }
 
 impl Pool {
@@ -160,12 +198,12 @@ impl Pool {
             Source::One(queue)
         };
         let source = Arc::new(source);
-        let stop = CancellationToken::new();
+        let stop = Stop::new();
         let token = CancellationToken::new();
         let mut workers = JoinSet::new();
         for _ in 0..self.size {
             let tokens = Tokens {
-                stop: stop.child_token(),
+                stop: stop.for_worker(),
                 jobs: token.child_token(),
             };
             workers.spawn(worker(source.clone(), self.exec.clone(), tokens));
@@ -194,7 +232,7 @@ impl Pool {
         let Some(mut running) = running else {
             return;
         };
-        running.stop.cancel();
+        running.stop.set();
         // Joined in a task of its own: should this call be dropped part-way, the workers still
         // finish (completing their jobs) instead of being aborted mid-job.
         let joined = tokio::spawn(async move {
@@ -239,6 +277,9 @@ async fn worker(source: Arc<Source>, exec: Arc<Exec>, tokens: Tokens) {
 impl Exec {
     async fn work(&self, source: &Source, tokens: &Tokens) {
         let Tokens { stop, jobs } = tokens;
+        // One context for every job this worker runs: jobs that need a token of their own get
+        // a child of it.
+        let ctx = JobContext::with_token(jobs.clone());
         loop {
             // A throttled pool books its start before taking a job, so that jobs wait in the
             // queue, pending, rather than dispatched in a sleeping worker.
@@ -265,7 +306,7 @@ impl Exec {
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            self.run(&**queue, &job, jobs).await;
+            self.run(&**queue, &job, &ctx).await;
             // A worker finding jobs ready never waits; spend tokio's cooperative budget so that
             // it still lets the other tasks on its thread (producers among them) run.
             tokio::task::coop::consume_budget().await;
@@ -285,27 +326,28 @@ impl Exec {
         }
     }
 
-    async fn run(&self, queue: &dyn Queue, job: &JobRef, token: &CancellationToken) {
+    async fn run(&self, queue: &dyn Queue, job: &JobRef, ctx: &JobContext) {
         match &self.register {
             None => {
-                execute_job(queue, job, token).await;
+                execute_job(queue, job, ctx).await;
             }
             Some(register) => {
-                let running = register.enter(job, token);
-                execute_job(queue, job, &running.token).await;
+                let running = register.enter(job, ctx.token());
+                let own = JobContext::with_token(running.token.clone());
+                execute_job(queue, job, &own).await;
             }
         }
     }
 }
 
 /// Sleeps until `deadline`; false if the pool stopped first.
-async fn sleep_until(deadline: Instant, token: &CancellationToken) -> bool {
+async fn sleep_until(deadline: Instant, stop: &Stop) -> bool {
     if deadline <= Instant::now() {
-        return !token.is_cancelled();
+        return !stop.is_set();
     }
     tokio::select! {
         biased;
-        _ = token.cancelled() => false,
+        _ = stop.wait() => false,
         _ = tokio::time::sleep_until(deadline) => true,
     }
 }
@@ -324,12 +366,12 @@ enum Source {
 impl Source {
     /// The next job and its queue; `None` once the pool stops (`stop` is cancelled) or every
     /// queue closed.
-    async fn next(&self, token: &CancellationToken) -> Option<(&Arc<dyn Queue>, JobRef)> {
+    async fn next(&self, stop: &Stop) -> Option<(&Arc<dyn Queue>, JobRef)> {
         match self {
-            // The queue comes first: when it has a job ready, the pool's token is only read, not
-            // waited on (waiting registers with the token, a lock shared by every worker).
+            // The queue comes first: when it has a job ready, the stop signal is only read, not
+            // waited on.
             Source::One(queue) => {
-                if token.is_cancelled() {
+                if stop.is_set() {
                     return None;
                 }
                 if let Some(job) = queue.try_next() {
@@ -338,10 +380,10 @@ impl Source {
                 tokio::select! {
                     biased;
                     job = queue.next() => job.map(|job| (queue, job)),
-                    _ = token.cancelled() => None,
+                    _ = stop.wait() => None,
                 }
             }
-            Source::Many(rotation) => rotation.next(token).await,
+            Source::Many(rotation) => rotation.next(stop).await,
         }
     }
 }
@@ -371,7 +413,7 @@ impl Rotation {
         }
     }
 
-    async fn next(&self, token: &CancellationToken) -> Option<(&Arc<dyn Queue>, JobRef)> {
+    async fn next(&self, stop: &Stop) -> Option<(&Arc<dyn Queue>, JobRef)> {
         let n = self.queues.len();
         loop {
             let first = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -385,7 +427,7 @@ impl Rotation {
             let offers = futures::future::select_all(order.iter().map(|&i| self.queues[i].next()));
             let (job, position) = tokio::select! {
                 biased;
-                _ = token.cancelled() => return None,
+                _ = stop.wait() => return None,
                 (job, position, _others) = offers => (job, position),
             };
             let i = order[position];
