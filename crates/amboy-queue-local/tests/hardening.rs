@@ -4,25 +4,26 @@
 //! checks on runtime threads, stored jobs that cannot be decoded, and JSON coded under the
 //! store's lock.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use amboy_core::dependency::{DependencyError, JobEdges, Manager, State};
-use amboy_core::{
-    Base, Error, Job, JobContext, JobError, JobOutcome, JobRef, Queue, QueueInfo, QueueStats,
-    Runner,
-};
+use amboy_core::{Base, Error, Job, JobContext, JobError, JobOutcome, JobRef, Queue};
 use amboy_queue_local::{
     DependencyOrderedQueue, Dispatcher, LimitedSizeQueue, LimitedSizeSerializableQueue,
 };
 use amboy_registry::JobInterchange;
 use amboy_runner::LocalWorkers;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+use support::ScriptedStore;
 
 /// Generous bound for what should happen at once.
 const SOON: Duration = Duration::from_secs(10);
@@ -256,112 +257,6 @@ async fn a_copy_of_a_running_job_cannot_complete_it() {
 // Defect 4: the dispatcher's heartbeat, by attempt
 // ---------------------------------------------------------------------------------------------
 
-/// How a scripted store answers a save.
-type Answer = Box<dyn Fn(&JobRef) -> amboy_core::Result<()> + Send + Sync>;
-
-/// A store whose `save` is scripted by the test.
-struct Store {
-    saves: Mutex<Vec<String>>,
-    /// Held until notified, on the first save only.
-    first_entered: Notify,
-    first_release: Notify,
-    holds_first: bool,
-    answer: Answer,
-}
-
-impl Store {
-    fn new(
-        holds_first: bool,
-        answer: impl Fn(&JobRef) -> amboy_core::Result<()> + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Arc::new(Store {
-            saves: Mutex::new(Vec::new()),
-            first_entered: Notify::new(),
-            first_release: Notify::new(),
-            holds_first,
-            answer: Box::new(answer),
-        })
-    }
-}
-
-fn unused<T>() -> amboy_core::Result<T> {
-    Err(Error::invalid("not used by the dispatcher"))
-}
-
-#[async_trait::async_trait]
-impl Queue for Store {
-    fn id(&self) -> &str {
-        "store"
-    }
-
-    async fn put(&self, _job: JobRef) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn put_many(&self, _jobs: Vec<JobRef>) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn get(&self, _id: &str) -> amboy_core::Result<JobRef> {
-        unused()
-    }
-
-    async fn next(&self) -> Option<JobRef> {
-        None
-    }
-
-    fn info(&self) -> QueueInfo {
-        QueueInfo {
-            started: true,
-            lock_timeout: Duration::from_secs(60),
-        }
-    }
-
-    async fn complete(&self, _job: &JobRef) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn save(&self, job: &JobRef) -> amboy_core::Result<()> {
-        let first = {
-            let mut saves = self.saves.lock().unwrap();
-            let attempt = job.retry_info().current_attempt;
-            saves.push(format!("{}#{attempt}", job.id()));
-            saves.len() == 1
-        };
-        if first && self.holds_first {
-            self.first_entered.notify_one();
-            self.first_release.notified().await;
-        }
-        (self.answer)(job)
-    }
-
-    async fn results(&self) -> amboy_core::JobStream {
-        Box::pin(futures::stream::empty())
-    }
-
-    async fn job_info(&self) -> amboy_core::JobInfoStream {
-        Box::pin(futures::stream::empty())
-    }
-
-    async fn stats(&self) -> amboy_core::Result<QueueStats> {
-        Ok(QueueStats::default())
-    }
-
-    fn runner(&self) -> Option<Arc<dyn Runner>> {
-        None
-    }
-
-    fn set_runner(&self, _runner: Arc<dyn Runner>) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn start(&self) -> amboy_core::Result<()> {
-        Ok(())
-    }
-
-    async fn close(&self) {}
-}
-
 fn attempt(id: &str, attempt: u32) -> JobRef {
     let job = held("dispatcher", Base::with_id(id).with_retryable(true), false);
     job.base().metadata().retry_info.current_attempt = attempt;
@@ -380,7 +275,7 @@ fn mod_count(job: &JobRef) -> u64 {
 #[tokio::test]
 async fn a_failed_refresh_of_an_old_attempt_leaves_the_next_attempt_tracked() {
     let dispatcher = Arc::new(Dispatcher::new(Arc::from("store"), Duration::from_secs(60)));
-    let store = Store::new(true, |job| {
+    let store = ScriptedStore::new(true, |job| {
         if job.retry_info().current_attempt == 0 && job.id() == "retried" {
             Err(Error::job_not_found_because(job.id(), "attempt 0 finished"))
         } else {
@@ -432,7 +327,7 @@ async fn a_failed_refresh_of_an_old_attempt_leaves_the_next_attempt_tracked() {
 #[tokio::test]
 async fn a_lost_lock_interrupts_its_run_and_the_others_keep_their_locks() {
     let dispatcher = Dispatcher::new(Arc::from("store"), Duration::from_secs(60));
-    let store = Store::new(false, |job| {
+    let store = ScriptedStore::new(false, |job| {
         if job.id() == "lost" {
             Err(Error::job_not_found_because(job.id(), "taken over"))
         } else {
@@ -466,7 +361,7 @@ async fn a_lost_lock_interrupts_its_run_and_the_others_keep_their_locks() {
 async fn a_transient_refresh_failure_keeps_the_lock() {
     let dispatcher = Dispatcher::new(Arc::from("store"), Duration::from_secs(60));
     let failures = Arc::new(AtomicUsize::new(1));
-    let store = Store::new(false, {
+    let store = ScriptedStore::new(false, {
         let failures = failures.clone();
         move |job| {
             if failures

@@ -2,6 +2,8 @@
 //! and `dispatcher_test.go` adapted, the concurrent-`next` check of `TestDriverNextJob`, and
 //! regression tests for the amboy bugs we fix (decisions 1 and 3).
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -15,6 +17,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
+
+use support::ScriptedStore;
 
 /// Generous bound for things that should happen at once.
 const SOON: Duration = Duration::from_secs(10);
@@ -966,105 +970,11 @@ async fn queue_heartbeat_refreshes_running_jobs() {
     queue.close().await;
 }
 
-/// A queue whose first `save` waits until the test lets it go; everything else is refused. It
-/// lets a test act while the heartbeat is part-way through refreshing its jobs.
-#[derive(Debug)]
-struct HeldSave {
-    entered: Semaphore,
-    proceed: Semaphore,
-    first: AtomicBool,
-    saving: Mutex<Option<String>>,
-}
-
-impl HeldSave {
-    fn new() -> Arc<Self> {
-        Arc::new(HeldSave {
-            entered: Semaphore::new(0),
-            proceed: Semaphore::new(0),
-            first: AtomicBool::new(true),
-            saving: Mutex::new(None),
-        })
-    }
-}
-
-fn unused<T>() -> amboy_core::Result<T> {
-    Err(Error::invalid("not used by this test"))
-}
-
-#[async_trait::async_trait]
-impl Queue for HeldSave {
-    fn id(&self) -> &str {
-        "held-save"
-    }
-
-    async fn put(&self, _job: JobRef) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn put_many(&self, _jobs: Vec<JobRef>) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn get(&self, id: &str) -> amboy_core::Result<JobRef> {
-        Err(Error::job_not_found(id))
-    }
-
-    async fn next(&self) -> Option<JobRef> {
-        None
-    }
-
-    fn info(&self) -> amboy_core::QueueInfo {
-        amboy_core::QueueInfo {
-            started: true,
-            lock_timeout: DISPATCH_LOCK_TIMEOUT,
-        }
-    }
-
-    async fn complete(&self, _job: &JobRef) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn save(&self, job: &JobRef) -> amboy_core::Result<()> {
-        if self.first.swap(false, Ordering::SeqCst) {
-            *self.saving.lock().unwrap() = Some(job.id().to_owned());
-            self.entered.add_permits(1);
-            self.proceed.acquire().await.unwrap().forget();
-        }
-        Ok(())
-    }
-
-    async fn results(&self) -> amboy_core::JobStream {
-        Box::pin(futures::stream::empty())
-    }
-
-    async fn job_info(&self) -> amboy_core::JobInfoStream {
-        Box::pin(futures::stream::empty())
-    }
-
-    async fn stats(&self) -> amboy_core::Result<amboy_core::QueueStats> {
-        Ok(Default::default())
-    }
-
-    fn runner(&self) -> Option<Arc<dyn Runner>> {
-        None
-    }
-
-    fn set_runner(&self, _runner: Arc<dyn Runner>) -> amboy_core::Result<()> {
-        unused()
-    }
-
-    async fn start(&self) -> amboy_core::Result<()> {
-        Ok(())
-    }
-
-    async fn close(&self) {}
-}
-
 /// A job completed (or released) while a refresh is under way is not refreshed back into
 /// progress: its status stays what completion made it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_under_way_leaves_completed_and_released_jobs_alone() {
-    let queue = HeldSave::new();
+    let queue = ScriptedStore::new(true, |_| Ok(()));
     let dispatcher = dispatcher();
     let jobs: Vec<JobRef> = ["race-a", "race-b", "race-c"]
         .iter()
@@ -1079,13 +989,14 @@ async fn refresh_under_way_leaves_completed_and_released_jobs_alone() {
         async move { dispatcher.refresh_locks(&*queue).await }
     });
     // The refresh is saving one job and will go on to the other two.
-    timeout(SOON, queue.entered.acquire())
+    timeout(SOON, queue.first_entered.notified())
         .await
-        .expect("the refresh saves a job")
-        .unwrap()
-        .forget();
-    let saving = queue.saving.lock().unwrap().clone().unwrap();
-    let others: Vec<&JobRef> = jobs.iter().filter(|job| job.id() != saving).collect();
+        .expect("the refresh saves a job");
+    let saving = queue.saves.lock().unwrap()[0].clone();
+    let others: Vec<&JobRef> = jobs
+        .iter()
+        .filter(|job| saving != format!("{}#0", job.id()))
+        .collect();
     let [completed, released] = others[..] else {
         unreachable!()
     };
@@ -1095,7 +1006,7 @@ async fn refresh_under_way_leaves_completed_and_released_jobs_alone() {
     dispatcher.release(released);
     let before = [completed, released].map(|job| job.status());
 
-    queue.proceed.add_permits(1);
+    queue.first_release.notify_one();
     timeout(SOON, refresh).await.unwrap().unwrap();
     let after = [completed, released].map(|job| job.status());
     assert!(
