@@ -67,7 +67,9 @@
 //!
 //! **Regressions** (module `regressions`, and `concurrent::a_save_racing_the_lock_refresh_keeps_the_lock`):
 //! the minimal sequences of the bugs these tests found, replayed through the sequential model
-//! on every queue they concern (the save race is a focused loop: it cannot be sequenced).
+//! on every queue they concern (the save race is a focused loop here; the unit test
+//! `serializable::tests::a_save_encoded_before_a_heartbeat_keeps_the_lock` of
+//! `amboy-queue-local` forces its interleaving with a hook).
 //!
 //! `AMBOY_MODEL_CASES` and `AMBOY_MODEL_CONCURRENT_CASES` set the number of cases per queue, for
 //! a deeper run by hand.

@@ -24,6 +24,8 @@ mod dispatcher;
 mod footprint;
 mod gate;
 mod group;
+#[cfg(test)]
+mod hooks;
 mod lifecycle;
 mod line;
 mod queue;

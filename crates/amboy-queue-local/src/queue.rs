@@ -154,7 +154,7 @@ struct Engine<L: Line> {
     counts: Counts,
     lifecycle: Lifecycle,
     #[cfg(test)]
-    hooks: hooks::Hooks,
+    hooks: crate::hooks::Hooks,
 }
 
 #[derive(Debug, Default)]
@@ -376,7 +376,7 @@ impl<L: Line> Engine<L> {
             counts: Counts::default(),
             lifecycle: Lifecycle::default(),
             #[cfg(test)]
-            hooks: hooks::Hooks::default(),
+            hooks: crate::hooks::Hooks::default(),
         }))
     }
 
@@ -441,7 +441,7 @@ impl<L: Line> Engine<L> {
             let scopes = meta.scopes.clone();
             drop(meta);
             #[cfg(test)]
-            self.hooks.after_expiry_decided(&job);
+            self.hooks.run(&self.hooks.after_expiry_decided, &job);
             self.expire(&job, &scopes);
             return Taken::Skipped;
         }
@@ -1162,35 +1162,6 @@ impl<L: Line> Drop for Engine<L> {
     /// An engine nobody holds any more stops its background tasks.
     fn drop(&mut self) {
         self.stop_now();
-    }
-}
-
-#[cfg(test)]
-mod hooks {
-    use amboy_core::JobRef;
-    use parking_lot::Mutex;
-
-    type Hook = Box<dyn Fn(&JobRef) + Send + Sync>;
-
-    /// Points where a unit test runs code of its own, to force an interleaving.
-    #[derive(Default)]
-    pub(super) struct Hooks {
-        /// After `take` decided, under the job's lock, that the job expired, and released it.
-        pub(super) after_expiry_decided: Mutex<Option<Hook>>,
-    }
-
-    impl std::fmt::Debug for Hooks {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("Hooks").finish_non_exhaustive()
-        }
-    }
-
-    impl Hooks {
-        pub(super) fn after_expiry_decided(&self, job: &JobRef) {
-            if let Some(hook) = &*self.after_expiry_decided.lock() {
-                hook(job);
-            }
-        }
     }
 }
 

@@ -114,6 +114,8 @@ struct Engine {
     dispatcher: Arc<Dispatcher>,
     retry_handler: Mutex<Option<Arc<dyn RetryHandler>>>,
     lifecycle: Lifecycle,
+    #[cfg(test)]
+    hooks: crate::hooks::Hooks,
 }
 
 /// A pending job's place in the line, the timer heap or beside a scope: its key, and the serial
@@ -338,6 +340,8 @@ impl LimitedSizeSerializableQueue {
             scopes: ScopeManager::new(),
             retry_handler: Mutex::new(None),
             lifecycle: Lifecycle::default(),
+            #[cfg(test)]
+            hooks: crate::hooks::Hooks::default(),
         });
         Ok(Arc::new(LimitedSizeSerializableQueue { engine }))
     }
@@ -935,6 +939,8 @@ impl Queue for Engine {
     async fn save(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
         let mut envelope = encode(job)?;
+        #[cfg(test)]
+        self.hooks.run(&self.hooks.after_save_encoded, job);
         let mut store = self.store.lock();
         // The lock is checked against the copy's status now, and that status is what is stored:
         // the heartbeat may have moved the copy's lock on since it was encoded.
@@ -1277,5 +1283,76 @@ impl RetryableQueue for LimitedSizeSerializableQueue {
 
     async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
         RetryableQueue::complete_retrying(&*self.engine, job).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use amboy_core::{Base, Job, JobContext, JobError};
+    use serde::{Deserialize, Serialize};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    struct Quiet {
+        base: Base,
+    }
+
+    #[typetag::serde(name = "serializable-unit-quiet")]
+    #[async_trait]
+    impl Job for Quiet {
+        fn base(&self) -> &Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &JobContext) -> std::result::Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    /// A `save` encoded the running copy, then the heartbeat refreshed the copy's lock and
+    /// stored it, then the `save` stored the copy as it was encoded, a lock behind: the next
+    /// heartbeat was refused and the copy lost its lock while it ran. The heartbeat runs here
+    /// exactly in that gap.
+    #[tokio::test]
+    async fn a_save_encoded_before_a_heartbeat_keeps_the_lock() {
+        let queue = LimitedSizeSerializableQueue::new(4);
+        let job: JobRef = Arc::new(Quiet {
+            base: Base::with_id("saved"),
+        });
+        queue.put(job).await.unwrap();
+        let job = queue.next().await.expect("dispatched");
+        let run = job.base().run_token(&CancellationToken::new()).unwrap();
+        *queue.engine.hooks.after_save_encoded.lock() = Some(Box::new({
+            let queue = Arc::downgrade(&queue);
+            move |job| {
+                let queue = queue.upgrade().unwrap();
+                let refreshed =
+                    futures::executor::block_on(queue.dispatcher().refresh_locks(&*queue));
+                assert_eq!(
+                    refreshed,
+                    1,
+                    "the heartbeat in the gap refreshes {}",
+                    job.id()
+                );
+            }
+        }));
+        queue.save(&job).await.expect("the save");
+
+        assert_eq!(
+            queue.dispatcher().refresh_locks(&*queue).await,
+            1,
+            "the next heartbeat keeps the lock"
+        );
+        assert!(
+            !run.is_cancelled() && job.error().is_none(),
+            "{:?}",
+            job.error()
+        );
+        queue
+            .complete(&job)
+            .await
+            .expect("the copy that ran completes it");
     }
 }
