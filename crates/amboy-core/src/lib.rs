@@ -4,7 +4,8 @@
 //! [`JobTimeInfo`], [`JobRetryInfo`], [`JobInfo`], [`QueueInfo`], [`QueueStats`],
 //! [`RetryHandlerOptions`]); the shared [`Error`] kinds; and the helpers that work over any queue
 //! (enqueue-unique, [`report`], [`run_job`], the [`wait`] family, periodic queue operations such
-//! as [`interval_queue_operation`]).
+//! as [`interval_queue_operation`]); and the [`Dispatcher`], which locks the jobs a storing queue
+//! dispatches and keeps their locks alive in batches through a [`LockStore`].
 //!
 //! Every other amboy crate depends on this one, and it depends on none of them except
 //! `amboy-dependency` (a job carries a dependency manager). It holds no storage and no worker
@@ -18,6 +19,7 @@
 
 mod base;
 pub mod clock;
+mod dispatcher;
 mod error;
 mod id;
 mod info;
@@ -32,6 +34,7 @@ mod wait;
 
 pub use amboy_dependency as dependency;
 pub use base::{Base, Metadata};
+pub use dispatcher::{Dispatcher, LockStore, save_each};
 pub use error::{Error, JobFailure, Result, WriteErrors, collate_write_errors};
 pub use id::JobId;
 pub use info::{

@@ -1,8 +1,9 @@
 //! In-memory amboy queues, the embedded default: the [`LocalQueue`] engine and its kinds
 //! ([`LimitedSizeQueue`], [`PriorityQueue`], [`ShuffledQueue`], [`DependencyOrderedQueue`],
 //! [`AdaptiveOrderingQueue`]), the retryable [`LimitedSizeSerializableQueue`] that stores copies
-//! of its jobs, the [`LocalQueueGroup`] of named queues, the [`Dispatcher`] that locks dispatched jobs and keeps their
-//! locks alive, and the [`ScopeManager`] that enforces scopes.
+//! of its jobs, the [`LocalQueueGroup`] of named queues, and the [`ScopeManager`] that enforces scopes. The
+//! jobs the serializable queue dispatches are locked by `amboy-core`'s
+//! [`Dispatcher`](amboy_core::Dispatcher), shared with the PostgreSQL queue.
 //!
 //! Depend on this crate (or the `amboy` facade's default features) to run jobs inside one
 //! process. Queues here depend only on `amboy-core` (and `amboy-registry` for stored copies):
@@ -20,7 +21,6 @@
 
 mod delayed;
 mod deps;
-mod dispatcher;
 mod footprint;
 mod gate;
 mod group;
@@ -32,7 +32,6 @@ mod queue;
 mod scope;
 mod serializable;
 
-pub use dispatcher::Dispatcher;
 pub use footprint::Footprint;
 pub use group::{
     CleanupHook, GroupCache, LocalGroupQueueOptions, LocalQueueGroup, LocalQueueGroupOptions,

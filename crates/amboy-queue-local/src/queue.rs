@@ -7,8 +7,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobId, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata, Queue,
-    QueueInfo, QueueStats, Result, Runner, collate_write_errors,
+    Dispatcher, Error, JobId, JobInfo, JobInfoStream, JobRef, JobStream, LOCK_TIMEOUT, Metadata,
+    Queue, QueueInfo, QueueStats, Result, Runner, collate_write_errors,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,7 +24,7 @@ use crate::deps::{Dependencies, Edge, Ended, Verdict, order_batch};
 use crate::gate::Gate;
 use crate::lifecycle::Lifecycle;
 use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
-use crate::{Dispatcher, Footprint, ScopeManager};
+use crate::{Footprint, ScopeManager};
 
 /// The job map's hasher: fast on short string keys.
 type Hasher = foldhash::fast::RandomState;

@@ -6,8 +6,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobInfo, JobInfoStream, JobRef, JobStatusInfo, JobStream, JobType, LOCK_TIMEOUT, Queue,
-    QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
+    Dispatcher, Error, JobInfo, JobInfoStream, JobRef, JobStatusInfo, JobStream, JobType,
+    LOCK_TIMEOUT, LockStore, Queue, QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue,
+    Runner, collate_write_errors,
 };
 use amboy_registry::{JobInterchange, truncate_errors};
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
 use crate::lifecycle::Lifecycle;
-use crate::{Dispatcher, Footprint, ScopeManager};
+use crate::{Footprint, ScopeManager};
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -1024,8 +1025,8 @@ impl Queue for Engine {
         // The background tasks start once the runner has: a runner that cannot start leaves
         // the queue as it was, ready to start again.
         self.lifecycle.start_runner(&runner).await?;
-        let as_queue: Arc<dyn Queue> = self.arc();
-        self.dispatcher.start_heartbeat(Arc::downgrade(&as_queue));
+        let store: Arc<dyn LockStore> = self.arc();
+        self.dispatcher.start_heartbeat(Arc::downgrade(&store));
         let timer = Self::run_timer(
             self.delayed.clone(),
             self.line_tx.clone(),
@@ -1056,6 +1057,22 @@ impl Queue for Engine {
 
     fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
         Some(self)
+    }
+}
+
+/// The heartbeat stores refreshed locks through [`Queue::save`], one job at a time: in memory,
+/// a batch would save nothing.
+#[async_trait]
+impl LockStore for Engine {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+        amboy_core::save_each(self, jobs).await
+    }
+}
+
+#[async_trait]
+impl LockStore for LimitedSizeSerializableQueue {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+        self.engine.save_locks(jobs).await
     }
 }
 

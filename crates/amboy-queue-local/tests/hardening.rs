@@ -12,10 +12,8 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use amboy_core::dependency::{DependencyError, JobEdges, Manager, State};
-use amboy_core::{Base, Error, Job, JobContext, JobError, JobOutcome, JobRef, Queue};
-use amboy_queue_local::{
-    DependencyOrderedQueue, Dispatcher, LimitedSizeQueue, LimitedSizeSerializableQueue,
-};
+use amboy_core::{Base, Dispatcher, Error, Job, JobContext, JobError, JobOutcome, JobRef, Queue};
+use amboy_queue_local::{DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue};
 use amboy_registry::JobInterchange;
 use amboy_runner::LocalWorkers;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -289,7 +287,7 @@ async fn a_failed_refresh_of_an_old_attempt_leaves_the_next_attempt_tracked() {
 
     let heartbeat = tokio::spawn({
         let (dispatcher, store) = (dispatcher.clone(), store.clone());
-        async move { dispatcher.refresh_locks(&*store).await }
+        async move { dispatcher.refresh_locks(&*store as &dyn Queue).await }
     });
     store.first_entered.notified().await;
     // Meanwhile: attempt 0 completes, attempt 1 is dispatched and starts.
@@ -317,7 +315,7 @@ async fn a_failed_refresh_of_an_old_attempt_leaves_the_next_attempt_tracked() {
         "attempt 0 is not marked in progress again once finished: {status:?}"
     );
     // The next heartbeat refreshes attempt 1 (and the other job), not attempt 0.
-    let refreshed = dispatcher.refresh_locks(&*store).await;
+    let refreshed = dispatcher.refresh_locks(&*store as &dyn Queue).await;
     assert_eq!(refreshed, 2);
     assert_eq!(mod_count(&next), next_count + 1);
 }
@@ -343,7 +341,7 @@ async fn a_lost_lock_interrupts_its_run_and_the_others_keep_their_locks() {
     let kept_run = kept.base().run_token(&parent).unwrap();
     let kept_count = mod_count(&kept);
 
-    assert_eq!(dispatcher.refresh_locks(&*store).await, 1);
+    assert_eq!(dispatcher.refresh_locks(&*store as &dyn Queue).await, 1);
     assert!(lost_run.is_cancelled(), "the run that lost its lock stops");
     assert!(!dispatcher.is_dispatched("lost", 0));
     let error = lost.error().expect("the reason is recorded");
@@ -351,7 +349,7 @@ async fn a_lost_lock_interrupts_its_run_and_the_others_keep_their_locks() {
     assert!(!kept_run.is_cancelled());
     assert_eq!(mod_count(&kept), kept_count + 1);
 
-    assert_eq!(dispatcher.refresh_locks(&*store).await, 1);
+    assert_eq!(dispatcher.refresh_locks(&*store as &dyn Queue).await, 1);
     assert_eq!(mod_count(&kept), kept_count + 2, "refreshed again");
 }
 
@@ -381,10 +379,10 @@ async fn a_transient_refresh_failure_keeps_the_lock() {
     dispatcher.dispatch(&job).unwrap();
     let run = job.base().run_token(&CancellationToken::new()).unwrap();
     let count = mod_count(&job);
-    assert_eq!(dispatcher.refresh_locks(&*store).await, 0);
+    assert_eq!(dispatcher.refresh_locks(&*store as &dyn Queue).await, 0);
     assert!(dispatcher.is_dispatched("flaky", 0));
     assert_eq!(mod_count(&job), count, "the failed refresh is undone");
-    assert_eq!(dispatcher.refresh_locks(&*store).await, 1);
+    assert_eq!(dispatcher.refresh_locks(&*store as &dyn Queue).await, 1);
     assert_eq!(mod_count(&job), count + 1);
     assert!(!run.is_cancelled() && job.error().is_none());
 }

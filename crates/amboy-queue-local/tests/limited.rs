@@ -10,7 +10,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use amboy_core::{Base, Error, Job, JobContext, JobError, JobRef, Queue, Runner};
-use amboy_queue_local::{Dispatcher, LimitedSizeQueue};
+use amboy_core::{Dispatcher, LockStore};
+use amboy_queue_local::LimitedSizeQueue;
 use amboy_runner::LocalWorkers;
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt;
@@ -691,6 +692,16 @@ fn dispatcher() -> Arc<Dispatcher> {
     Arc::new(Dispatcher::new(Arc::from("owner"), DISPATCH_LOCK_TIMEOUT))
 }
 
+/// A queue as the store of a dispatcher's heartbeat: saves one job at a time.
+struct Saves(Arc<dyn Queue>);
+
+#[async_trait::async_trait]
+impl LockStore for Saves {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<amboy_core::Result<()>> {
+        amboy_core::save_each(&*self.0, jobs).await
+    }
+}
+
 fn mod_count(job: &JobRef) -> u64 {
     job.status().modification_count
 }
@@ -808,7 +819,7 @@ async fn refresh_locks_refreshes_only_live_jobs() {
 
     let before = [live, &timed].map(mod_count);
     let time_before = live.status().modification_time;
-    dispatcher.refresh_locks(&*queue).await;
+    dispatcher.refresh_locks(&*queue as &dyn Queue).await;
     assert_eq!(
         [live, &timed].map(mod_count),
         before.map(|count| count + 1),
@@ -823,7 +834,7 @@ async fn refresh_locks_refreshes_only_live_jobs() {
     tokio::time::advance(Duration::from_millis(10)).await;
     let counts = [done, released, &timed].map(mod_count);
     let live_before = mod_count(live);
-    dispatcher.refresh_locks(&*queue).await;
+    dispatcher.refresh_locks(&*queue as &dyn Queue).await;
     assert_eq!(mod_count(live), live_before + 1);
     assert_eq!(
         [done, released, &timed].map(mod_count),
@@ -846,7 +857,7 @@ async fn refresh_failure_stops_tracking_and_records_the_error() {
         .base()
         .run_token(&tokio_util::sync::CancellationToken::new())
         .expect("a tracked copy's run is watched");
-    dispatcher.refresh_locks(&*queue).await;
+    dispatcher.refresh_locks(&*queue as &dyn Queue).await;
     assert!(!dispatcher.is_dispatched("stranger", 0));
     let error = stranger.error().expect("the failure is recorded");
     assert!(error.message().contains("lost the lock"), "{error}");
@@ -861,7 +872,7 @@ async fn refresh_failure_stops_tracking_and_records_the_error() {
 async fn heartbeat_keeps_locks_alive_until_complete_release_or_close() {
     let queue = queue_without_workers(10).await;
     let dispatcher = dispatcher();
-    let as_dyn: Arc<dyn Queue> = queue.clone();
+    let as_dyn: Arc<dyn LockStore> = Arc::new(Saves(queue.clone()));
     let jobs: Vec<JobRef> = ["hb-live", "hb-done", "hb-released"]
         .iter()
         .map(|id| quick("heartbeat", id))
@@ -916,7 +927,7 @@ async fn heartbeat_keeps_locks_alive_until_complete_release_or_close() {
 async fn heartbeat_lets_the_lock_of_a_job_past_max_time_lapse() {
     let queue = queue_without_workers(10).await;
     let dispatcher = dispatcher();
-    let as_dyn: Arc<dyn Queue> = queue.clone();
+    let as_dyn: Arc<dyn LockStore> = Arc::new(Saves(queue.clone()));
     let job = with_base(
         "heartbeat",
         Base::with_id("hb-overdue").with_max_time(DISPATCH_LOCK_TIMEOUT),
@@ -986,7 +997,7 @@ async fn refresh_under_way_leaves_completed_and_released_jobs_alone() {
     let refresh = tokio::spawn({
         let dispatcher = dispatcher.clone();
         let queue = queue.clone();
-        async move { dispatcher.refresh_locks(&*queue).await }
+        async move { dispatcher.refresh_locks(&*queue as &dyn Queue).await }
     });
     // The refresh is saving one job and will go on to the other two.
     timeout(SOON, queue.first_entered.notified())

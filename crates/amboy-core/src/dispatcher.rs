@@ -1,10 +1,10 @@
 //! The dispatcher: locks jobs for a queue and keeps their locks alive while they run
-//! (amboy's `Dispatcher`).
+//! (amboy's `Dispatcher`), shared by every queue that stores its jobs.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobId, JobRef, Metadata, Queue, Result};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -12,24 +12,57 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::{Error, JobId, JobRef, Metadata, Queue, Result};
+
+/// Where a [`Dispatcher`]'s heartbeat stores the locks it refreshed: the queue that stores the
+/// jobs. One call carries every running job of the process, so that a queue on a database
+/// refreshes them all in one statement.
+#[async_trait]
+pub trait LockStore: Send + Sync + 'static {
+    /// Stores the refreshed lock of each of `jobs` (owner, modification time and a
+    /// modification count advanced by one since the job's last write), under the optimistic
+    /// lock every write of a dispatched job goes through. Returns one result per job, in order:
+    /// a job-not-found error means the lock is lost (another owner took the job over, or it was
+    /// finished); any other error is transient and the next heartbeat tries again.
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>>;
+}
+
+/// [`LockStore::save_locks`] for a queue without a batched write: saves the jobs one by one
+/// with [`Queue::save`].
+pub async fn save_each(queue: &dyn Queue, jobs: &[JobRef]) -> Vec<Result<()>> {
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        results.push(queue.save(job).await);
+    }
+    results
+}
+
+/// Any queue stores locks one job at a time, with [`save_each`].
+#[async_trait]
+impl LockStore for dyn Queue {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+        save_each(self, jobs).await
+    }
+}
+
 /// Locks jobs for one owner (a queue) when they are dispatched and refreshes the locks every
 /// quarter of the lock timeout while they run, so that another owner never takes over a live
 /// job and a job whose owner died is taken over after the lock timeout.
 ///
 /// Two ways to keep locks alive, for two kinds of queue:
 ///
-/// * queues that store copies register each dispatched copy ([`dispatch`](Self::dispatch) or
-///   [`mark`](Self::mark) then [`track`](Self::track)); one heartbeat task
-///   ([`start_heartbeat`](Self::start_heartbeat)) refreshes and saves every registered copy,
-///   instead of amboy's task per job. Copies are known by job ID and attempt, so the attempts
+/// * queues that store copies (the serializable queue, the PostgreSQL queue) register each
+///   dispatched copy ([`dispatch`](Self::dispatch) or [`mark`](Self::mark) then
+///   [`track`](Self::track)); one heartbeat task ([`start_heartbeat`](Self::start_heartbeat))
+///   refreshes every registered copy and stores them all in one [`LockStore::save_locks`],
+///   instead of amboy's task and write per job. Copies are known by job ID and attempt, so the attempts
 ///   of a retried job never stand for one another, and by instance: only the copy registered
 ///   is refreshed. A copy whose lock is lost (its save is refused, or it could not be saved
 ///   for a whole lock timeout) stops being refreshed and its run is interrupted
-///   ([`Base::interrupt`](amboy_core::Base::interrupt)); the others go on;
+///   ([`Base::interrupt`](crate::Base::interrupt)); the others go on;
 /// * queues that hold the jobs themselves only [`mark`](Self::mark) them, and refresh their
 ///   running jobs with [`refresh`](Self::refresh) from a scan of their own (see
-///   [`LocalQueue::refresh_locks`](crate::LocalQueue::refresh_locks)): nothing to register per
-///   job.
+///   `LocalQueue::refresh_locks` in `amboy-queue-local`): nothing to register per job.
 ///
 /// Either way, a job stops being refreshed once its `max_time` has passed, so that a job stuck
 /// past its limit loses its lock.
@@ -89,7 +122,7 @@ impl Dispatcher {
     pub fn dispatch(&self, job: &JobRef) -> Result<()> {
         let max_time = {
             let mut meta = job.base().metadata();
-            self.mark(job.base().job_id(), &mut meta, amboy_core::clock::now())?;
+            self.mark(job.base().job_id(), &mut meta, crate::clock::now())?;
             meta.time_info.max_time
         };
         self.track(job, max_time);
@@ -167,7 +200,7 @@ impl Dispatcher {
     pub fn complete(&self, job: &JobRef) -> bool {
         let dispatched = self.forget(job);
         if dispatched {
-            job.base().metadata().time_info.end = Some(amboy_core::clock::now());
+            job.base().metadata().time_info.end = Some(crate::clock::now());
         }
         dispatched
     }
@@ -211,31 +244,33 @@ impl Dispatcher {
         self.dispatched.is_empty()
     }
 
-    /// Starts refreshing locks, saving each refreshed job to `queue`. Restarts the heartbeat if
-    /// it was running.
-    pub fn start_heartbeat(self: &Arc<Self>, queue: Weak<dyn Queue>) {
+    /// Starts refreshing locks every [`heartbeat_interval`](Self::heartbeat_interval), storing
+    /// them in `store`. Restarts the heartbeat if it was running. The heartbeat ends when the
+    /// dispatcher closes or `store` is dropped.
+    pub fn start_heartbeat(self: &Arc<Self>, store: Weak<dyn LockStore>) {
         let token = CancellationToken::new();
         let dispatcher = Arc::downgrade(self);
-        let task = tokio::spawn(heartbeat(dispatcher, queue, token.clone()));
+        let task = tokio::spawn(heartbeat(dispatcher, store, token.clone()));
         if let Some((old, _)) = self.heartbeat.lock().replace((token, task)) {
             old.cancel();
         }
     }
 
-    /// Refreshes the lock of every dispatched copy once, saving each to `queue`. A copy whose
-    /// save is refused (`queue` says the job is not found: another owner took it, or it was
-    /// finished) has lost its lock: it is no longer refreshed, the reason is recorded on it,
-    /// and its run is interrupted. A save failing otherwise (the store is unreachable, say) is
-    /// tried again at the next refresh, until the lock would have expired. Returns how many
-    /// copies were refreshed.
-    pub async fn refresh_locks(&self, queue: &dyn Queue) -> usize {
+    /// Refreshes the lock of every dispatched copy once and stores them all in one
+    /// [`LockStore::save_locks`]. A copy whose save is refused (the store says the job is not
+    /// found: another owner took it, or it was finished) has lost its lock: it is no longer
+    /// refreshed, the reason is recorded on it, and its run is interrupted. A save failing
+    /// otherwise (the store is unreachable, say) is tried again at the next refresh, until the
+    /// lock would have expired. Returns how many copies were refreshed.
+    pub async fn refresh_locks<S: LockStore + ?Sized>(&self, store: &S) -> usize {
         let now = Instant::now();
         let copies: Vec<(Key, Dispatched)> = self
             .dispatched
             .iter()
             .map(|entry| (entry.key().clone(), entry.value().clone()))
             .collect();
-        let mut refreshed = 0;
+        let mut batch = Vec::with_capacity(copies.len());
+        let mut marks = Vec::with_capacity(copies.len());
         for (key, Dispatched { job, deadline, .. }) in copies {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 continue;
@@ -261,20 +296,30 @@ impl Dispatcher {
                 meta.status.in_progress = true;
                 meta.status.completed = false;
                 meta.status.owner = Some(self.owner.clone());
-                meta.status.modification_time = Some(amboy_core::clock::now());
+                meta.status.modification_time = Some(crate::clock::now());
                 meta.status.modification_count += 1;
                 before
             };
-            match queue.save(&job).await {
+            batch.push(job);
+            marks.push((key, before));
+        }
+        if batch.is_empty() {
+            return 0;
+        }
+        let results = store.save_locks(&batch).await;
+        debug_assert_eq!(results.len(), batch.len(), "one result per job");
+        let mut refreshed = 0;
+        for ((job, (key, before)), result) in batch.iter().zip(marks).zip(results) {
+            match result {
                 Ok(()) => {
                     refreshed += 1;
                     if let Some(mut tracked) = self.dispatched.get_mut(&key)
-                        && Arc::ptr_eq(&tracked.job, &job)
+                        && Arc::ptr_eq(&tracked.job, job)
                     {
                         tracked.refreshed = Instant::now();
                     }
                 }
-                Err(error) => self.refresh_failed(&key, &job, before, &error),
+                Err(error) => self.refresh_failed(&key, job, before, &error),
             }
         }
         refreshed
@@ -321,7 +366,11 @@ impl Dispatcher {
     }
 }
 
-async fn heartbeat(dispatcher: Weak<Dispatcher>, queue: Weak<dyn Queue>, token: CancellationToken) {
+async fn heartbeat(
+    dispatcher: Weak<Dispatcher>,
+    store: Weak<dyn LockStore>,
+    token: CancellationToken,
+) {
     let Some(interval) = dispatcher.upgrade().map(|d| d.heartbeat_interval()) else {
         return;
     };
@@ -332,9 +381,115 @@ async fn heartbeat(dispatcher: Weak<Dispatcher>, queue: Weak<dyn Queue>, token: 
             _ = token.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let (Some(dispatcher), Some(queue)) = (dispatcher.upgrade(), queue.upgrade()) else {
+        let (Some(dispatcher), Some(store)) = (dispatcher.upgrade(), store.upgrade()) else {
             return;
         };
-        dispatcher.refresh_locks(&*queue).await;
+        dispatcher.refresh_locks(&*store).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::{Base, Job, JobContext, JobError};
+
+    #[derive(Debug)]
+    struct Quiet {
+        base: Base,
+    }
+
+    #[async_trait]
+    #[typetag::serde(name = "dispatcher-quiet")]
+    impl Job for Quiet {
+        fn base(&self) -> &Base {
+            &self.base
+        }
+        async fn run(&self, _ctx: &JobContext) -> std::result::Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    impl serde::Serialize for Quiet {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.serialize_unit()
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Quiet {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            <()>::deserialize(d)?;
+            Ok(Quiet { base: Base::new() })
+        }
+    }
+
+    /// Records each batch; refuses the IDs in `refuse`, fails transiently the IDs in `fail`.
+    #[derive(Default)]
+    struct Batches {
+        calls: StdMutex<Vec<Vec<(String, u64)>>>,
+        refuse: Vec<&'static str>,
+        fail: Vec<&'static str>,
+    }
+
+    #[async_trait]
+    impl LockStore for Batches {
+        async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+            self.calls.lock().unwrap().push(
+                jobs.iter()
+                    .map(|job| (job.id().to_owned(), job.status().modification_count))
+                    .collect(),
+            );
+            jobs.iter()
+                .map(|job| {
+                    if self.refuse.contains(&job.id()) {
+                        Err(Error::job_not_found(job.id()))
+                    } else if self.fail.contains(&job.id()) {
+                        Err(Error::invalid("unreachable"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect()
+        }
+    }
+
+    fn job(id: &str) -> JobRef {
+        Arc::new(Quiet {
+            base: Base::with_id(id),
+        })
+    }
+
+    #[tokio::test]
+    async fn one_heartbeat_stores_every_running_job_in_one_batch() {
+        let dispatcher = Dispatcher::new(Arc::from("me"), Duration::from_secs(60));
+        let jobs: Vec<JobRef> = ["a", "b", "c"].into_iter().map(job).collect();
+        for job in &jobs {
+            dispatcher.dispatch(job).unwrap();
+        }
+        let store = Batches {
+            refuse: vec!["b"],
+            fail: vec!["c"],
+            ..Batches::default()
+        };
+
+        assert_eq!(dispatcher.refresh_locks(&store).await, 1);
+
+        let mut batch = store.calls.lock().unwrap().pop().expect("one call");
+        batch.sort();
+        // Dispatch advanced each count to 1; the heartbeat to 2, in memory before the write.
+        assert_eq!(
+            batch,
+            [("a".into(), 2), ("b".into(), 2), ("c".into(), 2)],
+            "every job in one batch"
+        );
+        assert!(store.calls.lock().unwrap().is_empty(), "one call only");
+        // The refused job lost its lock: untracked, interrupted, the reason recorded.
+        assert!(!dispatcher.is_dispatched("b", 0));
+        assert!(jobs[1].error().unwrap().message().contains("lost the lock"));
+        // The transient failure keeps the job tracked and rolls its count back.
+        assert!(dispatcher.is_dispatched("c", 0));
+        assert_eq!(jobs[2].status().modification_count, 1);
+        assert_eq!(jobs[0].status().modification_count, 2);
     }
 }
