@@ -24,6 +24,7 @@ mod error;
 mod id;
 mod info;
 mod job;
+mod lifecycle;
 mod meta;
 mod periodic;
 mod queue;
@@ -45,6 +46,7 @@ pub use job::{
     Job, JobContext, JobError, JobRef, RunOutcome, execute, max_time_deadline, panic_message,
     run_job,
 };
+pub use lifecycle::Lifecycle;
 pub use meta::{
     QueueReport, enqueue_many_unique, enqueue_unique, populate_queue, report, resolve_errors,
 };

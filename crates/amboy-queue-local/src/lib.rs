@@ -26,7 +26,6 @@ mod gate;
 mod group;
 #[cfg(test)]
 mod hooks;
-mod lifecycle;
 mod line;
 mod queue;
 mod scope;

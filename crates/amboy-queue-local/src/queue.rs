@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::delayed::Delayed;
 use crate::deps::{Dependencies, Edge, Ended, Verdict, order_batch};
 use crate::gate::Gate;
-use crate::lifecycle::Lifecycle;
 use crate::line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
 use crate::{Footprint, ScopeManager};
+use amboy_core::Lifecycle;
 
 /// The job map's hasher: fast on short string keys.
 type Hasher = foldhash::fast::RandomState;

@@ -18,8 +18,8 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::delayed::Delayed;
-use crate::lifecycle::Lifecycle;
 use crate::{Footprint, ScopeManager};
+use amboy_core::Lifecycle;
 
 type Hasher = foldhash::fast::RandomState;
 

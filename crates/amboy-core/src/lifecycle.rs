@@ -1,18 +1,19 @@
-//! What every local queue does to start and stop.
+//! What every queue does to start and stop: its runner, its lifetime, its background tasks.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use amboy_core::{Error, Queue, Result, Runner};
+use crate::{Error, Queue, Result, Runner};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A queue's runner, whether it started, its lifetime (cancelled when it closes or is dropped)
-/// and its background tasks.
+/// and its background tasks: the part of starting and stopping that every queue implementation
+/// shares (the local queues and the PostgreSQL queue use it).
 #[derive(Debug, Default)]
-pub(crate) struct Lifecycle {
+pub struct Lifecycle {
     runner: Mutex<Option<Arc<dyn Runner>>>,
     started: AtomicBool,
     /// Set with the lifetime's cancellation: read on every put, where the token's own check
@@ -23,32 +24,35 @@ pub(crate) struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub(crate) fn started(&self) -> bool {
+    /// Whether the queue started.
+    pub fn started(&self) -> bool {
         self.started.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
+    /// Whether the queue closed (or was dropped).
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Cancelled when the queue closes or is dropped ([`close`](Self::close)); wait on it,
     /// cancel it through `close`.
-    pub(crate) fn lifetime(&self) -> &CancellationToken {
+    pub fn lifetime(&self) -> &CancellationToken {
         &self.lifetime
     }
 
     /// Ends the queue's lifetime: puts are refused, background tasks stop.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.lifetime.cancel();
     }
 
-    pub(crate) fn runner(&self) -> Option<Arc<dyn Runner>> {
+    /// The queue's runner, if set.
+    pub fn runner(&self) -> Option<Arc<dyn Runner>> {
         self.runner.lock().clone()
     }
 
     /// Sets the runner and gives it `queue`; not possible once started.
-    pub(crate) fn set_runner(&self, runner: Arc<dyn Runner>, queue: Arc<dyn Queue>) -> Result<()> {
+    pub fn set_runner(&self, runner: Arc<dyn Runner>, queue: Arc<dyn Queue>) -> Result<()> {
         if self.started() {
             return Err(Error::AlreadyStarted("queue"));
         }
@@ -59,7 +63,7 @@ impl Lifecycle {
 
     /// Marks the queue `id` started and returns its runner; fails without a runner, once
     /// closed, or when started already.
-    pub(crate) fn begin(&self, id: &str) -> Result<Arc<dyn Runner>> {
+    pub fn begin(&self, id: &str) -> Result<Arc<dyn Runner>> {
         let runner = self
             .runner()
             .ok_or_else(|| Error::invalid(format!("queue '{id}' has no runner")))?;
@@ -73,7 +77,7 @@ impl Lifecycle {
     }
 
     /// Starts the runner; if it cannot start, neither has the queue.
-    pub(crate) async fn start_runner(&self, runner: &Arc<dyn Runner>) -> Result<()> {
+    pub async fn start_runner(&self, runner: &Arc<dyn Runner>) -> Result<()> {
         let started = runner.start().await;
         if started.is_err() {
             self.started.store(false, Ordering::SeqCst);
@@ -82,12 +86,12 @@ impl Lifecycle {
     }
 
     /// Runs a background task until the queue closes.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.lock().push(tokio::spawn(task));
     }
 
     /// Closes the runner: its running jobs are cancelled and it waits for its workers.
-    pub(crate) async fn close_runner(&self) {
+    pub async fn close_runner(&self) {
         if let Some(runner) = self.runner() {
             runner.close().await;
         }
@@ -96,7 +100,7 @@ impl Lifecycle {
     /// What a queue whose last handle is dropped does: nothing if it is closed already; else
     /// `close` in a task of its own inside a tokio runtime, or `stop_now` (synchronous, for
     /// what can be stopped without a runtime) outside one.
-    pub(crate) fn abandon(
+    pub fn abandon(
         &self,
         close: impl Future<Output = ()> + Send + 'static,
         stop_now: impl FnOnce(),
@@ -113,7 +117,7 @@ impl Lifecycle {
     }
 
     /// Ends the queue's lifetime and waits for its background tasks.
-    pub(crate) async fn end(&self) {
+    pub async fn end(&self) {
         self.close();
         let tasks = std::mem::take(&mut *self.tasks.lock());
         for task in tasks {
