@@ -105,6 +105,22 @@ pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
     retryable: false,
 };
 
+/// The PostgreSQL queue, in a schema of its own on the test server: stored copies, retries.
+pub const POSTGRES: QueueCase = QueueCase {
+    name: "postgres",
+    build: |_| {
+        let queue = crate::postgres::queue(crate::postgres::options());
+        let handler =
+            BasicRetryHandler::new(RetryHandlerOptions::default()).expect("default options");
+        queue
+            .set_retry_handler(handler)
+            .expect("a new queue takes a handler");
+        queue
+    },
+    stores_copies: true,
+    retryable: true,
+};
+
 /// amboy's `Default` runner case.
 pub const LOCAL_WORKERS: RunnerCase = RunnerCase {
     name: "local_workers",

@@ -8,6 +8,7 @@
 
 pub mod cases;
 pub mod jobs;
+pub mod postgres;
 pub mod scenarios;
 
 pub use cases::{QueueCase, RunnerCase};

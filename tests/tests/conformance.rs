@@ -2,7 +2,7 @@
 
 use amboy_tests::cases::{
     ABORTABLE, ADAPTIVE_ORDERING, DEPENDENCY_ORDERED, LIMITED_SIZE, LIMITED_SIZE_SERIALIZABLE,
-    LOCAL_WORKERS, MOVING_AVERAGE, MULTI_QUEUE, PRIORITY, RATE_LIMITED, SHUFFLED, SINGLE,
+    LOCAL_WORKERS, MOVING_AVERAGE, MULTI_QUEUE, POSTGRES, PRIORITY, RATE_LIMITED, SHUFFLED, SINGLE,
 };
 use amboy_tests::scenarios::{Scenario, run};
 
@@ -111,4 +111,5 @@ runners! {
 runners! {
     [retry]
     limited_size_serializable => LIMITED_SIZE_SERIALIZABLE,
+    postgres => POSTGRES,
 }

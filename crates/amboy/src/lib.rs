@@ -12,10 +12,11 @@
 //! | module | feature | crate | holds |
 //! |---|---|---|---|
 //! | [`dependency`] | always | `amboy-dependency` | dependency states and managers |
-//! | `local` | `queue-local` (default) | `amboy-queue-local` | in-memory queues, dispatcher, scope manager |
+//! | `local` | `queue-local` (default) | `amboy-queue-local` | in-memory queues, scope manager |
 //! | `runner` | `runner` (default) | `amboy-runner` | worker pools |
 //! | `registry` | `registry` (default) | `amboy-registry` | job type registry, interchange envelope |
 //! | `retry` | `retry` | `amboy-retry` | the retry handler |
+//! | `postgres` | `postgres` | `amboy-queue-postgres` | the distributed queue on PostgreSQL |
 //!
 //! `full` enables every feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -68,6 +69,10 @@ pub use amboy_registry as registry;
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub use amboy_retry as retry;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use amboy_queue_postgres as postgres;
 
 /// An in-memory queue of kind `L` holding up to `capacity` pending jobs, served by a pool of
 /// `workers` local workers, ready to [`start`](Queue::start).

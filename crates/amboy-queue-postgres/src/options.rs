@@ -1,0 +1,145 @@
+//! The options of a PostgreSQL queue (amboy's `MongoDBOptions` and `MongoDBQueueOptions`, on
+//! PostgreSQL).
+
+use std::time::Duration;
+
+use amboy_core::{Error, LOCK_TIMEOUT, Result};
+use sqlx::PgPool;
+
+use crate::schema::validate_schema_name;
+
+/// How a PostgreSQL queue reaches its database and shares its tables.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `pool` | none | a pool of the application's own (either `pool` or `url`) |
+/// | `url` | none | connect with this URL instead (a pool of `max_connections`, opened lazily) |
+/// | `schema` | `amboy` | the schema holding the tables, created and upgraded by migrations |
+/// | `group` | `""` | the queue's name in the shared tables: queues of different groups share the tables and nothing else (amboy's `GroupName`) |
+/// | `lock_timeout` | 10 min | how long a job's lock lasts without a heartbeat; then another process may take the job over |
+/// | `poll_interval` | 1 s | the longest an idle worker waits before looking for jobs when no notification came |
+/// | `claim_batch` | 64 | the most jobs one claim takes (a claim takes as many as workers wait for) |
+/// | `complete_batch` | 256 | the most completions written in one statement |
+/// | `maintenance_interval` | 1 s | how often deadlines, unresolvable dependencies, stale retrying jobs and retention are looked at |
+/// | `retention` | none | delete finished jobs this long after they finished; none keeps them |
+///
+/// amboy's `CheckWaitUntil`, `CheckDispatchBy` and `SampleSize` have no counterpart: the claim
+/// query always filters on both times (through an index), and `FOR UPDATE SKIP LOCKED` keeps
+/// concurrent claimers apart without sampling.
+#[derive(Debug, Clone)]
+pub struct PostgresQueueOptions {
+    /// A pool to use (not closed by the queue).
+    pub pool: Option<PgPool>,
+    /// A URL to connect to when no pool is given.
+    pub url: Option<String>,
+    /// The size of the pool opened from `url`.
+    pub max_connections: u32,
+    /// The schema of the tables.
+    pub schema: String,
+    /// The queue's group in the shared tables.
+    pub group: String,
+    /// How long a lock lasts without a heartbeat.
+    pub lock_timeout: Duration,
+    /// The longest wait between looks for jobs when idle.
+    pub poll_interval: Duration,
+    /// The most jobs one claim takes.
+    pub claim_batch: usize,
+    /// The most completions one statement writes.
+    pub complete_batch: usize,
+    /// How often the queue's maintenance runs.
+    pub maintenance_interval: Duration,
+    /// How long finished jobs are kept; `None` keeps them.
+    pub retention: Option<Duration>,
+}
+
+impl Default for PostgresQueueOptions {
+    fn default() -> Self {
+        PostgresQueueOptions {
+            pool: None,
+            url: None,
+            max_connections: 10,
+            schema: "amboy".to_owned(),
+            group: String::new(),
+            lock_timeout: LOCK_TIMEOUT,
+            poll_interval: Duration::from_secs(1),
+            claim_batch: 64,
+            complete_batch: 256,
+            maintenance_interval: Duration::from_secs(1),
+            retention: None,
+        }
+    }
+}
+
+impl PostgresQueueOptions {
+    /// Options for a queue on `pool`.
+    pub fn with_pool(pool: PgPool) -> Self {
+        PostgresQueueOptions {
+            pool: Some(pool),
+            ..Self::default()
+        }
+    }
+
+    /// Options for a queue connecting to `url`.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        PostgresQueueOptions {
+            url: Some(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Sets the group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Sets the lock timeout.
+    pub fn lock_timeout(mut self, lock_timeout: Duration) -> Self {
+        self.lock_timeout = lock_timeout;
+        self
+    }
+
+    /// Sets the poll interval.
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Sets the retention of finished jobs.
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Checks the options: a pool or a URL, a valid schema name, non-zero timings and
+    /// batches.
+    pub fn validate(&self) -> Result<()> {
+        if self.pool.is_none() && self.url.is_none() {
+            return Err(Error::invalid(
+                "a PostgreSQL queue needs a pool or a URL to connect to",
+            ));
+        }
+        validate_schema_name(&self.schema)?;
+        for (name, value) in [
+            ("lock_timeout", self.lock_timeout),
+            ("poll_interval", self.poll_interval),
+            ("maintenance_interval", self.maintenance_interval),
+        ] {
+            if value.is_zero() {
+                return Err(Error::invalid(format!("{name} must be more than zero")));
+            }
+        }
+        if self.claim_batch == 0 || self.complete_batch == 0 || self.max_connections == 0 {
+            return Err(Error::invalid(
+                "claim_batch, complete_batch and max_connections must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+}

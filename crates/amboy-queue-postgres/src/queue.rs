@@ -1,0 +1,1696 @@
+//! The PostgreSQL queue: its engine (what runners and background tasks hold) and the handle
+//! users hold.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amboy_core::dependency::State;
+use amboy_core::{
+    Dispatcher, Error, JobInfoStream, JobRef, JobStream, Lifecycle, LockStore, Queue,
+    QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
+};
+use amboy_registry::{JobInterchange, truncate_errors};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream;
+use parking_lot::Mutex;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _};
+use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
+
+use crate::options::PostgresQueueOptions;
+use crate::row::StoredJob;
+use crate::schema::{
+    self, COMPLETED, EXPIRED, PENDING, RETRYING, RUNNING, SET_ASIDE, Statements, backend,
+};
+
+/// How many rows one page of `results` or `job_info` reads.
+const PAGE: i64 = 500;
+
+/// The distributed queue on PostgreSQL (amboy's remote queue, §7.3 of its reference): any
+/// number of processes put jobs into one table and run them, each job by one worker at a time.
+///
+/// * **Claims.** Idle workers ask for jobs; one task of the queue claims as many as they wait
+///   for, in one statement (`FOR UPDATE SKIP LOCKED`), jobs whose owner stopped refreshing
+///   their lock first, then due pending jobs by priority and age. Claimed jobs wait in a buffer
+///   for the next `next`, so a dropped `next` future never loses one.
+/// * **Fencing.** Every write of a stored job goes through amboy's optimistic lock, judged on
+///   the database's clock: the lock expired, or this queue holds it and the writer's
+///   modification count is at most one ahead. A write that lost the lock fails with
+///   job-not-found and changes nothing; a running job whose lock is lost has its run
+///   interrupted.
+/// * **Heartbeat.** The [`Dispatcher`] refreshes the locks of every running job of the process
+///   in one statement, every quarter of the lock timeout.
+/// * **Completions** go out in batches: while one statement is in flight, the next ones
+///   gather. `complete` returns once its own row committed.
+/// * **Scopes** are rows of a table whose primary key is the scope: the database itself lets
+///   one job hold a scope. Enqueue scopes are taken at put, dispatch scopes at claim (a job
+///   whose scope is taken stays pending and is not claimed), released at completion, and the
+///   enqueue scopes of a retrying job go to its next attempt.
+/// * **Dependencies.** A job with edges is claimed only once every edge completed; its
+///   manager then decides (a `Passed` job completes without running). Edges to unknown jobs
+///   are refused at put; a job whose edge expired completes with the reason.
+/// * **Wake-ups.** Puts notify (`LISTEN`/`NOTIFY`, delivered at commit), so idle workers start
+///   within milliseconds; polling every `poll_interval` is the fallback.
+/// * **Bad stored jobs** (unknown type, other version, a body that does not decode) are set
+///   aside when claimed, with the reason: never run, never retried, counted under the stats
+///   context `"undecodable"`.
+///
+/// Dropping the last handle closes the queue. Put works without starting the queue: a
+/// producer process needs no runner.
+pub struct PostgresQueue {
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for PostgresQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresQueue")
+            .field("id", &self.engine.id)
+            .field("schema", &self.engine.options.schema)
+            .field("group", &self.engine.options.group)
+            .finish()
+    }
+}
+
+/// The queue itself, which runners, the retry handler and background tasks hold.
+pub(crate) struct Engine {
+    id: Arc<str>,
+    options: PostgresQueueOptions,
+    channel: String,
+    pool: PgPool,
+    sql: Statements,
+    schema_ready: OnceCell<()>,
+    lifecycle: Lifecycle,
+    dispatcher: Arc<Dispatcher>,
+    retry_handler: Mutex<Option<Arc<dyn RetryHandler>>>,
+    /// `next` calls waiting for a job.
+    waiting: AtomicUsize,
+    /// Claimed jobs (or claim errors) for the waiting `next` calls.
+    claimed_tx: async_channel::Sender<Result<JobRef>>,
+    claimed_rx: async_channel::Receiver<Result<JobRef>>,
+    /// Wakes the claimer: a `next` call waits.
+    demand: Notify,
+    /// Wakes the claimer: jobs may have become ready (a notification, a local put).
+    ready: Notify,
+    completions: Mutex<Option<mpsc::UnboundedSender<Completion>>>,
+    this: Weak<Engine>,
+}
+
+/// A completion waiting for its batch.
+struct Completion {
+    row: CompletionRow,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// What a completion writes.
+struct CompletionRow {
+    id: String,
+    attempt: i32,
+    count: i64,
+    state: i16,
+    body: String,
+    scoped: bool,
+    keep: Option<String>,
+}
+
+/// A job prepared to be inserted.
+struct Prepared {
+    id: String,
+    attempt: i32,
+    state: i16,
+    job_type: String,
+    priority: i32,
+    wait_until: Option<DateTime<Utc>>,
+    dispatch_by: Option<DateTime<Utc>>,
+    scopes: Vec<String>,
+    enqueue_scopes: Vec<String>,
+    edges: Vec<String>,
+    count: i64,
+    body: String,
+}
+
+impl Prepared {
+    /// Whether the job goes in with the others of its batch in one statement: nothing to check
+    /// or take beside its row.
+    fn is_plain(&self) -> bool {
+        self.enqueue_scopes.is_empty() && self.edges.is_empty()
+    }
+}
+
+/// Counts a waiting `next` call while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn state_of(envelope: &JobInterchange) -> i16 {
+    let status = &envelope.status;
+    if status.expired {
+        EXPIRED
+    } else if status.completed && envelope.retry_info.should_retry() {
+        RETRYING
+    } else if status.completed {
+        COMPLETED
+    } else {
+        PENDING
+    }
+}
+
+fn json_list(list: &[String]) -> Option<String> {
+    (!list.is_empty()).then(|| serde_json::to_string(list).expect("a list of strings encodes"))
+}
+
+fn jittered(base: Duration) -> Duration {
+    let micros = base.as_micros().max(1) as u64;
+    Duration::from_micros(micros / 2 + fastrand::u64(0..=micros / 2))
+}
+
+impl PostgresQueue {
+    /// A queue with `options`, not started. Nothing touches the database yet: the schema is
+    /// created or upgraded by the first operation.
+    pub fn new(options: PostgresQueueOptions) -> Result<Arc<Self>> {
+        options.validate()?;
+        let pool = match (&options.pool, &options.url) {
+            (Some(pool), _) => pool.clone(),
+            (None, Some(url)) => PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .connect_lazy(url)
+                .map_err(backend("open a pool"))?,
+            (None, None) => unreachable!("validated"),
+        };
+        let name = if options.group.is_empty() {
+            "queue"
+        } else {
+            &options.group
+        };
+        let id: Arc<str> = Arc::from(format!(
+            "{}.{}.{}",
+            options.schema,
+            name,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let (claimed_tx, claimed_rx) = async_channel::unbounded();
+        let engine = Arc::new_cyclic(|this| Engine {
+            dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
+            id,
+            channel: format!("amboy_{}", options.schema),
+            sql: Statements::new(&options.schema),
+            pool,
+            options,
+            schema_ready: OnceCell::new(),
+            lifecycle: Lifecycle::default(),
+            retry_handler: Mutex::new(None),
+            waiting: AtomicUsize::new(0),
+            claimed_tx,
+            claimed_rx,
+            demand: Notify::new(),
+            ready: Notify::new(),
+            completions: Mutex::new(None),
+            this: this.clone(),
+        });
+        Ok(Arc::new(PostgresQueue { engine }))
+    }
+
+    /// The queue's options (its pool included).
+    pub fn options(&self) -> &PostgresQueueOptions {
+        &self.engine.options
+    }
+
+    /// The pool the queue uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.engine.pool
+    }
+
+    /// The queue's dispatcher, which keeps the locks of its running jobs alive.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.engine.dispatcher
+    }
+
+    /// Creates the schema or brings it up to date now, rather than at the first operation.
+    pub async fn migrate(&self) -> Result<()> {
+        self.engine.ensure_schema().await
+    }
+
+    /// Puts `job` inside the caller's own transaction (or on its connection): the job exists if
+    /// and only if the transaction commits, and idle workers are notified at the commit.
+    ///
+    /// ```no_run
+    /// # async fn demo(queue: &amboy_queue_postgres::PostgresQueue, job: amboy_core::JobRef)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = queue.pool().begin().await?;
+    /// // ... the business write, on `tx` ...
+    /// queue.put_in(&mut tx, job).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_in(&self, conn: &mut PgConnection, job: JobRef) -> Result<()> {
+        self.engine.ensure_schema().await?;
+        let prepared = self.engine.prepare(&job)?;
+        self.engine.insert_on(conn, prepared).await
+    }
+
+    /// Puts a job in its stored form (amboy's `JobInterchange`), as another process or Go
+    /// amboy wrote it. A job that cannot be decoded is stored all the same, and set aside when
+    /// a worker claims it.
+    pub async fn put_interchange(&self, envelope: JobInterchange) -> Result<()> {
+        self.engine.ensure_schema().await?;
+        let prepared = Engine::prepare_envelope(envelope, Vec::new(), Vec::new(), Vec::new())?;
+        let mut conn = self
+            .engine
+            .pool
+            .acquire()
+            .await
+            .map_err(backend("connect"))?;
+        self.engine.insert_on(&mut conn, prepared).await
+    }
+}
+
+impl Engine {
+    fn arc(&self) -> Arc<Engine> {
+        self.this.upgrade().expect("the engine is alive while used")
+    }
+
+    fn group(&self) -> &str {
+        &self.options.group
+    }
+
+    async fn ensure_schema(&self) -> Result<()> {
+        self.schema_ready
+            .get_or_try_init(|| schema::migrate(&self.pool, &self.options.schema))
+            .await
+            .map(|_| ())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.lifecycle.is_closed() {
+            Err(Error::Closed("queue"))
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Put
+    // ---------------------------------------------------------------------------------------
+
+    fn prepare(&self, job: &JobRef) -> Result<Prepared> {
+        let (scopes, enqueue_scopes, edges) = {
+            let mut meta = job.base().metadata();
+            meta.time_info.created = Some(amboy_core::clock::now());
+            meta.time_info
+                .validate()
+                .map_err(|error| Error::invalid_job(job.id(), error))?;
+            if meta.retry_info.retryable {
+                meta.retry_info.base_job_id = job.id().to_owned();
+            }
+            let edges = meta
+                .dependency
+                .as_ref()
+                .map(|manager| manager.edges())
+                .unwrap_or_default();
+            (meta.scopes.clone(), meta.effective_enqueue_scopes(), edges)
+        };
+        let envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
+        Self::prepare_envelope(envelope, scopes, enqueue_scopes, edges)
+    }
+
+    fn prepare_envelope(
+        mut envelope: JobInterchange,
+        scopes: Vec<String>,
+        enqueue_scopes: Vec<String>,
+        edges: Vec<String>,
+    ) -> Result<Prepared> {
+        if envelope.name.is_empty() {
+            return Err(Error::invalid("a stored job needs a name (its ID)"));
+        }
+        if envelope.time_info.created.is_none() {
+            envelope.time_info.created = Some(amboy_core::clock::now());
+        }
+        if envelope.retry_info.retryable {
+            envelope.retry_info.base_job_id = envelope.name.clone();
+        }
+        truncate_errors(&mut envelope.status.errors);
+        let body = envelope.to_json().map_err(Error::from)?;
+        let attempt = i32::try_from(envelope.retry_info.current_attempt)
+            .map_err(|_| Error::invalid_job(&envelope.name, "its attempt number is too large"))?;
+        let state = state_of(&envelope);
+        let count = envelope.status.modification_count as i64;
+        Ok(Prepared {
+            count,
+            attempt,
+            state,
+            job_type: envelope.type_name,
+            priority: envelope.priority,
+            wait_until: envelope.time_info.wait_until,
+            dispatch_by: envelope.time_info.dispatch_by,
+            // A finished job holds nothing and waits for nothing.
+            scopes: if state == PENDING { scopes } else { Vec::new() },
+            enqueue_scopes: if matches!(state, PENDING | RETRYING) {
+                enqueue_scopes
+            } else {
+                Vec::new()
+            },
+            edges: if state == PENDING { edges } else { Vec::new() },
+            id: envelope.name,
+            body,
+        })
+    }
+
+    /// Inserts plain jobs in one statement; returns the error of each that is not stored.
+    async fn insert_batch(&self, batch: Vec<Prepared>) -> Vec<Error> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let n = batch.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut priorities = Vec::with_capacity(n);
+        let mut waits = Vec::with_capacity(n);
+        let mut deadlines = Vec::with_capacity(n);
+        let mut scopes = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut counts = Vec::with_capacity(n);
+        for job in batch {
+            counts.push(job.count);
+            scopes.push(json_list(&job.scopes));
+            ids.push(job.id);
+            attempts.push(job.attempt);
+            states.push(job.state);
+            types.push(job.job_type);
+            priorities.push(job.priority);
+            waits.push(job.wait_until);
+            deadlines.push(job.dispatch_by);
+            bodies.push(job.body);
+        }
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert_many.clone()))
+            .bind(self.group())
+            .bind(&self.channel)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&states)
+            .bind(&types)
+            .bind(&priorities)
+            .bind(&waits)
+            .bind(&deadlines)
+            .bind(&scopes)
+            .bind(&counts)
+            .bind(&bodies)
+            .fetch_all(&self.pool)
+            .await;
+        match inserted {
+            Err(error) => {
+                let message = error.to_string();
+                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+                ids.iter()
+                    .map(|id| Error::Backend {
+                        message: format!("postgres: could not insert job '{id}': {message}"),
+                        source: Some(source.clone()),
+                    })
+                    .collect()
+            }
+            Ok(rows) => {
+                self.ready.notify_one();
+                let stored: std::collections::HashSet<(String, i32)> = rows
+                    .iter()
+                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+                    .collect();
+                ids.into_iter()
+                    .zip(attempts)
+                    .filter(|key| !stored.contains(key))
+                    .map(|(id, _)| Error::duplicate_job(id))
+                    .collect()
+            }
+        }
+    }
+
+    /// Inserts one job on `conn` with its edges checked and its enqueue scopes taken, in a
+    /// transaction of its own (a savepoint inside the caller's).
+    async fn insert_on(&self, conn: &mut PgConnection, mut job: Prepared) -> Result<()> {
+        use sqlx::Connection as _;
+        let mut tx = conn.begin().await.map_err(backend("begin a put"))?;
+        let mut failure: Option<String> = None;
+        if !job.edges.is_empty() {
+            if job.edges.contains(&job.id) {
+                return Err(Error::invalid_job(
+                    &job.id,
+                    format!("it depends on itself, a cycle ('{0}' -> '{0}')", job.id),
+                ));
+            }
+            let known: Vec<(String, i16)> =
+                sqlx::query_as(AssertSqlSafe(self.sql.edge_states.clone()))
+                    .bind(self.group())
+                    .bind(&job.edges)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend("look up the job's edges"))?;
+            for edge in &job.edges {
+                match known.iter().find(|(id, _)| id == edge) {
+                    None => {
+                        return Err(Error::invalid_job(
+                            &job.id,
+                            format!("it depends on unknown job '{edge}'"),
+                        ));
+                    }
+                    Some((_, EXPIRED | SET_ASIDE)) => {
+                        failure = Some(format!(
+                            "dependency unresolved: edge '{edge}' expired or was set aside \
+                             before it ran"
+                        ));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if failure.is_some() {
+                job.state = COMPLETED;
+                job.enqueue_scopes.clear();
+            }
+        }
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert_one.clone()))
+            .bind(self.group())
+            .bind(&job.id)
+            .bind(job.attempt)
+            .bind(job.state)
+            .bind(&job.job_type)
+            .bind(job.priority)
+            .bind(job.wait_until)
+            .bind(job.dispatch_by)
+            .bind((!job.scopes.is_empty()).then_some(&job.scopes))
+            .bind((!job.edges.is_empty()).then_some(&job.edges))
+            .bind(&failure)
+            .bind(&job.body)
+            .bind(job.count)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend("insert a job"))?;
+        if inserted.is_none() {
+            return Err(Error::duplicate_job(&job.id));
+        }
+        if !job.enqueue_scopes.is_empty() {
+            self.take_scopes(&mut tx, &job.id, job.attempt, &job.enqueue_scopes)
+                .await?;
+        }
+        if !job.edges.is_empty() && failure.is_none() {
+            sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
+                .bind(self.group())
+                .bind(&job.edges)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("mark the job's edges"))?;
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(self.group())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("notify"))?;
+        tx.commit().await.map_err(backend("commit a put"))?;
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes `scopes` for attempt `attempt` of job `id` (those it holds already count), or
+    /// fails with a duplicate-scope error naming a holder.
+    async fn take_scopes(
+        &self,
+        conn: &mut PgConnection,
+        id: &str,
+        attempt: i32,
+        scopes: &[String],
+    ) -> Result<()> {
+        let taken: Vec<String> = sqlx::query_scalar(AssertSqlSafe(self.sql.take_scopes.clone()))
+            .bind(self.group())
+            .bind(scopes)
+            .bind(id)
+            .bind(attempt)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend("take scopes"))?;
+        if taken.len() == scopes.len() {
+            return Ok(());
+        }
+        let holders: Vec<(String, String)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.scope_holders.clone()))
+                .bind(self.group())
+                .bind(scopes)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(backend("read scope holders"))?;
+        let (scope, holder) = holders
+            .into_iter()
+            .find(|(scope, _)| !taken.contains(scope))
+            .unwrap_or_else(|| (scopes[0].clone(), String::from("another job")));
+        Err(Error::DuplicateScope {
+            scope,
+            holder,
+            requester: id.to_owned(),
+        })
+    }
+
+    async fn put_many_prepared(&self, jobs: Vec<Result<Prepared>>) -> Result<()> {
+        let mut errors = Vec::new();
+        let mut plain = Vec::new();
+        let mut rest = Vec::new();
+        for job in jobs {
+            match job {
+                Err(error) => errors.push(error),
+                Ok(job) if job.is_plain() => plain.push(job),
+                Ok(job) => rest.push(job),
+            }
+        }
+        // The plain jobs first, in one statement; then the others one by one, each after the
+        // jobs of the batch its edges name.
+        errors.extend(self.insert_batch(plain).await);
+        if !rest.is_empty() {
+            let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
+            while !rest.is_empty() {
+                let waiting: std::collections::HashSet<String> =
+                    rest.iter().map(|job| job.id.clone()).collect();
+                let (ready, blocked): (Vec<Prepared>, Vec<Prepared>) =
+                    rest.into_iter().partition(|job| {
+                        !job.edges
+                            .iter()
+                            .any(|edge| *edge != job.id && waiting.contains(edge))
+                    });
+                if ready.is_empty() {
+                    errors.extend(blocked.into_iter().map(|job| {
+                        Error::invalid_job(&job.id, "its edges form a cycle within the batch")
+                    }));
+                    break;
+                }
+                for job in ready {
+                    if let Err(error) = self.insert_on(&mut conn, job).await {
+                        errors.push(error);
+                    }
+                }
+                rest = blocked;
+            }
+        }
+        collate_write_errors(errors)
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Claims
+// -------------------------------------------------------------------------------------------
+
+impl Engine {
+    async fn next_job(&self) -> Result<JobRef> {
+        self.check_open()?;
+        if let Ok(claimed) = self.claimed_rx.try_recv() {
+            return claimed;
+        }
+        let _waiting = Waiting::new(&self.waiting);
+        self.demand.notify_one();
+        tokio::select! {
+            biased;
+            claimed = self.claimed_rx.recv() => claimed.unwrap_or(Err(Error::Closed("queue"))),
+            _ = self.lifecycle.lifetime().cancelled() => Err(Error::Closed("queue")),
+        }
+    }
+
+    /// How many more jobs the waiting `next` calls want than the buffer holds.
+    fn demand(&self) -> usize {
+        self.waiting
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.claimed_rx.len())
+    }
+
+    /// The claimer: claims jobs for the waiting `next` calls, one statement for all of them,
+    /// and hands them over through the buffer. Idle, it waits for a notification, a local put
+    /// or the poll interval; after a failed claim it backs off, and the waiting calls get the
+    /// error.
+    async fn claimer(self: Arc<Self>) {
+        let lifetime = self.lifecycle.lifetime().clone();
+        let mut failures: u32 = 0;
+        loop {
+            let want = self.demand().min(self.options.claim_batch);
+            if want == 0 {
+                tokio::select! {
+                    _ = lifetime.cancelled() => return,
+                    _ = self.demand.notified() => continue,
+                }
+            }
+            match self.claim(want).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    if claimed > 0 {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = lifetime.cancelled() => return,
+                        _ = self.ready.notified() => {}
+                        _ = tokio::time::sleep(jittered(self.options.poll_interval)) => {}
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(queue_id = %self.id, error = %error, "could not claim jobs");
+                    for _ in 0..self.demand() {
+                        let _ = self.claimed_tx.try_send(Err(error.clone()));
+                    }
+                    let backoff = Duration::from_millis(10)
+                        .saturating_mul(1 << failures.min(7))
+                        .min(self.options.poll_interval);
+                    tokio::select! {
+                        _ = lifetime.cancelled() => return,
+                        _ = tokio::time::sleep(jittered(backoff)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims up to `want` jobs; returns how many rows it claimed (some may have been set
+    /// aside or given back rather than handed over).
+    async fn claim(&self, want: usize) -> Result<usize> {
+        self.ensure_schema().await?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(self.options.lock_timeout)
+            .bind(want as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("claim jobs"))?;
+        let claimed = rows.len();
+        for row in rows {
+            let stored = StoredJob::read(&row).map_err(backend("read a claimed job"))?;
+            let scopes: Option<Vec<String>> = row.try_get(9).map_err(backend("read scopes"))?;
+            if let Some(job) = self.admit(stored, scopes.unwrap_or_default()).await
+                && self.claimed_tx.try_send(Ok(job.clone())).is_err()
+            {
+                // Closed meanwhile: give it back.
+                self.dispatcher.forget(&job);
+                let _ = self.release(&job, None).await;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Readies a claimed job to run: decodes it, takes its dispatch scopes, asks its
+    /// dependency manager, and tracks its lock. `None` if it does not run now (set aside,
+    /// given back, or completed without running).
+    async fn admit(&self, stored: StoredJob, scopes: Vec<String>) -> Option<JobRef> {
+        let job = match stored.job() {
+            Ok(job) => job,
+            Err(error) => {
+                let reason =
+                    format!("set aside without running: the stored job cannot be decoded: {error}");
+                tracing::error!(queue_id = %self.id, job_id = %stored.id, error = %error, "set aside a stored job that cannot be decoded");
+                let _ = sqlx::query(AssertSqlSafe(self.sql.set_aside.clone()))
+                    .bind(self.group())
+                    .bind(&*self.id)
+                    .bind(stored.mod_count)
+                    .bind(&stored.id)
+                    .bind(stored.attempt)
+                    .bind(SET_ASIDE)
+                    .bind(reason)
+                    .execute(&self.pool)
+                    .await;
+                return None;
+            }
+        };
+        let max_time = {
+            let mut meta = job.base().metadata();
+            meta.time_info.start = stored.lock_ts.or_else(|| Some(amboy_core::clock::now()));
+            meta.time_info.max_time
+        };
+        if !scopes.is_empty() {
+            let taken = match self.pool.acquire().await {
+                Ok(mut conn) => {
+                    self.take_scopes(&mut conn, job.id(), stored.attempt, &scopes)
+                        .await
+                }
+                Err(error) => Err(backend("connect")(error)),
+            };
+            if let Err(error) = taken {
+                // Taken by another job since the claim looked: back to pending at once, and
+                // claimed again once the scope is free.
+                tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "dispatch scope taken; job given back");
+                self.release_scopes_of(&job, stored.attempt, &job.enqueue_scopes())
+                    .await;
+                let _ = self.release(&job, None).await;
+                return None;
+            }
+        }
+        let manager = job.base().metadata().dependency.clone();
+        if let Some(manager) = manager {
+            let state = if manager.does_blocking_io() {
+                let asked = manager.clone();
+                tokio::task::spawn_blocking(move || asked.state())
+                    .await
+                    .unwrap_or(State::Unresolved)
+            } else {
+                manager.state()
+            };
+            match state {
+                State::Ready => {}
+                State::Blocked => {
+                    let later = amboy_core::clock::now()
+                        + chrono::TimeDelta::from_std(self.options.poll_interval)
+                            .unwrap_or_default();
+                    let _ = self.release(&job, Some(later)).await;
+                    return None;
+                }
+                State::Passed => {
+                    let _ = self.finish(&job, false).await;
+                    return None;
+                }
+                State::Unresolved => {
+                    let reason = manager
+                        .state_reason()
+                        .unwrap_or_else(|| "the manager cannot be satisfied".to_owned());
+                    job.add_error(&format_args!("dependency unresolved: {reason}"));
+                    let _ = self.finish(&job, false).await;
+                    return None;
+                }
+            }
+        }
+        self.dispatcher.track(&job, max_time);
+        Some(job)
+    }
+
+    /// Gives a claimed job back, pending, due no earlier than `not_before`.
+    async fn release(&self, job: &JobRef, not_before: Option<DateTime<Utc>>) -> Result<()> {
+        let (count, attempt) = {
+            let meta = job.base().metadata();
+            (
+                meta.status.modification_count as i64,
+                meta.retry_info.current_attempt as i32,
+            )
+        };
+        sqlx::query(AssertSqlSafe(self.sql.release.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(count)
+            .bind(job.id())
+            .bind(attempt)
+            .bind(not_before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend("give a job back"))?;
+        Ok(())
+    }
+
+    /// Releases the dispatch scopes attempt `attempt` of `job` holds, keeping `keep`.
+    async fn release_scopes_of(&self, job: &JobRef, attempt: i32, keep: &[String]) {
+        let sql = format!(
+            "DELETE FROM {}.scopes WHERE queue_group = $1 AND job_id = $2 AND attempt = $3 \
+             AND NOT scope = ANY($4)",
+            self.options.schema
+        );
+        let _ = sqlx::query(AssertSqlSafe(sql))
+            .bind(self.group())
+            .bind(job.id())
+            .bind(attempt)
+            .bind(keep)
+            .execute(&self.pool)
+            .await;
+    }
+
+    /// Gives back the jobs claimed and never handed over (at close).
+    async fn release_buffered(&self) {
+        while let Ok(claimed) = self.claimed_rx.try_recv() {
+            if let Ok(job) = claimed {
+                self.dispatcher.forget(&job);
+                let attempt = job.base().metadata().retry_info.current_attempt as i32;
+                self.release_scopes_of(&job, attempt, &job.enqueue_scopes())
+                    .await;
+                let _ = self.release(&job, None).await;
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Writes of dispatched jobs: complete, save, heartbeat
+// -------------------------------------------------------------------------------------------
+
+impl Engine {
+    /// Marks `job` finished in memory and writes it: completed, or retrying if it asks to and
+    /// may (then it keeps its enqueue scopes for its next attempt). With `retry_done`, a
+    /// retrying job's retry is over (complete-retrying).
+    async fn finish(&self, job: &JobRef, retry_done: bool) -> Result<()> {
+        let dispatched = self.dispatcher.forget(job);
+        let now = amboy_core::clock::now();
+        let (row_base, keep) = {
+            let mut meta = job.base().metadata();
+            if retry_done {
+                meta.retry_info.needs_retry = false;
+                meta.retry_info.end = Some(now);
+            }
+            let count = meta.status.modification_count as i64;
+            if dispatched || meta.time_info.end.is_none() {
+                meta.time_info.end = Some(now);
+            }
+            meta.status.completed = true;
+            meta.status.in_progress = false;
+            meta.status.modification_time = Some(now);
+            meta.status.modification_count += 1;
+            let retrying = meta.retry_info.should_retry();
+            let keep = retrying.then(|| meta.effective_enqueue_scopes());
+            let scoped = !meta.scopes.is_empty()
+                || !meta.enqueue_scopes.is_empty()
+                || meta.enqueue_all_scopes;
+            (
+                (
+                    meta.retry_info.current_attempt as i32,
+                    count,
+                    if retrying { RETRYING } else { COMPLETED },
+                    scoped,
+                ),
+                keep,
+            )
+        };
+        let (attempt, count, state, scoped) = row_base;
+        let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
+        truncate_errors(&mut envelope.status.errors);
+        let body = envelope.to_json().map_err(Error::from)?;
+        let row = CompletionRow {
+            id: job.id().to_owned(),
+            attempt,
+            count,
+            state,
+            body,
+            scoped,
+            keep: keep
+                .as_deref()
+                .map(|keep| serde_json::to_string(keep).expect("a list of strings encodes")),
+        };
+        let sender = self.completions.lock().clone();
+        match sender {
+            Some(sender) => {
+                let (reply, answer) = oneshot::channel();
+                if let Err(unsent) = sender.send(Completion { row, reply }) {
+                    return self.complete_rows(vec![unsent.0.row]).await.remove(0);
+                }
+                answer.await.unwrap_or_else(|_| Err(Error::Closed("queue")))
+            }
+            None => self.complete_rows(vec![row]).await.remove(0),
+        }
+    }
+
+    /// Writes completions in one statement; one result per row, in order.
+    async fn complete_rows(&self, rows: Vec<CompletionRow>) -> Vec<Result<()>> {
+        if let Err(error) = self.ensure_schema().await {
+            return rows.iter().map(|_| Err(error.clone())).collect();
+        }
+        let n = rows.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut counts = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut scoped = Vec::with_capacity(n);
+        let mut keeps = Vec::with_capacity(n);
+        for row in rows {
+            ids.push(row.id);
+            attempts.push(row.attempt);
+            counts.push(row.count);
+            states.push(row.state);
+            bodies.push(row.body);
+            scoped.push(row.scoped);
+            keeps.push(row.keep);
+        }
+        let done = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(self.options.lock_timeout)
+            .bind(&self.channel)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&counts)
+            .bind(&states)
+            .bind(&bodies)
+            .bind(&scoped)
+            .bind(&keeps)
+            .fetch_all(&self.pool)
+            .await;
+        match done {
+            Err(error) => {
+                let message = error.to_string();
+                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+                ids.iter()
+                    .map(|id| {
+                        Err(Error::Backend {
+                            message: format!("postgres: could not complete job '{id}': {message}"),
+                            source: Some(source.clone()),
+                        })
+                    })
+                    .collect()
+            }
+            Ok(written) => {
+                let written: std::collections::HashSet<(String, i32)> = written
+                    .iter()
+                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+                    .collect();
+                ids.into_iter()
+                    .zip(attempts)
+                    .map(|key| {
+                        if written.contains(&key) {
+                            Ok(())
+                        } else {
+                            Err(Error::job_not_found_because(
+                                key.0,
+                                "the stored job was modified, taken over or set aside",
+                            ))
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The completer: writes the completions gathered while the previous statement ran.
+    async fn completer(self: Arc<Self>, mut inbox: mpsc::UnboundedReceiver<Completion>) {
+        let max = self.options.complete_batch;
+        let mut batch = Vec::with_capacity(max);
+        while inbox.recv_many(&mut batch, max).await > 0 {
+            let (rows, replies): (Vec<CompletionRow>, Vec<oneshot::Sender<Result<()>>>) = batch
+                .drain(..)
+                .map(|completion| (completion.row, completion.reply))
+                .unzip();
+            let results = self.complete_rows(rows).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn save_job(&self, job: &JobRef) -> Result<()> {
+        self.ensure_schema().await?;
+        let (attempt, count, owner, scopes) = {
+            let meta = job.base().metadata();
+            (
+                meta.retry_info.current_attempt as i32,
+                meta.status.modification_count as i64,
+                meta.status.owner.as_deref().map(str::to_owned),
+                meta.scopes.clone(),
+            )
+        };
+        let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
+        truncate_errors(&mut envelope.status.errors);
+        let body = envelope.to_json().map_err(Error::from)?;
+        let saved = sqlx::query(AssertSqlSafe(self.sql.save.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(self.options.lock_timeout)
+            .bind(job.id())
+            .bind(attempt)
+            .bind(count)
+            .bind(owner)
+            .bind(body)
+            .bind((!scopes.is_empty()).then_some(scopes))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("save a job"))?;
+        match saved {
+            Some(_) => Ok(()),
+            None => Err(Error::job_not_found_because(
+                job.id(),
+                "not stored, or the stored job was modified by another owner",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl LockStore for Engine {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut attempts = Vec::with_capacity(jobs.len());
+        let mut counts = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let meta = job.base().metadata();
+            ids.push(job.id().to_owned());
+            attempts.push(meta.retry_info.current_attempt as i32);
+            counts.push(meta.status.modification_count as i64);
+        }
+        let refreshed = sqlx::query(AssertSqlSafe(self.sql.heartbeat.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(self.options.lock_timeout)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&counts)
+            .fetch_all(&self.pool)
+            .await;
+        match refreshed {
+            Err(error) => {
+                let error = backend("refresh locks")(error);
+                jobs.iter().map(|_| Err(error.clone())).collect()
+            }
+            Ok(rows) => {
+                let refreshed: std::collections::HashSet<(String, i32)> = rows
+                    .iter()
+                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+                    .collect();
+                ids.into_iter()
+                    .zip(attempts)
+                    .map(|key| {
+                        if refreshed.contains(&key) {
+                            Ok(())
+                        } else {
+                            Err(Error::job_not_found_because(
+                                key.0,
+                                "its lock was taken over, or it was finished elsewhere",
+                            ))
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Reads
+// -------------------------------------------------------------------------------------------
+
+impl Engine {
+    async fn fetch_one(
+        &self,
+        sql: &Arc<str>,
+        id: &str,
+        attempt: Option<i32>,
+    ) -> Result<Option<StoredJob>> {
+        self.ensure_schema().await?;
+        let query = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(self.group())
+            .bind(id);
+        let query = match attempt {
+            Some(attempt) => query.bind(attempt),
+            None => query,
+        };
+        let row = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend("read a job"))?;
+        row.map(|row| StoredJob::read(&row).map_err(backend("read a job")))
+            .transpose()
+    }
+
+    /// Every job whose state is in `states`, a page at a time.
+    fn pages(self: Arc<Self>, states: Vec<i16>) -> stream::BoxStream<'static, Result<StoredJob>> {
+        let start = (
+            Some((String::new(), -1_i32)),
+            std::collections::VecDeque::new(),
+        );
+        Box::pin(stream::unfold(
+            (self, states, start),
+            |(engine, states, (mut after, mut buffer))| async move {
+                loop {
+                    if let Some(job) = buffer.pop_front() {
+                        return Some((Ok(job), (engine, states, (after, buffer))));
+                    }
+                    let (id, attempt) = after.take()?;
+                    if let Err(error) = engine.ensure_schema().await {
+                        return Some((Err(error), (engine, states, (None, buffer))));
+                    }
+                    let rows = sqlx::query(AssertSqlSafe(engine.sql.page.clone()))
+                        .bind(engine.group())
+                        .bind(&id)
+                        .bind(attempt)
+                        .bind(&states)
+                        .bind(PAGE)
+                        .fetch_all(&engine.pool)
+                        .await;
+                    match rows {
+                        Err(error) => {
+                            let error = backend("read jobs")(error);
+                            return Some((Err(error), (engine, states, (None, buffer))));
+                        }
+                        Ok(rows) => {
+                            let full = rows.len() as i64 == PAGE;
+                            for row in rows {
+                                match StoredJob::read(&row) {
+                                    Ok(job) => buffer.push_back(job),
+                                    Err(error) => {
+                                        return Some((
+                                            Err(backend("read jobs")(error)),
+                                            (engine, states, (None, buffer)),
+                                        ));
+                                    }
+                                }
+                            }
+                            if full && let Some(last) = buffer.back() {
+                                after = Some((last.id.clone(), last.attempt));
+                            }
+                            if buffer.is_empty() {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    async fn stats_now(&self) -> Result<QueueStats> {
+        self.ensure_schema().await?;
+        let counts: Vec<(i16, i64)> = sqlx::query_as(AssertSqlSafe(self.sql.stats.clone()))
+            .bind(self.group())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("count jobs"))?;
+        let mut stats = QueueStats::default();
+        let mut undecodable = 0;
+        for (state, count) in counts {
+            let count = count as usize;
+            stats.total += count;
+            match state {
+                PENDING => stats.pending += count,
+                RUNNING => stats.running += count,
+                COMPLETED => stats.completed += count,
+                RETRYING => {
+                    stats.completed += count;
+                    stats.retrying += count;
+                }
+                EXPIRED => stats.expired += count,
+                SET_ASIDE => {
+                    stats.completed += count;
+                    undecodable += count;
+                }
+                _ => {}
+            }
+        }
+        if undecodable > 0 {
+            let _ = stats.annotate("undecodable", undecodable);
+        }
+        Ok(stats)
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Background tasks
+// -------------------------------------------------------------------------------------------
+
+impl Engine {
+    /// Listens for notifications of this queue's schema and wakes the claimer for its group.
+    /// A lost connection is opened again; notifications missed meanwhile are made up for by
+    /// waking the claimer.
+    async fn listener(self: Arc<Self>) {
+        let lifetime = self.lifecycle.lifetime().clone();
+        let mut failures: u32 = 0;
+        loop {
+            let listening = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(&self.channel).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                _ = lifetime.cancelled() => return,
+                listening = listening => match listening {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(queue_id = %self.id, error = %error, "could not listen for notifications; polling meanwhile");
+                        let backoff = Duration::from_millis(50)
+                            .saturating_mul(1 << failures.min(6));
+                        tokio::select! {
+                            _ = lifetime.cancelled() => return,
+                            _ = tokio::time::sleep(jittered(backoff)) => continue,
+                        }
+                    }
+                },
+            };
+            failures = 0;
+            self.ready.notify_one();
+            loop {
+                let received = tokio::select! {
+                    _ = lifetime.cancelled() => return,
+                    received = listener.try_recv() => received,
+                };
+                match received {
+                    Ok(Some(notification)) => {
+                        if notification.payload() == self.group() {
+                            self.ready.notify_one();
+                        }
+                    }
+                    // The connection was lost: listen again on a new one.
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(queue_id = %self.id, error = %error, "lost the notification connection");
+                        break;
+                    }
+                }
+            }
+            self.ready.notify_one();
+        }
+    }
+
+    /// Deadlines, unresolvable dependencies, stale retrying jobs and retention, every
+    /// maintenance interval.
+    async fn maintenance(self: Arc<Self>) {
+        let lifetime = self.lifecycle.lifetime().clone();
+        let mut ticks = tokio::time::interval(self.options.maintenance_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = lifetime.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.maintain().await {
+                tracing::warn!(queue_id = %self.id, error = %error, "queue maintenance failed");
+            }
+        }
+    }
+
+    async fn maintain(&self) -> Result<()> {
+        self.ensure_schema().await?;
+        for (sql, what) in [
+            (&self.sql.expire, "set aside expired jobs"),
+            (
+                &self.sql.fail_dependents,
+                "fail jobs with unresolvable edges",
+            ),
+        ] {
+            let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                .bind(self.group())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend(what))?;
+            if count > 0 {
+                tracing::debug!(queue_id = %self.id, count, what);
+                self.ready.notify_one();
+            }
+        }
+        let handler = self.retry_handler.lock().clone();
+        if let Some(handler) = handler {
+            let rows = sqlx::query(AssertSqlSafe(self.sql.stale_retrying.clone()))
+                .bind(self.group())
+                .bind(&*self.id)
+                .bind(self.options.lock_timeout)
+                .bind(64_i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend("find stale retrying jobs"))?;
+            for row in rows {
+                let stored = StoredJob::read(&row).map_err(backend("read a job"))?;
+                match stored.job() {
+                    Ok(job) => {
+                        if let Err(error) = handler.put(job).await {
+                            tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "could not hand a stale retrying job to the retry handler");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "stale retrying job cannot be decoded");
+                    }
+                }
+            }
+        }
+        if let Some(retention) = self.options.retention {
+            sqlx::query(AssertSqlSafe(self.sql.sweep.clone()))
+                .bind(self.group())
+                .bind(retention)
+                .bind(1000_i64)
+                .execute(&self.pool)
+                .await
+                .map_err(backend("delete old jobs"))?;
+        }
+        Ok(())
+    }
+
+    fn stop_now(&self) {
+        self.lifecycle.close();
+        self.completions.lock().take();
+        self.claimed_tx.close();
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// The traits
+// -------------------------------------------------------------------------------------------
+
+#[async_trait]
+impl Queue for Engine {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn put(&self, job: JobRef) -> Result<()> {
+        self.check_open()?;
+        self.ensure_schema().await?;
+        let prepared = self.prepare(&job)?;
+        if prepared.is_plain() {
+            return self
+                .insert_batch(vec![prepared])
+                .await
+                .pop()
+                .map_or(Ok(()), Err);
+        }
+        let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
+        self.insert_on(&mut conn, prepared).await
+    }
+
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        self.check_open()?;
+        self.ensure_schema().await?;
+        let prepared = jobs.iter().map(|job| self.prepare(job)).collect();
+        self.put_many_prepared(prepared).await
+    }
+
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        match self.fetch_one(&self.sql.get_latest, id, None).await? {
+            Some(stored) => stored.job(),
+            None => Err(Error::job_not_found(id)),
+        }
+    }
+
+    async fn next(&self) -> Option<JobRef> {
+        // NEXT-RESULT: becomes `Result<JobRef>` with the core contract change.
+        self.next_job().await.ok()
+    }
+
+    fn info(&self) -> QueueInfo {
+        QueueInfo {
+            started: self.lifecycle.started(),
+            lock_timeout: self.options.lock_timeout,
+        }
+    }
+
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        self.finish(job, false).await
+    }
+
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        self.save_job(job).await
+    }
+
+    async fn results(&self) -> JobStream {
+        use futures::StreamExt as _;
+        Box::pin(
+            self.arc()
+                .pages(vec![COMPLETED])
+                .filter_map(|stored| async move {
+                    match stored {
+                        Ok(stored) => stored.job().ok().map(Ok),
+                        Err(error) => Some(Err(error)),
+                    }
+                }),
+        )
+    }
+
+    async fn job_info(&self) -> JobInfoStream {
+        use futures::StreamExt as _;
+        let all = vec![PENDING, RUNNING, COMPLETED, RETRYING, EXPIRED, SET_ASIDE];
+        Box::pin(
+            self.arc()
+                .pages(all)
+                .map(|stored| stored.map(|stored| stored.info())),
+        )
+    }
+
+    async fn stats(&self) -> Result<QueueStats> {
+        self.stats_now().await
+    }
+
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.lifecycle.runner()
+    }
+
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        self.lifecycle.set_runner(runner, self.arc())
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.ensure_schema().await?;
+        let runner = self.lifecycle.begin(&self.id)?;
+        let (sender, inbox) = mpsc::unbounded_channel();
+        *self.completions.lock() = Some(sender);
+        let engine = self.arc();
+        self.lifecycle.spawn(engine.clone().completer(inbox));
+        self.lifecycle.spawn(engine.clone().claimer());
+        self.lifecycle.spawn(engine.clone().listener());
+        self.lifecycle.spawn(engine.clone().maintenance());
+        let store: Arc<dyn LockStore> = engine;
+        self.dispatcher.start_heartbeat(Arc::downgrade(&store));
+        if let Err(error) = self.lifecycle.start_runner(&runner).await {
+            self.stop_now();
+            return Err(error);
+        }
+        let handler = self.retry_handler.lock().clone();
+        if let Some(handler) = handler {
+            handler.start().await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.lifecycle.close_runner().await;
+        let handler = self.retry_handler.lock().clone();
+        if let Some(handler) = handler {
+            handler.close().await;
+        }
+        // Completions already sent are written before the completer stops.
+        self.completions.lock().take();
+        self.release_buffered().await;
+        self.stop_now();
+        self.dispatcher.close().await;
+        self.lifecycle.end().await;
+    }
+
+    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RetryableQueue for Engine {
+    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
+        self.retry_handler.lock().clone()
+    }
+
+    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
+        if self.lifecycle.started() {
+            return Err(Error::AlreadyStarted("queue"));
+        }
+        handler.set_queue(self.arc())?;
+        *self.retry_handler.lock() = Some(handler);
+        Ok(())
+    }
+
+    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
+        let attempt = i32::try_from(attempt).map_err(|_| Error::job_not_found(id))?;
+        match self
+            .fetch_one(&self.sql.get_attempt, id, Some(attempt))
+            .await?
+        {
+            Some(stored) => {
+                let job = stored.job()?;
+                if !job.retry_info().retryable {
+                    return Err(Error::job_not_found_because(id, "the job is not retryable"));
+                }
+                Ok(job)
+            }
+            None => Err(Error::job_not_found(id)),
+        }
+    }
+
+    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
+        self.ensure_schema().await?;
+        let rows = sqlx::query(AssertSqlSafe(self.sql.get_all_attempts.clone()))
+            .bind(self.group())
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("read a job's attempts"))?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = StoredJob::read(&row)
+                .map_err(backend("read a job"))?
+                .job()?;
+            if job.retry_info().retryable {
+                jobs.push(job);
+            }
+        }
+        if jobs.is_empty() {
+            return Err(Error::job_not_found_because(id, "no retryable attempts"));
+        }
+        Ok(jobs)
+    }
+
+    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
+        use sqlx::Connection as _;
+        self.ensure_schema().await?;
+        let put = self.prepare(&to_put)?;
+        let (old_attempt, count, keep) = {
+            let mut meta = to_complete.base().metadata();
+            meta.retry_info.needs_retry = false;
+            meta.retry_info.end = Some(amboy_core::clock::now());
+            (
+                meta.retry_info.current_attempt as i32,
+                meta.status.modification_count as i64,
+                meta.effective_enqueue_scopes(),
+            )
+        };
+        let mut envelope = JobInterchange::from_job(&**to_complete).map_err(Error::from)?;
+        envelope.status.completed = true;
+        envelope.status.in_progress = false;
+        envelope.status.modification_count = count as u64 + 1;
+        truncate_errors(&mut envelope.status.errors);
+        let body = envelope.to_json().map_err(Error::from)?;
+        let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
+        let mut tx = conn.begin().await.map_err(backend("begin a retry"))?;
+        let completed = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
+            .bind(self.group())
+            .bind(&*self.id)
+            .bind(self.options.lock_timeout)
+            .bind(&self.channel)
+            .bind(vec![to_complete.id().to_owned()])
+            .bind(vec![old_attempt])
+            .bind(vec![count])
+            .bind(vec![COMPLETED])
+            .bind(vec![body])
+            .bind(vec![true])
+            .bind(vec![json_list(&keep)])
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend("complete a retried job"))?;
+        if completed.is_none() {
+            return Err(Error::job_not_found_because(
+                to_complete.id(),
+                "the stored job was modified, taken over or set aside",
+            ));
+        }
+        // The kept enqueue scopes go to the next attempt, which then takes any it lacks.
+        sqlx::query(AssertSqlSafe(self.sql.move_scopes.clone()))
+            .bind(self.group())
+            .bind(to_complete.id())
+            .bind(old_attempt)
+            .bind(put.attempt)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend("hand scopes to the next attempt"))?;
+        self.insert_on(&mut tx, put).await?;
+        tx.commit().await.map_err(backend("commit a retry"))?;
+        {
+            let mut meta = to_complete.base().metadata();
+            meta.status.completed = true;
+            meta.status.in_progress = false;
+            meta.status.modification_count = count as u64 + 1;
+        }
+        Ok(())
+    }
+
+    async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
+        self.finish(job, true).await
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+#[async_trait]
+impl LockStore for PostgresQueue {
+    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+        self.engine.save_locks(jobs).await
+    }
+}
+
+impl Drop for PostgresQueue {
+    /// The last handle dropped closes the queue.
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        let closing = engine.clone();
+        self.engine
+            .lifecycle
+            .abandon(async move { Queue::close(&*closing).await }, move || {
+                engine.stop_now()
+            });
+    }
+}
+
+#[async_trait]
+impl Queue for PostgresQueue {
+    fn id(&self) -> &str {
+        &self.engine.id
+    }
+    async fn put(&self, job: JobRef) -> Result<()> {
+        self.engine.put(job).await
+    }
+    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
+        self.engine.put_many(jobs).await
+    }
+    async fn get(&self, id: &str) -> Result<JobRef> {
+        self.engine.get(id).await
+    }
+    async fn next(&self) -> Option<JobRef> {
+        // NEXT-RESULT
+        self.engine.next_job().await.ok()
+    }
+    fn info(&self) -> QueueInfo {
+        self.engine.info()
+    }
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        self.engine.finish(job, false).await
+    }
+    async fn save(&self, job: &JobRef) -> Result<()> {
+        self.engine.save_job(job).await
+    }
+    async fn results(&self) -> JobStream {
+        self.engine.results().await
+    }
+    async fn job_info(&self) -> JobInfoStream {
+        self.engine.job_info().await
+    }
+    async fn stats(&self) -> Result<QueueStats> {
+        self.engine.stats_now().await
+    }
+    fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.engine.runner()
+    }
+    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
+        self.engine.set_runner(runner)
+    }
+    async fn start(&self) -> Result<()> {
+        self.engine.start().await
+    }
+    async fn close(&self) {
+        Queue::close(&*self.engine).await
+    }
+    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RetryableQueue for PostgresQueue {
+    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
+        self.engine.retry_handler()
+    }
+    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
+        RetryableQueue::set_retry_handler(&*self.engine, handler)
+    }
+    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
+        self.engine.get_attempt(id, attempt).await
+    }
+    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
+        self.engine.get_all_attempts(id).await
+    }
+    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
+        self.engine
+            .complete_retrying_and_put(to_complete, to_put)
+            .await
+    }
+    async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
+        self.engine.finish(job, true).await
+    }
+}
