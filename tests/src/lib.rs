@@ -4,7 +4,8 @@
 //!
 //! A queue implementation joins the suite with a [`QueueCase`] in [`cases`]; a runner with a
 //! [`RunnerCase`]. `tests/conformance.rs` expands the matrix into one test per
-//! (queue, runner, size, scenario).
+//! (queue, runner, size, scenario), and runs the scenarios that take the jobs themselves
+//! (cancel safety of `next`) once per queue, without workers.
 
 pub mod cases;
 pub mod jobs;

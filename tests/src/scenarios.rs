@@ -47,6 +47,11 @@ pub enum Scenario {
     RetryScopedSubset,
     /// A retrying job whose retry was never processed is found and retried.
     RetryStale,
+    /// `next` is cancel-safe: a call dropped before it completes, whether the queue was empty
+    /// or a job arrived meanwhile, leaves no job dispatched; a fresh call gets the job, which is
+    /// dispatched once. The scenario takes the jobs itself, on a started queue without workers
+    /// (run it with [`run_without_runner`]).
+    NextCancelSafe,
 }
 
 impl Scenario {
@@ -60,6 +65,12 @@ impl Scenario {
                 | Scenario::RetryStale
         )
     }
+
+    /// Whether the scenario runs with a runner's workers taking the jobs; the others take the
+    /// jobs themselves and run once per queue ([`run_without_runner`]).
+    pub fn needs_runner(self) -> bool {
+        !matches!(self, Scenario::NextCancelSafe)
+    }
 }
 
 /// Runs `scenario` for `queue` with `runner` at `size` workers.
@@ -67,6 +78,10 @@ pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size:
     assert!(
         !scenario.needs_retry() || queue.retryable,
         "{scenario:?} needs a retryable queue"
+    );
+    assert!(
+        scenario.needs_runner(),
+        "{scenario:?} takes the jobs itself: run it with run_without_runner"
     );
     let test = async {
         // amboy's scoped-lock case runs three workers per job slot, so that free jobs always
@@ -97,6 +112,26 @@ pub async fn run(scenario: Scenario, queue: QueueCase, runner: RunnerCase, size:
             Scenario::RetryScopedAll => retry_scoped(&built, &prefix, false).await,
             Scenario::RetryScopedSubset => retry_scoped(&built, &prefix, true).await,
             Scenario::RetryStale => retry_stale(&built, &prefix).await,
+            Scenario::NextCancelSafe => unreachable!("checked above"),
+        }
+        built.close().await;
+    };
+    timeout(LIMIT, test).await.expect("the scenario finishes");
+}
+
+/// Runs `scenario`, which takes the jobs itself, for `queue`, started with a runner that has no
+/// workers ([`cases::start_idle`]).
+pub async fn run_without_runner(scenario: Scenario, queue: QueueCase) {
+    assert!(
+        !scenario.needs_runner(),
+        "{scenario:?} needs workers: run it with run"
+    );
+    let test = async {
+        let built = cases::start_idle(queue, 1).await.expect("the queue starts");
+        let prefix = format!("{}-{:?}", queue.name, scenario);
+        match scenario {
+            Scenario::NextCancelSafe => next_cancel_safe(&built, &prefix).await,
+            _ => unreachable!("checked above"),
         }
         built.close().await;
     };
@@ -511,4 +546,110 @@ async fn retry_stale(queue: &Arc<dyn Queue>, prefix: &str) {
         1,
         "only attempt 1 ran here"
     );
+}
+
+/// How long a `next` may take to hand out a job that is ready.
+const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// Polls a fresh `next` exactly once, then drops it: it must still be waiting (the queue has
+/// nothing ready). With `meanwhile`, the job is put while that `next` waits, and the `next` is
+/// dropped without being polled again.
+async fn abandon_next(queue: &Arc<dyn Queue>, meanwhile: Option<JobRef>) {
+    let mut next = std::pin::pin!(queue.next());
+    let polled = futures::poll!(next.as_mut());
+    assert!(
+        polled.is_pending(),
+        "nothing is ready, so next must wait: {polled:?}"
+    );
+    if let Some(job) = meanwhile {
+        queue.put(job).await.expect("put");
+    }
+}
+
+async fn take_next(queue: &Arc<dyn Queue>) -> JobRef {
+    timeout(PROMPTLY, queue.next())
+        .await
+        .expect("a fresh next hands out the ready job")
+        .expect("the queue is open")
+}
+
+async fn next_cancel_safe(queue: &Arc<dyn Queue>, prefix: &str) {
+    // A `next` dropped while the queue is empty.
+    abandon_next(queue, None).await;
+    let first = format!("{prefix}-first");
+    queue.put(Noop::new(&first)).await.expect("put");
+    let s = stats(queue).await;
+    assert_eq!((s.total, s.pending, s.running), (1, 1, 0), "{s}");
+    let taken = take_next(queue).await;
+    assert_eq!(taken.id(), first);
+    assert!(taken.status().in_progress, "{:?}", taken.status());
+    let s = stats(queue).await;
+    assert_eq!(
+        (s.total, s.pending, s.running),
+        (1, 0, 1),
+        "dispatched once: {s}"
+    );
+
+    // A `next` waiting when a job arrives, dropped before it is polled again: the job stays
+    // in line, not dispatched to nobody.
+    let second = format!("{prefix}-second");
+    abandon_next(queue, Some(Noop::new(&second))).await;
+    let s = stats(queue).await;
+    assert_eq!(
+        (s.total, s.pending, s.running),
+        (2, 1, 1),
+        "the abandoned next dispatched nothing: {s}"
+    );
+    let infos = infos(queue).await;
+    let waiting = infos
+        .iter()
+        .find(|info| info.id == second)
+        .expect("the job is in the queue");
+    assert!(
+        !waiting.status.in_progress && !waiting.status.completed,
+        "{waiting:?}"
+    );
+    let again = take_next(queue).await;
+    assert_eq!(again.id(), second);
+    let s = stats(queue).await;
+    assert_eq!(
+        (s.total, s.pending, s.running),
+        (2, 0, 2),
+        "each job dispatched once: {s}"
+    );
+
+    // A `next` polled once while a job is ready, dropped if it did not finish in that poll
+    // (a queue whose `next` awaits its store part-way): it handed out the job, or left it for
+    // a fresh call.
+    let third = format!("{prefix}-third");
+    queue.put(Noop::new(&third)).await.expect("put");
+    let polled = {
+        let mut next = std::pin::pin!(queue.next());
+        futures::poll!(next.as_mut())
+    };
+    let last = match polled {
+        std::task::Poll::Ready(result) => result.expect("the queue is open"),
+        std::task::Poll::Pending => take_next(queue).await,
+    };
+    assert_eq!(last.id(), third);
+    let s = stats(queue).await;
+    assert_eq!(
+        (s.total, s.pending, s.running),
+        (3, 0, 3),
+        "each job dispatched once: {s}"
+    );
+
+    // All complete; nothing is left in progress, and nothing else is handed out.
+    for job in [&taken, &again, &last] {
+        queue.complete(job).await.expect("complete");
+    }
+    let s = stats(queue).await;
+    assert_eq!(
+        (s.total, s.completed, s.pending, s.running),
+        (3, 3, 0, 0),
+        "{s}"
+    );
+    assert!(s.is_complete(), "{s}");
+    abandon_next(queue, None).await;
+    assert_eq!(stats(queue).await, s, "an abandoned next changes nothing");
 }

@@ -4,7 +4,7 @@ use amboy_tests::cases::{
     ABORTABLE, ADAPTIVE_ORDERING, DEPENDENCY_ORDERED, LIMITED_SIZE, LIMITED_SIZE_SERIALIZABLE,
     LOCAL_WORKERS, MOVING_AVERAGE, MULTI_QUEUE, POSTGRES, PRIORITY, RATE_LIMITED, SHUFFLED, SINGLE,
 };
-use amboy_tests::scenarios::{Scenario, run};
+use amboy_tests::scenarios::{Scenario, run, run_without_runner};
 
 /// One test per scenario for a (queue, runner, size). The first marker is `[retry]` for
 /// retryable queues (which store copies, so they also run the save-locking scenario); the second is `[one]` for runners with a single worker, which cannot show
@@ -58,12 +58,22 @@ macro_rules! sizes {
     };
 }
 
-/// Every runner for each queue; `[retry]` adds the retry scenarios.
+/// Every runner for each queue; `[retry]` adds the retry scenarios. The scenarios that take
+/// the jobs themselves run once per queue, without workers.
 macro_rules! runners {
     ($kind:tt $($queue_module:ident => $queue:expr),* $(,)?) => {
         $(
             mod $queue_module {
                 use super::*;
+
+                mod without_runner {
+                    use super::*;
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn next_cancel_safe() {
+                        run_without_runner(Scenario::NextCancelSafe, $queue).await;
+                    }
+                }
 
                 mod local_workers {
                     use super::*;

@@ -912,7 +912,7 @@ impl Queue for Racing {
         self.inner.get(id).await
     }
 
-    async fn next(&self) -> Option<JobRef> {
+    async fn next(&self) -> amboy::Result<JobRef> {
         self.inner.next().await
     }
 

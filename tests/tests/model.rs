@@ -1385,7 +1385,7 @@ impl Machine {
         let expired = self.observe_expired().await?;
         self.set_aside(expired).await?;
         let job = match got {
-            Ok(None) => return Err(fail("next returned None on an open queue")),
+            Ok(Err(error)) => return Err(fail(format!("next failed on an open queue: {error}"))),
             Err(_) => {
                 let ready: Vec<&Entity> = self
                     .model
@@ -1409,7 +1409,7 @@ impl Machine {
                 );
                 return Ok(());
             }
-            Ok(Some(job)) => job,
+            Ok(Ok(job)) => job,
         };
         let attempt = attempt_of(&job);
         let i = self
@@ -2725,10 +2725,14 @@ mod concurrent {
             if self.local() {
                 self.queue.try_next()
             } else {
-                tokio::time::timeout(TAKE_WAIT, self.queue.next())
-                    .await
-                    .ok()
-                    .flatten()
+                match tokio::time::timeout(TAKE_WAIT, self.queue.next()).await {
+                    Ok(Ok(job)) => Some(job),
+                    Ok(Err(error)) => {
+                        self.fail(format!("next failed on an open queue: {error}"));
+                        None
+                    }
+                    Err(_) => None,
+                }
             }
         }
 

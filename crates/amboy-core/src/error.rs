@@ -9,8 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong in a queue, runner or retry handler.
 ///
 /// The kinds callers branch on have predicates: [`is_job_not_found`](Error::is_job_not_found),
-/// [`is_duplicate_job`](Error::is_duplicate_job) (true for duplicate scopes too, as in amboy) and
-/// [`is_duplicate_scope`](Error::is_duplicate_scope).
+/// [`is_duplicate_job`](Error::is_duplicate_job) (true for duplicate scopes too, as in amboy),
+/// [`is_duplicate_scope`](Error::is_duplicate_scope) and [`is_closed`](Error::is_closed).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -170,6 +170,13 @@ impl Error {
         matches!(self, Error::JobNotFound { .. })
     }
 
+    /// Whether this is [`Error::Closed`]: the queue, runner or handler is closed. From
+    /// [`Queue::next`](crate::Queue::next) it is the one error that means no job will ever
+    /// come; any other is transient.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed(_))
+    }
+
     /// Whether this is a duplicate job: a duplicate ID, a duplicate scope, or a batch of writes
     /// in which every failure was a duplicate.
     pub fn is_duplicate_job(&self) -> bool {
@@ -292,6 +299,23 @@ mod tests {
         assert!(dup.is_duplicate_job() && !dup.is_duplicate_scope() && !dup.is_job_not_found());
         assert!(scope().is_duplicate_job() && scope().is_duplicate_scope());
         assert!(!Error::invalid("x").is_duplicate_job());
+    }
+
+    #[test]
+    fn only_closed_is_closed() {
+        assert!(Error::Closed("queue").is_closed());
+        assert_eq!(Error::Closed("queue").to_string(), "queue is closed");
+        for other in [
+            Error::job_not_found("x"),
+            Error::NotStarted("queue"),
+            Error::invalid("x"),
+            Error::Backend {
+                message: "connection lost".into(),
+                source: None,
+            },
+        ] {
+            assert!(!other.is_closed(), "{other:?}");
+        }
     }
 
     #[test]

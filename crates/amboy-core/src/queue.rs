@@ -18,9 +18,10 @@ pub type JobInfoStream = BoxStream<'static, Result<JobInfo>>;
 /// Stores jobs and hands them out to a runner (amboy's `Queue`).
 ///
 /// A queue runs nothing itself: [`start`](Queue::start) starts its [`Runner`], whose workers call
-/// [`next`](Queue::next), run the job and call [`complete`](Queue::complete). Cancellation is
-/// Rust's: drop a future (or wrap it in `tokio::time::timeout`) to stop waiting; queues keep
-/// their state consistent when a call is dropped part-way.
+/// [`next`](Queue::next), run the job and call [`complete`](Queue::complete), until `next` fails
+/// with [`Error::Closed`](crate::Error::Closed); on any other error they back off and ask again.
+/// Cancellation is Rust's: drop a future (or wrap it in `tokio::time::timeout`) to stop waiting;
+/// queues keep their state consistent when a call is dropped part-way.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// The queue's unique ID; it is also the owner of the locks the queue takes.
@@ -39,8 +40,16 @@ pub trait Queue: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<JobRef>;
 
     /// Waits for the next job ready to run and dispatches it: the job is locked by this queue
-    /// and marked in progress. `None` once the queue is closed.
-    async fn next(&self) -> Option<JobRef>;
+    /// and marked in progress. Fails with [`Error::Closed`](crate::Error::Closed) once the queue
+    /// is closed; only that error ([`Error::is_closed`](crate::Error::is_closed)) means no job
+    /// will ever come. Any other error is transient (the store is unreachable, say): callers
+    /// back off and call again.
+    ///
+    /// Cancel-safe: dropping the future before it completes never leaves a job dispatched and
+    /// unreturned (a job is dispatched only in the poll that returns it, or given back before
+    /// that poll ends). Runners rely on it: the multi-queue pool waits on several queues' `next`
+    /// at once and drops all but the first to offer a job.
+    async fn next(&self) -> Result<JobRef>;
 
     /// Dispatches the next job if one is ready now, without waiting: the non-blocking
     /// counterpart of [`next`](Queue::next). Runners call it first, to skip the cost of an

@@ -12,7 +12,9 @@ use crate::{
 };
 
 /// Executes a queue's jobs (amboy's `Runner`): a pool of workers calling
-/// [`Queue::next`], running the job and calling [`Queue::complete`].
+/// [`Queue::next`], running the job and calling [`Queue::complete`]. A worker stops when `next`
+/// fails with [`Error::Closed`](crate::Error::Closed); after any other error it waits (backing
+/// off, but never past a request to stop) and asks again.
 #[async_trait]
 pub trait Runner: Send + Sync + 'static {
     /// Whether the runner is started.

@@ -299,7 +299,7 @@ impl<L: Line> Queue for LocalQueue<L> {
         self.engine.get_now(id)
     }
 
-    async fn next(&self) -> Option<JobRef> {
+    async fn next(&self) -> Result<JobRef> {
         self.engine.next_job().await
     }
 
@@ -742,12 +742,14 @@ impl<L: Line> Engine<L> {
             .ok_or_else(|| Error::job_not_found(id))
     }
 
-    async fn next_job(&self) -> Option<JobRef> {
+    /// Waits for a job and dispatches it; fails only once the queue is closed. Nothing awaits
+    /// after a job leaves the line, so dropping this future loses no job.
+    async fn next_job(&self) -> Result<JobRef> {
         // Closing the queue closes the line, which ends this wait.
         loop {
-            let job = self.line.pop().await?;
+            let job = self.line.pop().await.ok_or(Error::Closed("queue"))?;
             if let Taken::Dispatched(job) = self.take(job) {
-                return Some(job);
+                return Ok(job);
             }
         }
     }
@@ -1105,7 +1107,7 @@ impl<L: Line> Queue for Engine<L> {
         self.get_now(id)
     }
 
-    async fn next(&self) -> Option<JobRef> {
+    async fn next(&self) -> Result<JobRef> {
         self.next_job().await
     }
 

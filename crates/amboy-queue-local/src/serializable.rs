@@ -909,12 +909,17 @@ impl Queue for Engine {
         decode(&record)
     }
 
-    async fn next(&self) -> Option<JobRef> {
-        // Closing the queue closes the line, which ends this wait.
+    async fn next(&self) -> Result<JobRef> {
+        // Closing the queue closes the line, which ends this wait. Nothing awaits after a
+        // ticket leaves the line, so dropping this future loses no job.
         loop {
-            let ticket = self.line_rx.recv().await.ok()?;
+            let ticket = self
+                .line_rx
+                .recv()
+                .await
+                .map_err(|_| Error::Closed("queue"))?;
             if let Some(job) = self.take(ticket) {
-                return Some(job);
+                return Ok(job);
             }
         }
     }
@@ -1227,7 +1232,7 @@ impl Queue for LimitedSizeSerializableQueue {
         Queue::get(&*self.engine, id).await
     }
 
-    async fn next(&self) -> Option<JobRef> {
+    async fn next(&self) -> Result<JobRef> {
         Queue::next(&*self.engine).await
     }
 

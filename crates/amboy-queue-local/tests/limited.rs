@@ -637,7 +637,12 @@ async fn concurrent_next_dispatches_a_job_once() {
     let calls: Vec<_> = (0..100)
         .map(|_| {
             let queue = queue.clone();
-            tokio::spawn(async move { timeout(NOT_WITHIN, queue.next()).await.ok().flatten() })
+            tokio::spawn(async move {
+                timeout(NOT_WITHIN, queue.next())
+                    .await
+                    .ok()
+                    .map(|result| result.expect("the queue is open"))
+            })
         })
         .collect();
     let mut winners = Vec::new();
@@ -664,10 +669,11 @@ async fn concurrent_next_dispatches_a_job_once() {
         "nothing else to hand out"
     );
     queue.close().await;
-    assert!(
-        queue.next().await.is_none(),
-        "a closed queue hands out nothing"
-    );
+    let closed = queue
+        .next()
+        .await
+        .expect_err("a closed queue hands out nothing");
+    assert!(closed.is_closed(), "{closed:?}");
 }
 
 #[tokio::test]

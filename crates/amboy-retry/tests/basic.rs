@@ -293,8 +293,8 @@ impl Queue for MockQueue {
             .ok_or_else(|| Error::job_not_found(id))
     }
 
-    async fn next(&self) -> Option<JobRef> {
-        None
+    async fn next(&self) -> Result<JobRef> {
+        Err(Error::Closed("queue"))
     }
 
     fn info(&self) -> QueueInfo {

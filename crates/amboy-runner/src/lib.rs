@@ -17,8 +17,16 @@
 //! [`amboy_core::execute_job`], so every runner shares amboy's execution rules: `max_time`
 //! bounds the run, panics are caught and recorded, retrying jobs go to the retry handler.
 //!
+//! A worker stops taking jobs from a queue whose [`Queue::next`](amboy_core::Queue::next) fails
+//! with `Error::Closed`. Any other error is transient: the worker logs it (`tracing::warn!`,
+//! with the queue's ID) and asks again after a pause, exponential with full jitter (a random
+//! wait below a ceiling that starts at 10 ms and doubles up to 1 s), reset by the next job it
+//! takes. Each worker backs off on its own, per queue; in a [`MultiQueuePool`] the worker serves
+//! the other queues meanwhile.
+//!
 //! Invariants: a panicking job never takes its worker down, and a worker whose own loop panics
-//! is restarted; closing a runner cancels the running jobs, waits for the workers to stop, and
+//! is restarted; a worker never spins on a failing queue, and a request to stop ends its pause
+//! at once; closing a runner cancels the running jobs, waits for the workers to stop, and
 //! leaves the runner restartable; shutting it down lets running jobs finish for a grace period
 //! first; until it starts, a runner holds its queues weakly (the queue owns the runner), and
 //! while it runs, its workers hold them (a queue stops its runner when it closes or is
@@ -27,6 +35,7 @@
 //! Most users want the `amboy` crate, which re-exports this one as `amboy::runner`.
 
 mod abortable;
+mod backoff;
 mod local;
 mod moving_average;
 mod multi_queue;

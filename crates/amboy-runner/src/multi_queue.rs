@@ -18,6 +18,11 @@ use crate::pool::{Pace, Pool};
 /// one queue further on at every job taken, so that queues with jobs waiting are served
 /// round-robin: two busy queues get about half of the runs each.
 ///
+/// **Failing queues.** A queue whose `next` fails with a transient error (anything but
+/// `Error::Closed`) rests for its backoff, left out of the worker's wait, while the worker goes
+/// on serving the other queues; it is asked again when the rest ends. A queue reporting itself
+/// closed is skipped from then on.
+///
 /// **Starting and closing.** The set of queues is fixed while the pool runs: adding a queue to
 /// a started pool is an error, as it was in amboy; close the pool, add the queue, and start it
 /// again. [`started`](amboy_core::Runner::started) says whether the workers run, for all the queues at

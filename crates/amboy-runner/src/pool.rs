@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::moving_average::Throttle;
 
 /// How a pool spaces its jobs.
@@ -280,6 +281,8 @@ impl Exec {
         // One context for every job this worker runs: jobs that need a token of their own get
         // a child of it.
         let ctx = JobContext::with_token(jobs.clone());
+        // This worker's backoff for each queue whose `next` fails.
+        let mut backoffs = source.backoffs();
         loop {
             // A throttled pool books its start before taking a job, so that jobs wait in the
             // queue, pending, rather than dispatched in a sleeping worker.
@@ -293,7 +296,7 @@ impl Exec {
                 }
                 _ => None,
             };
-            let Some((queue, job)) = source.next(stop).await else {
+            let Some((queue, job)) = source.next(stop, &mut backoffs).await else {
                 return;
             };
             if let (Pace::Throttled(throttle), Some(slot)) = (&self.pace, slot)
@@ -363,27 +366,124 @@ enum Source {
     Many(Rotation),
 }
 
+/// What `next` says, read by a worker.
+enum Offer {
+    Job(JobRef),
+    /// The queue is closed: no job will ever come from it.
+    Closed,
+    /// A transient failure: ask again after a pause.
+    Failed(Error),
+}
+
+impl From<Result<JobRef>> for Offer {
+    fn from(result: Result<JobRef>) -> Self {
+        match result {
+            Ok(job) => Offer::Job(job),
+            Err(error) if error.is_closed() => Offer::Closed,
+            Err(error) => Offer::Failed(error),
+        }
+    }
+}
+
+/// One worker's backoff for each queue of its source, and when each queue whose `next` failed
+/// may be asked again. Each worker keeps its own, so workers never wait on each other's
+/// failures.
+#[derive(Debug)]
+struct Backoffs {
+    queues: Vec<Resting>,
+}
+
+#[derive(Debug)]
+struct Resting {
+    backoff: Backoff,
+    /// Set after a failure: the queue is not asked before then.
+    until: Option<Instant>,
+}
+
+impl Backoffs {
+    /// Records a failure of `queue`'s `next`, logs it, and returns when to ask again.
+    fn fail(&mut self, i: usize, queue: &dyn Queue, error: &Error) -> Instant {
+        let resting = &mut self.queues[i];
+        let delay = resting.backoff.fail();
+        tracing::warn!(
+            queue = queue.id(),
+            error = %error,
+            retry_in = ?delay,
+            "the queue could not hand out a job; asking again after a pause"
+        );
+        let until = Instant::now() + delay;
+        resting.until = Some(until);
+        until
+    }
+
+    fn succeed(&mut self, i: usize) {
+        let resting = &mut self.queues[i];
+        resting.backoff.reset();
+        resting.until = None;
+    }
+}
+
 impl Source {
-    /// The next job and its queue; `None` once the pool stops (`stop` is cancelled) or every
-    /// queue closed.
-    async fn next(&self, stop: &Stop) -> Option<(&Arc<dyn Queue>, JobRef)> {
+    fn queues(&self) -> &[Arc<dyn Queue>] {
         match self {
-            // The queue comes first: when it has a job ready, the stop signal is only read, not
-            // waited on.
-            Source::One(queue) => {
+            Source::One(queue) => std::slice::from_ref(queue),
+            Source::Many(rotation) => &rotation.queues,
+        }
+    }
+
+    /// A fresh backoff per queue, for one worker.
+    fn backoffs(&self) -> Backoffs {
+        Backoffs {
+            queues: self
+                .queues()
+                .iter()
+                .map(|_| Resting {
+                    backoff: Backoff::new(),
+                    until: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The next job and its queue; `None` once the pool stops (`stop` is cancelled) or every
+    /// queue closed. A queue whose `next` fails otherwise is asked again after a pause (which
+    /// the stop signal ends).
+    async fn next(
+        &self,
+        stop: &Stop,
+        backoffs: &mut Backoffs,
+    ) -> Option<(&Arc<dyn Queue>, JobRef)> {
+        match self {
+            Source::One(queue) => loop {
                 if stop.is_set() {
                     return None;
                 }
+                // The queue comes first: when it has a job ready, the stop signal is only read,
+                // not waited on.
                 if let Some(job) = queue.try_next() {
+                    backoffs.succeed(0);
                     return Some((queue, job));
                 }
-                tokio::select! {
+                let offer = tokio::select! {
                     biased;
-                    job = queue.next() => job.map(|job| (queue, job)),
-                    _ = stop.wait() => None,
+                    result = queue.next() => Offer::from(result),
+                    _ = stop.wait() => return None,
+                };
+                match offer {
+                    Offer::Job(job) => {
+                        backoffs.succeed(0);
+                        return Some((queue, job));
+                    }
+                    Offer::Closed => return None,
+                    Offer::Failed(error) => {
+                        let until = backoffs.fail(0, &**queue, &error);
+                        if !sleep_until(until, stop).await {
+                            return None;
+                        }
+                    }
                 }
-            }
-            Source::Many(rotation) => rotation.next(stop).await,
+            },
+            Source::Many(rotation) => rotation.next(stop, backoffs).await,
         }
     }
 }
@@ -394,11 +494,12 @@ impl Source {
 /// others' `next` futures are dropped, which the `Queue` contract allows without losing a job.
 /// The queues are polled in an order that starts one queue further on at every take, so that
 /// when several queues have jobs ready they are served round-robin, and a queue without jobs
-/// never holds up the others.
+/// never holds up the others. A queue whose `next` fails rests for its backoff, left out of
+/// the wait while the others are served.
 #[derive(Debug)]
 struct Rotation {
     queues: Vec<Arc<dyn Queue>>,
-    /// Queues whose `next` returned `None`: closed, skipped from then on.
+    /// Queues whose `next` reported them closed: skipped from then on.
     closed: Vec<AtomicBool>,
     turn: AtomicUsize,
 }
@@ -413,27 +514,91 @@ impl Rotation {
         }
     }
 
-    async fn next(&self, stop: &Stop) -> Option<(&Arc<dyn Queue>, JobRef)> {
+    async fn next(
+        &self,
+        stop: &Stop,
+        backoffs: &mut Backoffs,
+    ) -> Option<(&Arc<dyn Queue>, JobRef)> {
         let n = self.queues.len();
         loop {
-            let first = self.turn.fetch_add(1, Ordering::Relaxed);
-            let order: Vec<usize> = (first..first + n)
-                .map(|i| i % n)
-                .filter(|&i| !self.closed[i].load(Ordering::Relaxed))
-                .collect();
-            if order.is_empty() {
+            if stop.is_set() {
                 return None;
             }
+            let first = self.turn.fetch_add(1, Ordering::Relaxed);
+            // The open queues in this turn's order, and the earliest end of a rest among them.
+            // The clock is read only while some queue rests.
+            let mut order = Vec::with_capacity(n);
+            let mut open = false;
+            let mut now = None;
+            let mut wake: Option<Instant> = None;
+            for i in (first..first + n).map(|i| i % n) {
+                if self.closed[i].load(Ordering::Relaxed) {
+                    continue;
+                }
+                open = true;
+                let resting = &mut backoffs.queues[i];
+                if let Some(until) = resting.until {
+                    if until > *now.get_or_insert_with(Instant::now) {
+                        wake = Some(wake.map_or(until, |wake| wake.min(until)));
+                        continue;
+                    }
+                    resting.until = None;
+                }
+                order.push(i);
+            }
+            if !open {
+                return None;
+            }
+            if order.is_empty() {
+                // Every open queue rests: wait for the first to be ready again.
+                if let Some(wake) = wake
+                    && !sleep_until(wake, stop).await
+                {
+                    return None;
+                }
+                continue;
+            }
             let offers = futures::future::select_all(order.iter().map(|&i| self.queues[i].next()));
-            let (job, position) = tokio::select! {
+            // Built lazily: without a resting queue it is never polled.
+            let rest_ends = async move {
+                if let Some(wake) = wake {
+                    tokio::time::sleep_until(wake).await;
+                }
+            };
+            let (result, position) = tokio::select! {
                 biased;
                 _ = stop.wait() => return None,
-                (job, position, _others) = offers => (job, position),
+                (result, position, _others) = offers => (result, position),
+                // A rest ended: ask again with that queue back in (the `next` futures dropped
+                // meanwhile lose no job).
+                _ = rest_ends, if wake.is_some() => continue,
             };
-            let i = order[position];
-            match job {
-                Some(job) => return Some((&self.queues[i], job)),
-                None => self.closed[i].store(true, Ordering::Relaxed),
+            if let Some(job) = self.take(order[position], result.into(), backoffs) {
+                return Some(job);
+            }
+        }
+    }
+
+    /// What the worker does with queue `i`'s offer: a job to run, or nothing (the queue is
+    /// marked closed, or rests after a failure).
+    fn take(
+        &self,
+        i: usize,
+        offer: Offer,
+        backoffs: &mut Backoffs,
+    ) -> Option<(&Arc<dyn Queue>, JobRef)> {
+        match offer {
+            Offer::Job(job) => {
+                backoffs.succeed(i);
+                Some((&self.queues[i], job))
+            }
+            Offer::Closed => {
+                self.closed[i].store(true, Ordering::Relaxed);
+                None
+            }
+            Offer::Failed(error) => {
+                backoffs.fail(i, &*self.queues[i], &error);
+                None
             }
         }
     }

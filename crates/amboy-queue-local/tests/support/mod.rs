@@ -65,8 +65,8 @@ impl Queue for ScriptedStore {
         unused()
     }
 
-    async fn next(&self) -> Option<JobRef> {
-        None
+    async fn next(&self) -> amboy_core::Result<JobRef> {
+        unused()
     }
 
     fn info(&self) -> QueueInfo {
