@@ -27,6 +27,10 @@ pub struct QueueCase {
     pub stores_copies: bool,
     /// Whether the queue retries jobs (a `RetryableQueue` with a retry handler).
     pub retryable: bool,
+    /// Whether the queue claims jobs for waiting `next` calls in a task of its own (a
+    /// database queue): a job claimed for a call dropped meanwhile is held, claimed, for the
+    /// next call instead of staying pending.
+    pub claims_ahead: bool,
 }
 
 /// A runner implementation in the conformance matrix.
@@ -55,6 +59,7 @@ pub const LIMITED_SIZE: QueueCase = QueueCase {
     build: |size| LimitedSizeQueue::new(1024 * size),
     stores_copies: false,
     retryable: false,
+    claims_ahead: false,
 };
 
 /// amboy's `LimitedSizeSerializable` case: stored copies, retries.
@@ -71,6 +76,7 @@ pub const LIMITED_SIZE_SERIALIZABLE: QueueCase = QueueCase {
     },
     stores_copies: true,
     retryable: true,
+    claims_ahead: false,
 };
 
 /// The priority queue.
@@ -79,6 +85,7 @@ pub const PRIORITY: QueueCase = QueueCase {
     build: |size| PriorityQueue::new(1024 * size),
     stores_copies: false,
     retryable: false,
+    claims_ahead: false,
 };
 
 /// The shuffled queue.
@@ -87,6 +94,7 @@ pub const SHUFFLED: QueueCase = QueueCase {
     build: |size| ShuffledQueue::new(1024 * size),
     stores_copies: false,
     retryable: false,
+    claims_ahead: false,
 };
 
 /// The dependency-ordered queue.
@@ -95,6 +103,7 @@ pub const DEPENDENCY_ORDERED: QueueCase = QueueCase {
     build: |size| DependencyOrderedQueue::new(1024 * size),
     stores_copies: false,
     retryable: false,
+    claims_ahead: false,
 };
 
 /// The adaptive-ordering queue.
@@ -103,6 +112,7 @@ pub const ADAPTIVE_ORDERING: QueueCase = QueueCase {
     build: |size| AdaptiveOrderingQueue::new(1024 * size),
     stores_copies: false,
     retryable: false,
+    claims_ahead: false,
 };
 
 /// The PostgreSQL queue, in a schema of its own on the test server: stored copies, retries.
@@ -119,6 +129,7 @@ pub const POSTGRES: QueueCase = QueueCase {
     },
     stores_copies: true,
     retryable: true,
+    claims_ahead: true,
 };
 
 /// amboy's `Default` runner case.

@@ -130,7 +130,7 @@ pub async fn run_without_runner(scenario: Scenario, queue: QueueCase) {
         let built = cases::start_idle(queue, 1).await.expect("the queue starts");
         let prefix = format!("{}-{:?}", queue.name, scenario);
         match scenario {
-            Scenario::NextCancelSafe => next_cancel_safe(&built, &prefix).await,
+            Scenario::NextCancelSafe => next_cancel_safe(&built, queue, &prefix).await,
             _ => unreachable!("checked above"),
         }
         built.close().await;
@@ -573,13 +573,16 @@ async fn take_next(queue: &Arc<dyn Queue>) -> JobRef {
         .expect("the queue is open")
 }
 
-async fn next_cancel_safe(queue: &Arc<dyn Queue>, prefix: &str) {
+async fn next_cancel_safe(queue: &Arc<dyn Queue>, case: QueueCase, prefix: &str) {
     // A `next` dropped while the queue is empty.
     abandon_next(queue, None).await;
     let first = format!("{prefix}-first");
     queue.put(Noop::new(&first)).await.expect("put");
     let s = stats(queue).await;
-    assert_eq!((s.total, s.pending, s.running), (1, 1, 0), "{s}");
+    // A queue claiming in the background may have claimed the job for the abandoned call,
+    // and holds it for the next one.
+    let held = usize::from(case.claims_ahead && s.running == 1);
+    assert_eq!((s.total, s.pending, s.running), (1, 1 - held, held), "{s}");
     let taken = take_next(queue).await;
     assert_eq!(taken.id(), first);
     assert!(taken.status().in_progress, "{:?}", taken.status());
@@ -595,9 +598,10 @@ async fn next_cancel_safe(queue: &Arc<dyn Queue>, prefix: &str) {
     let second = format!("{prefix}-second");
     abandon_next(queue, Some(Noop::new(&second))).await;
     let s = stats(queue).await;
+    let held = usize::from(case.claims_ahead && s.running == 2);
     assert_eq!(
         (s.total, s.pending, s.running),
-        (2, 1, 1),
+        (2, 1 - held, 1 + held),
         "the abandoned next dispatched nothing: {s}"
     );
     let infos = infos(queue).await;
@@ -605,8 +609,9 @@ async fn next_cancel_safe(queue: &Arc<dyn Queue>, prefix: &str) {
         .iter()
         .find(|info| info.id == second)
         .expect("the job is in the queue");
+    // (A queue claiming in the background may claim it between the two reads.)
     assert!(
-        !waiting.status.in_progress && !waiting.status.completed,
+        (case.claims_ahead || !waiting.status.in_progress) && !waiting.status.completed,
         "{waiting:?}"
     );
     let again = take_next(queue).await;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use amboy_core::dependency::State;
 use amboy_core::{
-    Dispatcher, Error, JobInfoStream, JobRef, JobStream, Lifecycle, LockStore, Queue,
-    QueueInfo, QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
+    Dispatcher, Error, JobInfoStream, JobRef, JobStream, Lifecycle, LockStore, Queue, QueueInfo,
+    QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
 };
 use amboy_registry::{JobInterchange, truncate_errors};
 use async_trait::async_trait;
@@ -690,12 +690,15 @@ impl Engine {
         for row in rows {
             let stored = StoredJob::read(&row).map_err(backend("read a claimed job"))?;
             let scopes: Option<Vec<String>> = row.try_get(9).map_err(backend("read scopes"))?;
-            if let Some(job) = self.admit(stored, scopes.unwrap_or_default()).await
-                && self.claimed_tx.try_send(Ok(job.clone())).is_err()
+            let Some(job) = self.admit(stored, scopes.unwrap_or_default()).await else {
+                continue;
+            };
+            // Nobody waits for it any more (the calls it was claimed for were dropped), or
+            // the queue closed: give it back at once rather than hold it.
+            if self.claimed_rx.len() >= self.waiting.load(Ordering::SeqCst)
+                || self.claimed_tx.try_send(Ok(job.clone())).is_err()
             {
-                // Closed meanwhile: give it back.
-                self.dispatcher.forget(&job);
-                let _ = self.release(&job, None).await;
+                self.give_back(&job).await;
             }
         }
         Ok(claimed)
@@ -822,15 +825,23 @@ impl Engine {
             .await;
     }
 
+    /// Gives back a claimed job that will not run here: its lock no longer refreshed, its
+    /// dispatch scopes released, pending again.
+    async fn give_back(&self, job: &JobRef) {
+        self.dispatcher.forget(job);
+        let attempt = job.base().metadata().retry_info.current_attempt as i32;
+        self.release_scopes_of(job, attempt, &job.enqueue_scopes())
+            .await;
+        if let Err(error) = self.release(job, None).await {
+            tracing::warn!(queue_id = %self.id, job_id = job.id(), error = %error, "could not give a claimed job back; it is claimed again after the lock timeout");
+        }
+    }
+
     /// Gives back the jobs claimed and never handed over (at close).
     async fn release_buffered(&self) {
         while let Ok(claimed) = self.claimed_rx.try_recv() {
             if let Ok(job) = claimed {
-                self.dispatcher.forget(&job);
-                let attempt = job.base().metadata().retry_info.current_attempt as i32;
-                self.release_scopes_of(&job, attempt, &job.enqueue_scopes())
-                    .await;
-                let _ = self.release(&job, None).await;
+                self.give_back(&job).await;
             }
         }
     }
@@ -1371,9 +1382,8 @@ impl Queue for Engine {
         }
     }
 
-    async fn next(&self) -> Option<JobRef> {
-        // NEXT-RESULT: becomes `Result<JobRef>` with the core contract change.
-        self.next_job().await.ok()
+    async fn next(&self) -> Result<JobRef> {
+        self.next_job().await
     }
 
     fn info(&self) -> QueueInfo {
@@ -1632,9 +1642,8 @@ impl Queue for PostgresQueue {
     async fn get(&self, id: &str) -> Result<JobRef> {
         self.engine.get(id).await
     }
-    async fn next(&self) -> Option<JobRef> {
-        // NEXT-RESULT
-        self.engine.next_job().await.ok()
+    async fn next(&self) -> Result<JobRef> {
+        self.engine.next_job().await
     }
     fn info(&self) -> QueueInfo {
         self.engine.info()

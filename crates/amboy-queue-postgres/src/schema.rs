@@ -302,7 +302,7 @@ impl Statements {
                 "UPDATE {s}.jobs j SET state = 0, owner = NULL, mod_count = j.mod_count + 1, \
                      lock_ts = now(), ready_at = greatest(j.ready_at, coalesce($6, now())) \
                  WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state = 1 \
-                   AND j.owner = $2 AND j.mod_count = $3"
+                   AND j.owner = $2 AND j.mod_count IN ($3, $3 - 1)"
                     .into(),
             ),
             // A claimed job that cannot be decoded, or whose dependency can never be met.
