@@ -1,7 +1,10 @@
 //! Workspace automation, run as `cargo xtask <command>`:
 //!
 //! * `ci`: the whole gate, in order: `cargo fmt --check`, clippy with `-D warnings`, every test
-//!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`.
+//!   (unit, integration, doctests), rustdoc with `-D warnings`, and `tidy`. The tests get a
+//!   PostgreSQL server: `AMBOY_TEST_DATABASE_URL`, else the local default, else a throwaway
+//!   cluster started from the machine's PostgreSQL binaries (see `postgres.rs`); the schemas
+//!   earlier runs left are dropped first.
 //! * `tidy`: the layering rules: allowed dependencies between crates, workspace lints everywhere,
 //!   every `lib.rs` opening with `//!`. Also run by `cargo test -p xtask`.
 //! * `bench local [jobs] [filter] [workers] [--mimalloc]`: the in-memory throughput benchmark of
@@ -14,6 +17,7 @@
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
 
+mod postgres;
 mod tidy;
 
 use std::env;
@@ -135,6 +139,9 @@ fn ci() -> Result<(), String> {
         ],
         &[],
     )?;
+    let server = postgres::server(&workspace_root())?;
+    postgres::drop_test_schemas(&server.url);
+    let database = [("AMBOY_TEST_DATABASE_URL", server.url.as_str())];
     if has_nextest() {
         run(
             &[
@@ -145,7 +152,7 @@ fn ci() -> Result<(), String> {
                 "--all-features",
                 "--no-fail-fast",
             ],
-            &[],
+            &database,
         )?;
     } else {
         run(
@@ -158,13 +165,15 @@ fn ci() -> Result<(), String> {
                 "--bins",
                 "--tests",
             ],
-            &[],
+            &database,
         )?;
     }
     run(
         &["test", "--locked", "--workspace", "--all-features", "--doc"],
-        &[],
+        &database,
     )?;
+    postgres::drop_test_schemas(&server.url);
+    drop(server);
     run(
         &[
             "doc",
