@@ -23,3 +23,6 @@ mod schema;
 
 pub use options::PostgresQueueOptions;
 pub use queue::PostgresQueue;
+/// The sqlx this crate is built with: its pools, connections and transactions are the ones
+/// [`PostgresQueue::put_in`] and [`PostgresQueueOptions::with_pool`] take.
+pub use sqlx;

@@ -727,11 +727,6 @@ impl Engine {
                 return None;
             }
         };
-        let max_time = {
-            let mut meta = job.base().metadata();
-            meta.time_info.start = stored.lock_ts.or_else(|| Some(amboy_core::clock::now()));
-            meta.time_info.max_time
-        };
         if !scopes.is_empty() {
             let taken = match self.pool.acquire().await {
                 Ok(mut conn) => {
@@ -783,6 +778,11 @@ impl Engine {
                 }
             }
         }
+        let max_time = {
+            let mut meta = job.base().metadata();
+            meta.time_info.start = stored.lock_ts.or_else(|| Some(amboy_core::clock::now()));
+            meta.time_info.max_time
+        };
         self.dispatcher.track(&job, max_time);
         Some(job)
     }

@@ -1,0 +1,523 @@
+//! The PostgreSQL queue beyond the conformance matrix: amboy's driver tests (its reference,
+//! §15.3) and what the database adds: claims across queue instances, stale jobs first, fencing,
+//! batched puts, bad stored jobs, transactional put, migrations, notifications, dependencies
+//! and retention. Each test works in a schema of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amboy::dependency::{Manager, MockDependency, State};
+use amboy::postgres::sqlx::{self, PgPool};
+use amboy::postgres::{PostgresQueue, PostgresQueueOptions};
+use amboy::registry::JobInterchange;
+use amboy::{Base, Error, JobRef, Queue};
+use amboy_tests::cases::IdleRunner;
+use amboy_tests::jobs::Noop;
+use amboy_tests::postgres::{options, queue};
+use chrono::{TimeDelta, Utc};
+use futures::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for anything that should happen to happen; a test fails, not hangs.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A started queue whose runner runs nothing: the test calls `next` and `complete`.
+async fn idle(options: PostgresQueueOptions) -> Arc<PostgresQueue> {
+    let queue = queue(options);
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    queue
+}
+
+async fn next(queue: &PostgresQueue) -> JobRef {
+    tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("a job in time")
+        .expect("the queue is open")
+}
+
+async fn sql(pool: &PgPool, statement: String) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(pool)
+        .await
+        .expect("the statement runs");
+}
+
+fn noop(id: impl AsRef<str>) -> JobRef {
+    Noop::new(id)
+}
+
+fn scoped(id: &str, scopes: &[&str], enqueue: bool) -> JobRef {
+    let base = Base::with_id(id).with_scopes(scopes.iter().copied());
+    let base = if enqueue {
+        base.with_enqueue_all_scopes()
+    } else {
+        base
+    };
+    Arc::new(Noop { base })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_nexts_on_one_job_have_one_winner() {
+    // 10 queue instances on one table, 10 waiting `next` calls each, one job.
+    let options = options();
+    let queues: Vec<Arc<PostgresQueue>> =
+        futures::future::join_all((0..10).map(|_| idle(options.clone()))).await;
+    let calls = futures::stream::FuturesUnordered::new();
+    for queue in &queues {
+        for _ in 0..10 {
+            let queue = queue.clone();
+            calls.push(tokio::spawn(async move { queue.next().await }));
+        }
+    }
+    queues[0].put(noop("contested")).await.expect("put");
+    let mut calls = calls;
+    let winner = tokio::time::timeout(LIMIT, calls.next())
+        .await
+        .expect("a winner in time")
+        .expect("a call")
+        .expect("joined")
+        .expect("the job");
+    assert_eq!(winner.id(), "contested");
+    for queue in &queues {
+        queue.close().await;
+    }
+    let mut others = 0;
+    while let Some(call) = calls.next().await {
+        let error = call.expect("joined").expect_err("no second winner");
+        assert!(error.is_closed(), "{error}");
+        others += 1;
+    }
+    assert_eq!(others, 99);
+    let stored = queues[0].get("contested").await.expect("stored");
+    assert_eq!(
+        stored.status().modification_count,
+        1,
+        "claimed exactly once: {:?}",
+        stored.status()
+    );
+    assert_eq!(stored.status().owner, winner.status().owner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_in_progress_jobs_come_before_pending_ones() {
+    let queue = idle(options()).await;
+    for n in 0..10 {
+        queue.put(noop(format!("job-{n}"))).await.expect("put");
+    }
+    // Three jobs whose owner died an hour ago (the lock timeout is 10 minutes).
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 1, owner = 'dead', mod_count = 1, \
+             lock_ts = now() - interval '1 hour' WHERE id IN ('job-3', 'job-5', 'job-7')"
+        ),
+    )
+    .await;
+    let mut first: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        first.push(next(&queue).await.id().to_owned());
+    }
+    first.sort();
+    assert_eq!(first, ["job-3", "job-5", "job-7"]);
+    for _ in 0..7 {
+        let job = next(&queue).await;
+        assert!(!["job-3", "job-5", "job-7"].contains(&job.id()));
+    }
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.running, stats.pending), (10, 0), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_skips_jobs_another_owner_holds() {
+    let queue = idle(options()).await;
+    let jobs: Vec<JobRef> = (0..30).map(|n| noop(format!("job-{n:02}"))).collect();
+    queue.put_many(jobs).await.expect("put many");
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 1, owner = 'alive', mod_count = 1, \
+             lock_ts = now() WHERE id < 'job-10'"
+        ),
+    )
+    .await;
+    for _ in 0..20 {
+        let job = next(&queue).await;
+        assert!(
+            job.id() >= "job-10",
+            "{} is held by another owner",
+            job.id()
+        );
+    }
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.running, stats.pending), (30, 0), "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lock_can_no_longer_write_the_job() {
+    let queue = idle(options()).await;
+    queue.put(noop("taken-over")).await.expect("put");
+    let job = next(&queue).await;
+    let run = job
+        .base()
+        .run_token(&CancellationToken::new())
+        .expect("a watched run");
+    // Another process took the job over (its lock expired, say).
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
+             lock_ts = now() WHERE id = 'taken-over'"
+        ),
+    )
+    .await;
+    // The heartbeat finds out: the lock is lost and the run interrupted.
+    assert_eq!(queue.dispatcher().refresh_locks(&*queue).await, 0);
+    assert!(run.is_cancelled(), "the run is interrupted");
+    assert!(
+        job.error()
+            .is_some_and(|error| error.message().contains("lost the lock")),
+        "{:?}",
+        job.error()
+    );
+    // Its writes fail and change nothing.
+    let saved = queue.save(&job).await.expect_err("the save is refused");
+    assert!(saved.is_job_not_found(), "{saved}");
+    let completed = queue.complete(&job).await.expect_err("refused");
+    assert!(completed.is_job_not_found(), "{completed}");
+    let stored = queue.get("taken-over").await.expect("stored");
+    assert_eq!(stored.status().owner.as_deref(), Some("other"));
+    assert!(stored.status().in_progress && !stored.status().completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_with_a_stale_modification_count_fails() {
+    let queue = idle(options()).await;
+    queue.put(noop("counted")).await.expect("put");
+    let job = next(&queue).await;
+    let copy = queue.get("counted").await.expect("a copy");
+    // The worker's copy moves on twice (two heartbeats' worth); the stale copy cannot write.
+    queue.save(&job).await.expect("the owner saves");
+    let owner: Arc<str> = Arc::from(queue.id());
+    job.lock(&owner, queue.info().lock_timeout).expect("lock");
+    queue.save(&job).await.expect("one ahead is fine");
+    job.lock(&owner, queue.info().lock_timeout).expect("lock");
+    job.lock(&owner, queue.info().lock_timeout).expect("lock");
+    let error = queue.save(&job).await.expect_err("two ahead is refused");
+    assert!(error.is_job_not_found(), "{error}");
+    let error = queue.save(&copy).await.expect_err("behind is refused");
+    assert!(error.is_job_not_found(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_reports_duplicates_and_stores_the_rest() {
+    let queue = queue(options());
+    queue.put_many(Vec::new()).await.expect("nothing to put");
+    queue
+        .put_many(vec![noop("a"), noop("b")])
+        .await
+        .expect("distinct jobs");
+    let error = queue
+        .put_many(vec![noop("a"), noop("c")])
+        .await
+        .expect_err("a is a duplicate");
+    assert!(error.is_duplicate_job(), "{error}");
+    assert!(queue.get("c").await.is_ok(), "the new job is stored");
+
+    // Enqueue scopes: a clash is a duplicate and a scope duplicate.
+    queue
+        .put(scoped("holder", &["s1"], true))
+        .await
+        .expect("put holder");
+    let error = queue
+        .put_many(vec![scoped("rival", &["s1"], true), noop("d")])
+        .await
+        .expect_err("the scope is held");
+    assert!(
+        error.is_duplicate_job() && error.is_duplicate_scope(),
+        "{error}"
+    );
+    assert!(queue.get("d").await.is_ok());
+    assert!(queue.get("rival").await.unwrap_err().is_job_not_found());
+    // Dispatch-only scopes do not clash at put.
+    queue
+        .put(scoped("dispatch-only", &["s1"], false))
+        .await
+        .expect("dispatch scopes are taken at next");
+    assert_eq!(queue.stats().await.expect("stats").total, 6);
+}
+
+/// A stored job whose type nobody registered: set aside when claimed, never run, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_that_cannot_be_decoded_is_set_aside() {
+    let queue = idle(options()).await;
+    let envelope =
+        JobInterchange::from_json(r#"{"name":"alien","type":"no-such-type","version":0,"job":{}}"#)
+            .expect("an envelope");
+    queue.put_interchange(envelope).await.expect("stored as is");
+    queue.put(noop("fine")).await.expect("put");
+    assert_eq!(
+        next(&queue).await.id(),
+        "fine",
+        "the bad job blocks nothing"
+    );
+    let info = amboy::futures::StreamExt::collect::<Vec<_>>(queue.job_info().await).await;
+    let alien = info
+        .into_iter()
+        .map(|info| info.expect("info"))
+        .find(|info| info.id == "alien")
+        .expect("listed");
+    assert!(alien.status.completed, "{:?}", alien.status);
+    assert!(
+        alien
+            .status
+            .errors
+            .iter()
+            .any(|e| e.contains("no-such-type")),
+        "{:?}",
+        alien.status.errors
+    );
+    let error = queue.get("alien").await.expect_err("cannot be decoded");
+    assert!(error.to_string().contains("alien"), "{error}");
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(stats.context.get("undecodable"), Some(&1.into()), "{stats}");
+    assert_eq!(stats.completed, 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
+    let queue = queue(options());
+    queue.migrate().await.expect("schema");
+    let mut tx = queue.pool().begin().await.expect("begin");
+    queue
+        .put_in(&mut tx, noop("rolled-back"))
+        .await
+        .expect("put in");
+    tx.rollback().await.expect("rollback");
+    assert!(
+        queue
+            .get("rolled-back")
+            .await
+            .unwrap_err()
+            .is_job_not_found()
+    );
+
+    let mut tx = queue.pool().begin().await.expect("begin");
+    queue
+        .put_in(&mut tx, scoped("committed", &["tx-scope"], true))
+        .await
+        .expect("put in");
+    assert!(
+        queue.get("committed").await.unwrap_err().is_job_not_found(),
+        "invisible before the commit"
+    );
+    tx.commit().await.expect("commit");
+    assert!(queue.get("committed").await.is_ok());
+    let error = queue
+        .put(scoped("after", &["tx-scope"], true))
+        .await
+        .expect_err("the committed job holds its scope");
+    assert!(error.is_duplicate_scope(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_however_many_start_at_once() {
+    let options = options();
+    let queues: Vec<Arc<PostgresQueue>> = (0..8).map(|_| queue(options.clone())).collect();
+    let results = futures::future::join_all(queues.iter().map(|queue| queue.migrate())).await;
+    for result in results {
+        result.expect("every process migrates");
+    }
+    let schema = &options.schema;
+    let versions: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT version FROM {schema}.migrations ORDER BY version"
+    )))
+    .fetch_all(queues[0].pool())
+    .await
+    .expect("versions");
+    assert_eq!(versions, [1]);
+    // A schema newer than this binary is refused.
+    sql(
+        queues[0].pool(),
+        format!("INSERT INTO {schema}.migrations (version) VALUES (99)"),
+    )
+    .await;
+    let error = queue(options.clone()).migrate().await.expect_err("too new");
+    assert!(error.to_string().contains("newer"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_elsewhere_wakes_an_idle_worker_without_polling() {
+    // Polling once an hour: only the notification can wake the worker in time.
+    let options = options().poll_interval(Duration::from_secs(3600));
+    let worker = idle(options.clone()).await;
+    let producer = queue(options.clone());
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.next().await }
+    });
+    // Once the worker listens (its listener's last statement is the LISTEN).
+    let channel = format!("amboy_{}", options.schema);
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+                 AND query LIKE '%' || $1 || '%'",
+            )
+            .bind(&channel)
+            .fetch_one(producer.pool())
+            .await
+            .expect("activity");
+            if listening > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the worker listens");
+    producer.put(noop("wake")).await.expect("put");
+    let job = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("woken by the notification")
+        .expect("joined")
+        .expect("a job");
+    assert_eq!(job.id(), "wake");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_for_their_edges_and_unknown_edges_are_refused() {
+    let queue = idle(options()).await;
+    queue.put(noop("first")).await.expect("put");
+    let manager = MockDependency::new(State::Ready);
+    manager.add_edge("first").expect("edge");
+    let then: JobRef = Arc::new(Noop {
+        base: Base::with_id("then").with_dependency(manager),
+    });
+    queue.put(then).await.expect("put");
+    let unknown = MockDependency::new(State::Ready);
+    unknown.add_edge("nobody").expect("edge");
+    let error = queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("orphan").with_dependency(unknown),
+        }))
+        .await
+        .expect_err("an unknown edge");
+    assert!(
+        error.to_string().contains("orphan") && error.to_string().contains("nobody"),
+        "{error}"
+    );
+
+    let first = next(&queue).await;
+    assert_eq!(first.id(), "first", "the edge runs first");
+    // `then` is not claimable while its edge runs: a fresh next waits.
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.next().await }
+    });
+    assert_eq!(queue.stats().await.expect("stats").pending, 1);
+    queue.complete(&first).await.expect("complete");
+    let then = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("in time")
+        .expect("joined")
+        .expect("a job");
+    assert_eq!(then.id(), "then");
+
+    // A manager that says Passed completes the job without running it: the claim for a
+    // waiting worker completes it, and the worker goes on waiting.
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.next().await }
+    });
+    let passed = MockDependency::new(State::Passed);
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("passed").with_dependency(passed),
+        }))
+        .await
+        .expect("put");
+    tokio::time::timeout(LIMIT, async {
+        while !queue
+            .get("passed")
+            .await
+            .is_ok_and(|job| job.status().completed)
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("completed without running");
+    let passed = queue.get("passed").await.expect("stored");
+    assert!(!waiting.is_finished(), "nothing was handed out");
+    waiting.abort();
+    assert!(
+        passed.time_info().start.is_none(),
+        "{:?}",
+        passed.time_info()
+    );
+    assert!(passed.error().is_none(), "{:?}", passed.error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_older_than_the_retention_are_deleted() {
+    let options = options().retention(Some(Duration::from_secs(60)));
+    let queue = idle(options.clone()).await;
+    queue.put(noop("old")).await.expect("put");
+    queue.put(noop("recent")).await.expect("put");
+    for _ in 0..2 {
+        let job = next(&queue).await;
+        queue.complete(&job).await.expect("complete");
+    }
+    let schema = &options.schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET finished = now() - interval '2 minutes' WHERE id = 'old'"
+        ),
+    )
+    .await;
+    tokio::time::timeout(LIMIT, async {
+        while queue.get("old").await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("swept");
+    assert!(
+        queue.get("recent").await.is_ok(),
+        "kept within the retention"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_are_checked() {
+    let error = PostgresQueue::new(PostgresQueueOptions::default()).expect_err("no database");
+    assert!(error.to_string().contains("pool or a URL"), "{error}");
+    let error = PostgresQueue::new(options().schema("Bad-Name; DROP")).expect_err("bad schema");
+    assert!(error.to_string().contains("schema name"), "{error}");
+    let mut zero = options();
+    zero.claim_batch = 0;
+    assert!(matches!(PostgresQueue::new(zero), Err(Error::Invalid(_))));
+    let expired_deadline = Base::with_id("late").with_dispatch_by(Utc::now() - TimeDelta::hours(1));
+    let queue = idle(options()).await;
+    queue
+        .put(Arc::new(Noop {
+            base: expired_deadline,
+        }))
+        .await
+        .expect("put");
+    tokio::time::timeout(LIMIT, async {
+        while queue.stats().await.expect("stats").expired == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("set aside as expired");
+    assert!(queue.get("late").await.expect("kept").status().expired);
+}
