@@ -158,6 +158,40 @@ pub fn new_local_limited_size_serializable(
     queue
 }
 
+/// The distributed queue on PostgreSQL, served by a pool of `workers` local workers and a retry
+/// handler with amboy's defaults, ready to [`start`](Queue::start) (amboy's `NewMongoDBQueue`
+/// with `NumWorkers`). Run the same code in as many processes as you like: they share the
+/// queue's jobs. Nothing connects before the first operation; that one creates or upgrades the
+/// schema.
+///
+/// ```no_run
+/// use amboy::prelude::*;
+/// use amboy::postgres::PostgresQueueOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let options = PostgresQueueOptions::with_url("postgres://postgres@127.0.0.1/postgres");
+/// let queue = amboy::new_postgres_queue(8, options)?;
+/// queue.start().await?;
+/// queue.shutdown(std::time::Duration::from_secs(30)).await;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "postgres", feature = "runner", feature = "retry"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "postgres", feature = "runner", feature = "retry")))
+)]
+pub fn new_postgres_queue(
+    workers: usize,
+    options: postgres::PostgresQueueOptions,
+) -> Result<std::sync::Arc<postgres::PostgresQueue>> {
+    let queue = postgres::PostgresQueue::new(options)?;
+    queue.set_runner(runner::LocalWorkers::new(workers))?;
+    queue.set_retry_handler(retry::BasicRetryHandler::new(
+        RetryHandlerOptions::default(),
+    )?)?;
+    Ok(queue)
+}
+
 /// The traits, for `use amboy::prelude::*;`: amboy's, and the stream adapters that read
 /// [`Queue::results`] and [`Queue::job_info`] (imported anonymously, so they clash with nothing).
 ///
