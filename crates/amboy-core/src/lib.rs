@@ -21,6 +21,7 @@ mod base;
 pub mod clock;
 mod dispatcher;
 mod error;
+mod group_cache;
 mod id;
 mod info;
 mod job;
@@ -37,6 +38,7 @@ pub use amboy_dependency as dependency;
 pub use base::{Base, Metadata};
 pub use dispatcher::{Dispatcher, LockStore, save_each};
 pub use error::{Error, JobFailure, Result, WriteErrors, collate_write_errors};
+pub use group_cache::{CleanupHook, GroupCache};
 pub use id::JobId;
 pub use info::{
     DEFAULT_MAX_ATTEMPTS, JobInfo, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo,

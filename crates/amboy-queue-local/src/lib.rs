@@ -31,10 +31,12 @@ mod queue;
 mod scope;
 mod serializable;
 
+/// The cache of named queues the local group keeps its queues in, shared with the other groups
+/// (defined in `amboy-core`).
+pub use amboy_core::{CleanupHook, GroupCache};
 pub use footprint::Footprint;
 pub use group::{
-    CleanupHook, GroupCache, LocalGroupQueueOptions, LocalQueueGroup, LocalQueueGroupOptions,
-    QueueConstructor,
+    LocalGroupQueueOptions, LocalQueueGroup, LocalQueueGroupOptions, QueueConstructor,
 };
 pub use line::{Adaptive, ByPriority, Fifo, Line, Ordered, Shuffled};
 pub use queue::{
