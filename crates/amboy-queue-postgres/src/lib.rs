@@ -1,5 +1,7 @@
 //! The distributed amboy queue on PostgreSQL: [`PostgresQueue`], amboy's remote queue on
-//! PostgreSQL instead of MongoDB, which many worker processes on many machines share.
+//! PostgreSQL instead of MongoDB, which many worker processes on many machines share, and
+//! [`PostgresQueueGroup`], amboy's single-collection queue group: many named queues in the same
+//! tables.
 //!
 //! Jobs, runners and retry handlers are the ones the in-memory queues use: a service moves
 //! from memory to PostgreSQL by changing how it builds its queue. The queue stores each job as
@@ -16,11 +18,16 @@
 //! a worker that lost a job's lock can no longer write it; nothing a crash interrupts is lost
 //! (a job whose owner stopped heart-beating is claimed again after the lock timeout).
 
+mod group;
 mod options;
 mod queue;
 mod row;
 mod schema;
 
+pub use group::{
+    PostgresGroupQueueOptions, PostgresQueueGroup, PostgresQueueGroupOptions, RetryHandlerFactory,
+    RunnerFactory,
+};
 pub use options::PostgresQueueOptions;
 pub use queue::PostgresQueue;
 /// The sqlx this crate is built with: its pools, connections and transactions are the ones

@@ -192,6 +192,46 @@ pub fn new_postgres_queue(
     Ok(queue)
 }
 
+/// Options for a [`PostgresQueueGroup`](postgres::PostgresQueueGroup) on the database of
+/// `queue`: each queue of the group is served by `workers` local workers and has a retry handler
+/// with amboy's defaults. Adjust the returned options (regular expressions, per-queue settings,
+/// time to live) before building the group.
+///
+/// ```no_run
+/// use amboy::prelude::*;
+/// use amboy::postgres::{PostgresQueueGroup, PostgresQueueOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue = PostgresQueueOptions::with_url("postgres://postgres@127.0.0.1/postgres");
+/// let group = PostgresQueueGroup::new(amboy::postgres_group_options(queue, 4)).await?;
+/// let tenant = group.get("tenant-a", &[]).await?; // started, in the shared tables
+/// # let _ = tenant;
+/// group.close().await?;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "postgres", feature = "runner", feature = "retry"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "postgres", feature = "runner", feature = "retry")))
+)]
+pub fn postgres_group_options(
+    queue: postgres::PostgresQueueOptions,
+    workers: usize,
+) -> postgres::PostgresQueueGroupOptions {
+    let mut options = postgres::PostgresQueueGroupOptions::new(
+        queue,
+        workers,
+        std::sync::Arc::new(|workers| {
+            runner::LocalWorkers::new(workers) as std::sync::Arc<dyn Runner>
+        }),
+    );
+    options.retry_handler = Some(std::sync::Arc::new(|| {
+        retry::BasicRetryHandler::new(RetryHandlerOptions::default())
+            .map(|handler| handler as std::sync::Arc<dyn RetryHandler>)
+    }));
+    options
+}
+
 /// The traits, for `use amboy::prelude::*;`: amboy's, and the stream adapters that read
 /// [`Queue::results`] and [`Queue::job_info`] (imported anonymously, so they clash with nothing).
 ///
