@@ -438,3 +438,60 @@ impl Statements {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["amboy", "_jobs", "tenant_1", "a"] {
+            validate_schema_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            "1jobs",
+            "Amboy",
+            "jobs-x",
+            "a b",
+            "x; DROP TABLE y",
+            "\"quoted\"",
+            &"a".repeat(49),
+        ] {
+            assert!(validate_schema_name(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn statements_name_the_schema_and_no_placeholder_is_left() {
+        let statements = Statements::new("my_schema");
+        let all = [
+            &statements.insert_many,
+            &statements.insert_one,
+            &statements.claim,
+            &statements.heartbeat,
+            &statements.save,
+            &statements.complete_many,
+            &statements.expire,
+            &statements.fail_dependents,
+            &statements.sweep,
+        ];
+        for sql in all {
+            assert!(sql.contains("my_schema.jobs"), "{sql}");
+            for placeholder in ["{s}", "{cols}", "{fence}", "$me", "$lock_timeout"] {
+                assert!(!sql.contains(placeholder), "{placeholder} left in {sql}");
+            }
+        }
+        // Every write of a dispatched job is fenced.
+        for sql in [
+            &statements.heartbeat,
+            &statements.save,
+            &statements.complete_many,
+        ] {
+            assert!(
+                sql.contains("j.owner = $2 AND j.mod_count IN (v.count, v.count - 1)"),
+                "{sql}"
+            );
+        }
+    }
+}
