@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::notify::Hub;
+use crate::queue::channel_of;
 use crate::schema::backend;
 use crate::{PostgresQueue, PostgresQueueOptions};
 
@@ -185,6 +187,8 @@ impl PostgresQueueGroupOptions {
 /// that were idle for `ttl`; their jobs stay in the tables.
 pub struct PostgresQueueGroup {
     options: PostgresQueueGroupOptions,
+    /// One listening connection for all the group's queues.
+    hub: Arc<Hub>,
     cache: GroupCache,
     lifetime: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -214,7 +218,14 @@ impl PostgresQueueGroup {
                     .map_err(backend("open a pool"))?,
             );
         }
+        let pool = options
+            .queue
+            .pool
+            .as_ref()
+            .expect("a pool or a URL, validated");
+        let hub = Hub::new(pool, channel_of(&options.queue.schema));
         let group = Arc::new(PostgresQueueGroup {
+            hub,
             cache: GroupCache::new(options.ttl),
             options,
             lifetime: CancellationToken::new(),
@@ -332,7 +343,7 @@ impl PostgresQueueGroup {
         options.poll_interval = settings.poll_interval.unwrap_or(options.poll_interval);
         options.claim_batch = settings.claim_batch.unwrap_or(options.claim_batch);
         options.retention = settings.retention.or(options.retention);
-        let queue = PostgresQueue::new(options)?;
+        let queue = PostgresQueue::with_hub(options, Some(self.hub.clone()))?;
         let runner = self.options.runner.as_ref().expect("validated");
         queue.set_runner(runner(settings.workers.expect("validated")))?;
         if let Some(handler) = &self.options.retry_handler {

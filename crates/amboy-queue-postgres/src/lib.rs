@@ -19,6 +19,7 @@
 //! (a job whose owner stopped heart-beating is claimed again after the lock timeout).
 
 mod group;
+mod notify;
 mod options;
 mod queue;
 mod row;

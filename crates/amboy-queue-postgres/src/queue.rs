@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream;
 use parking_lot::Mutex;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _};
 use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 
+use crate::notify::Hub;
 use crate::options::PostgresQueueOptions;
 use crate::row::StoredJob;
 use crate::schema::{
@@ -92,7 +93,9 @@ pub(crate) struct Engine {
     /// Wakes the claimer: a `next` call waits.
     demand: Notify,
     /// Wakes the claimer: jobs may have become ready (a notification, a local put).
-    ready: Notify,
+    ready: Arc<Notify>,
+    /// The schema's notifications (shared with the other queues of a group).
+    hub: Arc<Hub>,
     completions: Mutex<Option<mpsc::UnboundedSender<Completion>>>,
     this: Weak<Engine>,
 }
@@ -171,7 +174,13 @@ fn json_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).expect("a list of strings encodes"))
 }
 
-fn jittered(base: Duration) -> Duration {
+/// The notification channel of a schema.
+pub(crate) fn channel_of(schema: &str) -> String {
+    format!("amboy_{schema}")
+}
+
+/// A random duration between half `base` and `base`.
+pub(crate) fn jittered(base: Duration) -> Duration {
     let micros = base.as_micros().max(1) as u64;
     Duration::from_micros(micros / 2 + fastrand::u64(0..=micros / 2))
 }
@@ -180,6 +189,14 @@ impl PostgresQueue {
     /// A queue with `options`, not started. Nothing touches the database yet: the schema is
     /// created or upgraded by the first operation.
     pub fn new(options: PostgresQueueOptions) -> Result<Arc<Self>> {
+        Self::with_hub(options, None)
+    }
+
+    /// A queue listening through `hub` (a group's), or a hub of its own.
+    pub(crate) fn with_hub(
+        options: PostgresQueueOptions,
+        hub: Option<Arc<Hub>>,
+    ) -> Result<Arc<Self>> {
         options.validate()?;
         let pool = match (&options.pool, &options.url) {
             (Some(pool), _) => pool.clone(),
@@ -201,10 +218,12 @@ impl PostgresQueue {
             uuid::Uuid::new_v4().simple()
         ));
         let (claimed_tx, claimed_rx) = async_channel::unbounded();
+        let channel = channel_of(&options.schema);
+        let hub = hub.unwrap_or_else(|| Hub::new(&pool, channel.clone()));
         let engine = Arc::new_cyclic(|this| Engine {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
             id,
-            channel: format!("amboy_{}", options.schema),
+            channel,
             sql: Statements::new(&options.schema),
             pool,
             options,
@@ -215,7 +234,8 @@ impl PostgresQueue {
             claimed_tx,
             claimed_rx,
             demand: Notify::new(),
-            ready: Notify::new(),
+            ready: Arc::new(Notify::new()),
+            hub,
             completions: Mutex::new(None),
             this: this.clone(),
         });
@@ -1211,59 +1231,6 @@ impl Engine {
 // -------------------------------------------------------------------------------------------
 
 impl Engine {
-    /// Listens for notifications of this queue's schema and wakes the claimer for its group.
-    /// A lost connection is opened again; notifications missed meanwhile are made up for by
-    /// waking the claimer.
-    async fn listener(self: Arc<Self>) {
-        let lifetime = self.lifecycle.lifetime().clone();
-        let mut failures: u32 = 0;
-        loop {
-            let listening = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(&self.channel).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            let mut listener = tokio::select! {
-                _ = lifetime.cancelled() => return,
-                listening = listening => match listening {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(queue_id = %self.id, error = %error, "could not listen for notifications; polling meanwhile");
-                        let backoff = Duration::from_millis(50)
-                            .saturating_mul(1 << failures.min(6));
-                        tokio::select! {
-                            _ = lifetime.cancelled() => return,
-                            _ = tokio::time::sleep(jittered(backoff)) => continue,
-                        }
-                    }
-                },
-            };
-            failures = 0;
-            self.ready.notify_one();
-            loop {
-                let received = tokio::select! {
-                    _ = lifetime.cancelled() => return,
-                    received = listener.try_recv() => received,
-                };
-                match received {
-                    Ok(Some(notification)) => {
-                        if notification.payload() == self.group() {
-                            self.ready.notify_one();
-                        }
-                    }
-                    // The connection was lost: listen again on a new one.
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::warn!(queue_id = %self.id, error = %error, "lost the notification connection");
-                        break;
-                    }
-                }
-            }
-            self.ready.notify_one();
-        }
-    }
-
     /// Deadlines, unresolvable dependencies, stale retrying jobs and retention, every
     /// maintenance interval.
     async fn maintenance(self: Arc<Self>) {
@@ -1337,6 +1304,7 @@ impl Engine {
     }
 
     fn stop_now(&self) {
+        self.hub.unsubscribe(&self.ready);
         self.lifecycle.close();
         self.completions.lock().take();
         self.claimed_tx.close();
@@ -1445,7 +1413,7 @@ impl Queue for Engine {
         let engine = self.arc();
         self.lifecycle.spawn(engine.clone().completer(inbox));
         self.lifecycle.spawn(engine.clone().claimer());
-        self.lifecycle.spawn(engine.clone().listener());
+        self.hub.subscribe(self.group(), &self.ready);
         self.lifecycle.spawn(engine.clone().maintenance());
         let store: Arc<dyn LockStore> = engine;
         self.dispatcher.start_heartbeat(Arc::downgrade(&store));
