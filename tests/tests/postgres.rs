@@ -521,3 +521,22 @@ async fn options_are_checked() {
     .expect("set aside as expired");
     assert!(queue.get("late").await.expect("kept").status().expired);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_error_reaches_next_as_a_transient_error() {
+    let queue = idle(options()).await;
+    queue.put(noop("before")).await.expect("put");
+    assert_eq!(next(&queue).await.id(), "before");
+    // The tables vanish under the running queue: claims fail.
+    let schema = &queue.options().schema;
+    sql(queue.pool(), format!("DROP SCHEMA {schema} CASCADE")).await;
+    let error = tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("an answer in time")
+        .expect_err("the claim failed");
+    assert!(!error.is_closed(), "transient, not closed: {error}");
+    assert!(error.to_string().contains("claim"), "{error}");
+    queue.close().await;
+    let error = queue.next().await.expect_err("closed");
+    assert!(error.is_closed(), "{error}");
+}
