@@ -19,6 +19,7 @@
 
 mod base;
 pub mod clock;
+mod delegate;
 mod dispatcher;
 mod error;
 mod group_cache;
@@ -63,6 +64,12 @@ pub use queue::{
 pub use runner::{AbortableRunner, RetryHandler, Runner, execute_job};
 pub use stats::{QueueStats, RetryHandlerOptions};
 pub use wait::{JobOutcome, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};
+
+/// What the crate's macros use; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+}
 
 /// Compile-time checks that the traits are object-safe and the public types `Send + Sync`.
 #[allow(dead_code)]

@@ -1075,13 +1075,6 @@ impl LockStore for Engine {
 }
 
 #[async_trait]
-impl LockStore for LimitedSizeSerializableQueue {
-    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
-        self.engine.save_locks(jobs).await
-    }
-}
-
-#[async_trait]
 impl RetryableQueue for Engine {
     fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
         Engine::retry_handler(self)
@@ -1214,99 +1207,7 @@ impl Drop for Engine {
     }
 }
 
-#[async_trait]
-impl Queue for LimitedSizeSerializableQueue {
-    fn id(&self) -> &str {
-        &self.engine.id
-    }
-
-    async fn put(&self, job: JobRef) -> Result<()> {
-        self.engine.put_one(job).await
-    }
-
-    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
-        Queue::put_many(&*self.engine, jobs).await
-    }
-
-    async fn get(&self, id: &str) -> Result<JobRef> {
-        Queue::get(&*self.engine, id).await
-    }
-
-    async fn next(&self) -> Result<JobRef> {
-        Queue::next(&*self.engine).await
-    }
-
-    fn info(&self) -> QueueInfo {
-        Queue::info(&*self.engine)
-    }
-
-    async fn complete(&self, job: &JobRef) -> Result<()> {
-        Queue::complete(&*self.engine, job).await
-    }
-
-    async fn save(&self, job: &JobRef) -> Result<()> {
-        Queue::save(&*self.engine, job).await
-    }
-
-    async fn results(&self) -> JobStream {
-        Queue::results(&*self.engine).await
-    }
-
-    async fn job_info(&self) -> JobInfoStream {
-        Queue::job_info(&*self.engine).await
-    }
-
-    async fn stats(&self) -> Result<QueueStats> {
-        Queue::stats(&*self.engine).await
-    }
-
-    fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.engine.lifecycle.runner()
-    }
-
-    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        Queue::set_runner(&*self.engine, runner)
-    }
-
-    async fn start(&self) -> Result<()> {
-        Queue::start(&*self.engine).await
-    }
-
-    async fn close(&self) {
-        Queue::close(&*self.engine).await
-    }
-
-    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl RetryableQueue for LimitedSizeSerializableQueue {
-    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
-        self.engine.retry_handler()
-    }
-
-    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
-        RetryableQueue::set_retry_handler(&*self.engine, handler)
-    }
-
-    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
-        RetryableQueue::get_attempt(&*self.engine, id, attempt).await
-    }
-
-    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
-        RetryableQueue::get_all_attempts(&*self.engine, id).await
-    }
-
-    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
-        RetryableQueue::complete_retrying_and_put(&*self.engine, to_complete, to_put).await
-    }
-
-    async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
-        RetryableQueue::complete_retrying(&*self.engine, job).await
-    }
-}
+amboy_core::delegate_retryable_queue!(LimitedSizeSerializableQueue, engine);
 
 #[cfg(test)]
 mod tests {

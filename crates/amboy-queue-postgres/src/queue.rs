@@ -1576,13 +1576,6 @@ impl Drop for Engine {
     }
 }
 
-#[async_trait]
-impl LockStore for PostgresQueue {
-    async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
-        self.engine.save_locks(jobs).await
-    }
-}
-
 impl Drop for PostgresQueue {
     /// The last handle dropped closes the queue.
     fn drop(&mut self) {
@@ -1596,78 +1589,4 @@ impl Drop for PostgresQueue {
     }
 }
 
-#[async_trait]
-impl Queue for PostgresQueue {
-    fn id(&self) -> &str {
-        &self.engine.id
-    }
-    async fn put(&self, job: JobRef) -> Result<()> {
-        self.engine.put(job).await
-    }
-    async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
-        self.engine.put_many(jobs).await
-    }
-    async fn get(&self, id: &str) -> Result<JobRef> {
-        self.engine.get(id).await
-    }
-    async fn next(&self) -> Result<JobRef> {
-        self.engine.next_job().await
-    }
-    fn info(&self) -> QueueInfo {
-        self.engine.info()
-    }
-    async fn complete(&self, job: &JobRef) -> Result<()> {
-        self.engine.finish(job, false).await
-    }
-    async fn save(&self, job: &JobRef) -> Result<()> {
-        self.engine.save_job(job).await
-    }
-    async fn results(&self) -> JobStream {
-        self.engine.results().await
-    }
-    async fn job_info(&self) -> JobInfoStream {
-        self.engine.job_info().await
-    }
-    async fn stats(&self) -> Result<QueueStats> {
-        self.engine.stats_now().await
-    }
-    fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.engine.runner()
-    }
-    fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        self.engine.set_runner(runner)
-    }
-    async fn start(&self) -> Result<()> {
-        self.engine.start().await
-    }
-    async fn close(&self) {
-        Queue::close(&*self.engine).await
-    }
-    fn as_retryable(&self) -> Option<&dyn RetryableQueue> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl RetryableQueue for PostgresQueue {
-    fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {
-        self.engine.retry_handler()
-    }
-    fn set_retry_handler(&self, handler: Arc<dyn RetryHandler>) -> Result<()> {
-        RetryableQueue::set_retry_handler(&*self.engine, handler)
-    }
-    async fn get_attempt(&self, id: &str, attempt: u32) -> Result<JobRef> {
-        self.engine.get_attempt(id, attempt).await
-    }
-    async fn get_all_attempts(&self, id: &str) -> Result<Vec<JobRef>> {
-        self.engine.get_all_attempts(id).await
-    }
-    async fn complete_retrying_and_put(&self, to_complete: &JobRef, to_put: JobRef) -> Result<()> {
-        self.engine
-            .complete_retrying_and_put(to_complete, to_put)
-            .await
-    }
-    async fn complete_retrying(&self, job: &JobRef) -> Result<()> {
-        self.engine.finish(job, true).await
-    }
-}
+amboy_core::delegate_retryable_queue!(PostgresQueue, engine);
