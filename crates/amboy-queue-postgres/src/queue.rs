@@ -179,6 +179,20 @@ pub(crate) fn channel_of(schema: &str) -> String {
     format!("amboy_{schema}")
 }
 
+/// Whether a statement failed because its connection was lost (the server went away, or ended
+/// the session): it did not run, or whether it committed is unknown. Another connection may
+/// succeed.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        // Connection exceptions (08…) and sessions ended by the server (57P…).
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// A random duration between half `base` and `base`.
 pub(crate) fn jittered(base: Duration) -> Duration {
     let micros = base.as_micros().max(1) as u64;
@@ -957,20 +971,44 @@ impl Engine {
             scoped.push(row.scoped);
             keeps.push(row.keep);
         }
-        let done = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
-            .bind(self.group())
-            .bind(&*self.id)
-            .bind(self.options.lock_timeout)
-            .bind(&self.channel)
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&counts)
-            .bind(&states)
-            .bind(&bodies)
-            .bind(&scoped)
-            .bind(&keeps)
-            .fetch_all(&self.pool)
-            .await;
+        // A statement cut off with its connection is written again on another one: its jobs
+        // would otherwise stay running, their locks no longer refreshed, and run again once
+        // the locks timed out. The fence makes the second write safe; if the first did commit,
+        // the second finds the jobs finished and reports them not found.
+        let lifetime = self.lifecycle.lifetime();
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        let done = loop {
+            let done = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
+                .bind(self.group())
+                .bind(&*self.id)
+                .bind(self.options.lock_timeout)
+                .bind(&self.channel)
+                .bind(&ids)
+                .bind(&attempts)
+                .bind(&counts)
+                .bind(&states)
+                .bind(&bodies)
+                .bind(&scoped)
+                .bind(&keeps)
+                .fetch_all(&self.pool)
+                .await;
+            match done {
+                Err(error)
+                    if connection_lost(&error)
+                        && started.elapsed() < self.options.lock_timeout
+                        && !lifetime.is_cancelled() =>
+                {
+                    tracing::warn!(queue_id = %self.id, error = %error, "lost the connection while completing jobs; writing them again");
+                    tokio::select! {
+                        _ = lifetime.cancelled() => {}
+                        _ = tokio::time::sleep(jittered(backoff)) => {}
+                    }
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
+                }
+                done => break done,
+            }
+        };
         match done {
             Err(error) => {
                 let message = error.to_string();
