@@ -10,6 +10,7 @@
 pub mod cases;
 pub mod jobs;
 pub mod postgres;
+pub mod recorded;
 pub mod scenarios;
 
 pub use cases::{QueueCase, RunnerCase};
