@@ -13,6 +13,11 @@
 //! * `bench peers [jobs] [workers] [--mimalloc]`: the limited-size queue beside apalis and the
 //!   reference hand-offs, in one run (one JSON line per case). It builds `bench/peers`, a crate
 //!   outside the workspace with its own `Cargo.lock`, so that nothing else depends on apalis.
+//! * `bench postgres [jobs] [filter]`: the PostgreSQL queue on the server of
+//!   `AMBOY_BENCH_DATABASE_URL` (default: the local one): `put_many`, burn-down by 1 process ×
+//!   8, 32, 64 workers and 2 processes × 32, pickup latency, bytes per pending job, each case in
+//!   a fresh schema; then the PostgreSQL peers of `../shared/peers` (graphile_worker in Rust and
+//!   in Node) in the same run, and our ratio to each (one JSON line per case).
 //! * `bench micro`: the criterion benchmarks of the hot path.
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
@@ -33,7 +38,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci|tidy|bench local [jobs] [filter] [workers] [--mimalloc]\
-                 |bench peers [jobs] [workers] [--mimalloc]|bench micro>"
+                 |bench peers [jobs] [workers] [--mimalloc]|bench postgres [jobs] [filter]\
+                 |bench micro>"
             );
             return ExitCode::from(2);
         }
@@ -107,6 +113,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         Some("local") | None => run_bench(&["-p", "amboy-bench", "--bin", "local"], rest),
         // A workspace of its own (it depends on apalis), built into `bench/peers/target`.
         Some("peers") => run_bench(&["--manifest-path", "bench/peers/Cargo.toml"], rest),
+        Some("postgres") => run_bench(&["-p", "amboy-bench", "--bin", "postgres"], rest),
         Some("micro") => run(
             &[
                 "bench",
@@ -119,7 +126,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             &[],
         ),
         Some(other) => Err(format!(
-            "unknown benchmark '{other}': use 'local', 'peers' or 'micro'"
+            "unknown benchmark '{other}': use 'local', 'peers', 'postgres' or 'micro'"
         )),
     }
 }
