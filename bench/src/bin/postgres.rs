@@ -29,8 +29,10 @@
 //! median burn-down, our `put_many` over their median SQL enqueue. A peer that cannot run gets a
 //! line saying why, and the benchmark goes on.
 //!
-//! Arguments: `[jobs]` (default 100,000) and `[filter]`, a substring of the cases to run
-//! (`put_many`, `burn_down`, `pickup`, `bytes`, `peers`; default: all).
+//! Arguments: `[jobs]` (default 100,000), `[filter]`, a substring of the cases to run
+//! (`put_many`, `burn_down`, `pickup`, `bytes`, `peers`; default: all), and `[shapes]`, the
+//! burn-down cases as a comma-separated list of `<processes>x<workers>` (default
+//! `1x8,1x32,1x64,2x32`).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -54,7 +56,7 @@ const PUT_BATCH: usize = 1000;
 /// Jobs pending in the bytes-per-job case.
 const MEMORY_JOBS: usize = 1_000_000;
 /// The burn-down cases: processes × workers.
-const BURN_DOWN: &[(usize, usize)] = &[(1, 8), (1, 32), (1, 64), (2, 32)];
+const BURN_DOWN: &str = "1x8,1x32,1x64,2x32";
 /// Idle workers of the pickup-latency case.
 const PICKUP_WORKERS: usize = 8;
 /// One put every this long, for this long, in the pickup-latency case.
@@ -575,6 +577,21 @@ fn main() {
     }
     let jobs: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let filter = args.get(1).cloned().unwrap_or_default();
+    let shapes: Vec<(usize, usize)> = args
+        .get(2)
+        .map_or(BURN_DOWN, String::as_str)
+        .split(',')
+        .map(|shape| {
+            let (processes, workers) = shape
+                .trim()
+                .split_once('x')
+                .expect("shapes: <processes>x<workers>,...");
+            (
+                processes.parse().expect("processes: a number"),
+                workers.parse().expect("workers: a number"),
+            )
+        })
+        .collect();
     let wanted = |case: &str| case.contains(filter.as_str());
     let runs = runs();
     eprintln!(
@@ -601,7 +618,7 @@ fn main() {
         }
         let mut best: Option<(String, f64)> = None;
         if wanted("postgres/burn_down") {
-            for &(processes, workers) in BURN_DOWN {
+            for &(processes, workers) in &shapes {
                 let mut rates = Vec::new();
                 let mut walls = Vec::new();
                 for _ in 0..runs {
