@@ -23,6 +23,13 @@ use crate::schema::validate_schema_name;
 /// | `maintenance_interval` | 1 s | how often deadlines, unresolvable dependencies, stale retrying jobs and retention are looked at |
 /// | `retention` | none | delete finished jobs this long after they finished; none keeps them |
 ///
+/// The pool the queue opens from `url` sets `plan_cache_mode = force_generic_plan` on its
+/// connections: PostgreSQL would otherwise plan the claims and completions anew at every call
+/// (it expects a plan for the call's number of jobs to be cheaper than the general one), and
+/// planning them costs more than running them. Statements of your own on that pool get generic
+/// plans too. A pool of your own should set the same, in its connect options:
+/// `PgConnectOptions::options([("plan_cache_mode", "force_generic_plan")])`.
+///
 /// amboy's `CheckWaitUntil`, `CheckDispatchBy` and `SampleSize` have no counterpart: the claim
 /// query always filters on both times (through an index), and `FOR UPDATE SKIP LOCKED` keeps
 /// concurrent claimers apart without sampling.

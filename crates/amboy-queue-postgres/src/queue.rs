@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream;
 use parking_lot::Mutex;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row as _};
 use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 
@@ -174,6 +174,16 @@ fn json_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).expect("a list of strings encodes"))
 }
 
+/// How the queue's own pool connects to `url`: with plans made once per statement and
+/// connection (`plan_cache_mode = force_generic_plan`). PostgreSQL plans a prepared statement
+/// anew for each call while it expects a plan for the call's values to be cheaper than the
+/// general one, which it does for claims and completions (the number of jobs changes the
+/// estimates); planning them costs more than running them.
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    let options: PgConnectOptions = url.parse().map_err(backend("read the database URL"))?;
+    Ok(options.options([("plan_cache_mode", "force_generic_plan")]))
+}
+
 /// The notification channel of a schema.
 pub(crate) fn channel_of(schema: &str) -> String {
     format!("amboy_{schema}")
@@ -216,8 +226,18 @@ impl PostgresQueue {
             (Some(pool), _) => pool.clone(),
             (None, Some(url)) => PgPoolOptions::new()
                 .max_connections(options.max_connections)
-                .connect_lazy(url)
-                .map_err(backend("open a pool"))?,
+                // sqlx pings every connection it hands out: a round trip before each
+                // statement. A connection used within the last second is known to be alive.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= Duration::from_secs(1) {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
+                .connect_lazy_with(connect_options(url)?),
             (None, None) => unreachable!("validated"),
         };
         let name = if options.group.is_empty() {
