@@ -1064,19 +1064,48 @@ impl Engine {
         }
     }
 
-    /// The completer: writes the completions gathered while the previous statement ran.
+    /// The completer: writes the completions gathered while earlier statements ran, a batch
+    /// per statement, with up to [`Engine::completions_in_flight`] statements at once: a
+    /// completion waits for its own statement, not for the one before it to end.
     async fn completer(self: Arc<Self>, mut inbox: mpsc::UnboundedReceiver<Completion>) {
+        use futures::StreamExt as _;
         let max = self.options.complete_batch;
-        let mut batch = Vec::with_capacity(max);
-        while inbox.recv_many(&mut batch, max).await > 0 {
-            let (rows, replies): (Vec<CompletionRow>, Vec<oneshot::Sender<Result<()>>>) = batch
-                .drain(..)
-                .map(|completion| (completion.row, completion.reply))
-                .unzip();
-            let results = self.complete_rows(rows).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
+        let most = self.completions_in_flight();
+        let mut in_flight = stream::FuturesUnordered::new();
+        let mut open = true;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                // Cancel-safe: a batch not yet received stays in the inbox.
+                batch = async {
+                    let mut batch = Vec::with_capacity(max);
+                    inbox.recv_many(&mut batch, max).await;
+                    batch
+                }, if open && in_flight.len() < most => {
+                    if batch.is_empty() {
+                        open = false;
+                    } else {
+                        in_flight.push(self.clone().write_completions(batch));
+                    }
+                }
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             }
+        }
+    }
+
+    /// How many completion statements may run at once: a third of the pool, one to four.
+    fn completions_in_flight(&self) -> usize {
+        (self.pool.options().get_max_connections() as usize / 3).clamp(1, 4)
+    }
+
+    /// Writes one batch of completions and answers each.
+    async fn write_completions(self: Arc<Self>, batch: Vec<Completion>) {
+        let (rows, replies): (Vec<CompletionRow>, Vec<oneshot::Sender<Result<()>>>) = batch
+            .into_iter()
+            .map(|completion| (completion.row, completion.reply))
+            .unzip();
+        let results = self.complete_rows(rows).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 
