@@ -32,10 +32,15 @@ const PAGE: i64 = 500;
 /// The distributed queue on PostgreSQL (amboy's remote queue, §7.3 of its reference): any
 /// number of processes put jobs into one table and run them, each job by one worker at a time.
 ///
-/// * **Claims.** Idle workers ask for jobs; one task of the queue claims as many as they wait
-///   for, in one statement (`FOR UPDATE SKIP LOCKED`), jobs whose owner stopped refreshing
-///   their lock first, then due pending jobs by priority and age. Claimed jobs wait in a buffer
-///   for the next `next`, so a dropped `next` future never loses one.
+/// * **Claims.** One task of the queue claims jobs for the workers that wait and for those
+///   completing a job (each asks for the next one right after), and, while workers keep taking
+///   jobs, for the ones they will take within the next 25 ms at their recent pace: each claim
+///   one statement (`FOR UPDATE SKIP LOCKED`) of up to `claim_batch` jobs, jobs whose owner
+///   stopped refreshing their lock first, then due pending jobs by priority and age, with a few
+///   claims under way at once. Claimed jobs wait in a buffer for the next `next` (or
+///   `try_next`), so a dropped `next` future never loses one; their locks are refreshed like
+///   those of running jobs, a buffer nobody takes from for a poll interval is given back, and
+///   so is what it holds at close.
 /// * **Fencing.** Every write of a stored job goes through amboy's optimistic lock, judged on
 ///   the database's clock: the lock expired, or this queue holds it and the writer's
 ///   modification count is at most one ahead. A write that lost the lock fails with
@@ -43,8 +48,8 @@ const PAGE: i64 = 500;
 ///   interrupted.
 /// * **Heartbeat.** The [`Dispatcher`] refreshes the locks of every running job of the process
 ///   in one statement, every quarter of the lock timeout.
-/// * **Completions** go out in batches: while one statement is in flight, the next ones
-///   gather. `complete` returns once its own row committed.
+/// * **Completions** go out in batches: while statements are in flight (a few at once), the
+///   next ones gather. `complete` returns once its own row committed.
 /// * **Scopes** are rows of a table whose primary key is the scope: the database itself lets
 ///   one job hold a scope. Enqueue scopes are taken at put, dispatch scopes at claim (a job
 ///   whose scope is taken stays pending and is not claimed), released at completion, and the
@@ -87,6 +92,11 @@ pub(crate) struct Engine {
     retry_handler: Mutex<Option<Arc<dyn RetryHandler>>>,
     /// `next` calls waiting for a job.
     waiting: AtomicUsize,
+    /// Workers completing a job they ran here: each asks for its next job right after, so the
+    /// claimer claims for them too, while their completions are written.
+    finishing: AtomicUsize,
+    /// Jobs handed to workers so far: the claimer claims ahead by the rate they go at.
+    handed: AtomicUsize,
     /// Claimed jobs (or claim errors) for the waiting `next` calls.
     claimed_tx: async_channel::Sender<Result<JobRef>>,
     claimed_rx: async_channel::Receiver<Result<JobRef>>,
@@ -141,17 +151,17 @@ impl Prepared {
     }
 }
 
-/// Counts a waiting `next` call while it waits.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a waiting `next` call while it waits, or a worker while it completes its job.
+struct Counted<'a>(&'a AtomicUsize);
 
-impl<'a> Waiting<'a> {
+impl<'a> Counted<'a> {
     fn new(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
+        Counted(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -265,6 +275,8 @@ impl PostgresQueue {
             lifecycle: Lifecycle::default(),
             retry_handler: Mutex::new(None),
             waiting: AtomicUsize::new(0),
+            finishing: AtomicUsize::new(0),
+            handed: AtomicUsize::new(0),
             claimed_tx,
             claimed_rx,
             demand: Notify::new(),
@@ -661,82 +673,186 @@ impl Engine {
 // Claims
 // -------------------------------------------------------------------------------------------
 
+/// How far ahead the claimer claims: the jobs workers take within this time, at the rate they
+/// took them lately.
+const CLAIM_AHEAD: Duration = Duration::from_millis(25);
+
+/// The rate at which workers take jobs, a moving average the claimer keeps.
+struct Pace {
+    handed: usize,
+    at: std::time::Instant,
+    per_second: f64,
+}
+
+impl Pace {
+    fn new(handed: usize) -> Self {
+        Pace {
+            handed,
+            at: std::time::Instant::now(),
+            per_second: 0.0,
+        }
+    }
+
+    /// Takes the count of jobs handed so far into the average, every 10 ms at most.
+    fn sample(&mut self, handed: usize) {
+        let elapsed = self.at.elapsed().as_secs_f64();
+        if elapsed < 0.01 {
+            return;
+        }
+        let rate = handed.saturating_sub(self.handed) as f64 / elapsed;
+        // Long gaps count in full: the average falls to the rate since the last sample.
+        let weight = (elapsed / 0.1).min(1.0);
+        self.per_second += (rate - self.per_second) * weight;
+        self.handed = handed;
+        self.at = std::time::Instant::now();
+    }
+
+    /// How many jobs workers take within [`CLAIM_AHEAD`] at this pace.
+    fn ahead(&self) -> usize {
+        (self.per_second * CLAIM_AHEAD.as_secs_f64()).ceil() as usize
+    }
+}
+
 impl Engine {
     async fn next_job(&self) -> Result<JobRef> {
         self.check_open()?;
         if let Ok(claimed) = self.claimed_rx.try_recv() {
-            return claimed;
+            return self.hand(claimed);
         }
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = Counted::new(&self.waiting);
         self.demand.notify_one();
         tokio::select! {
             biased;
-            claimed = self.claimed_rx.recv() => claimed.unwrap_or(Err(Error::Closed("queue"))),
+            claimed = self.claimed_rx.recv() => self.hand(claimed.unwrap_or(Err(Error::Closed("queue")))),
             _ = self.lifecycle.lifetime().cancelled() => Err(Error::Closed("queue")),
         }
     }
 
-    /// How many more jobs the waiting `next` calls want than the buffer holds.
-    fn demand(&self) -> usize {
-        self.waiting
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.claimed_rx.len())
+    /// Counts a job handed to a worker.
+    fn hand(&self, claimed: Result<JobRef>) -> Result<JobRef> {
+        if claimed.is_ok() {
+            self.handed.fetch_add(1, Ordering::Relaxed);
+        }
+        claimed
     }
 
-    /// The claimer: claims jobs for the waiting `next` calls, one statement for all of them,
-    /// and hands them over through the buffer. Idle, it waits for a notification, a local put
-    /// or the poll interval; after a failed claim it backs off, and the waiting calls get the
-    /// error.
+    /// Who takes a buffered job soon: waiting `next` calls and workers completing a job.
+    fn takers(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst) + self.finishing.load(Ordering::SeqCst)
+    }
+
+    /// A buffered job if there is one: what `try_next` hands out without waiting.
+    fn try_take(&self) -> Option<JobRef> {
+        if self.lifecycle.is_closed() {
+            return None;
+        }
+        match self.claimed_rx.try_recv() {
+            Ok(Ok(job)) => {
+                self.handed.fetch_add(1, Ordering::Relaxed);
+                Some(job)
+            }
+            // An error is for a waiting call; this caller will wait and may get the next one.
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// The claimer: claims jobs for the waiting `next` calls and the workers completing a job,
+    /// and hands them over through the buffer. Each claim is one statement for all the jobs
+    /// wanted when it starts; up to [`Engine::claims_in_flight`] run at once, each for jobs
+    /// the others do not claim, so that a worker finishing its job has the next one claimed
+    /// while its completion is written. Once a claim finds fewer jobs than it wanted, it waits
+    /// for a notification, a local put or the poll interval; after a failed claim it backs
+    /// off, and the waiting calls get the error. Idle for a poll interval, it gives back
+    /// buffered jobs nobody is about to take.
     async fn claimer(self: Arc<Self>) {
+        use futures::StreamExt as _;
         let lifetime = self.lifecycle.lifetime().clone();
+        let most = self.claims_in_flight();
+        let mut in_flight = stream::FuturesUnordered::new();
+        // Jobs the claims in flight are claiming.
+        let mut claiming = 0;
         let mut failures: u32 = 0;
+        // Set when a claim found fewer jobs than it wanted, or failed: no claim starts before
+        // this time, or (unless backing off) before jobs may have become ready.
+        let mut resting: Option<(tokio::time::Instant, bool)> = None;
+        let mut pace = Pace::new(self.handed.load(Ordering::Relaxed));
         loop {
-            let want = self.demand().min(self.options.claim_batch);
-            if want == 0 {
-                tokio::select! {
-                    _ = lifetime.cancelled() => return,
-                    _ = self.demand.notified() => continue,
+            pace.sample(self.handed.load(Ordering::Relaxed));
+            if resting.is_none() && in_flight.len() < most {
+                let takers = self.takers();
+                // Jobs for the workers that wait or finish a job, and, while they keep
+                // coming, for those that will within the next claim's time.
+                let ahead = if takers == 0 { 0 } else { pace.ahead() };
+                let short = (takers + ahead).saturating_sub(self.claimed_rx.len() + claiming);
+                if short > 0 {
+                    // A power of two, so that each connection prepares few claim statements.
+                    let want = short.next_power_of_two().min(self.options.claim_batch);
+                    claiming += want;
+                    let engine = self.clone();
+                    in_flight.push(async move { (want, engine.claim(want).await) });
+                    continue;
                 }
             }
-            match self.claim(want).await {
-                Ok(claimed) => {
-                    failures = 0;
-                    if claimed > 0 {
-                        continue;
-                    }
-                    tokio::select! {
-                        _ = lifetime.cancelled() => return,
-                        _ = self.ready.notified() => {}
-                        _ = tokio::time::sleep(jittered(self.options.poll_interval)) => {}
+            let until = resting.map(|(until, _)| until);
+            let backing_off = resting.is_some_and(|(_, backing_off)| backing_off);
+            tokio::select! {
+                _ = lifetime.cancelled() => {
+                    // Claims under way finish: the queue is closed, so they give their jobs
+                    // back rather than leave them claimed until their locks expire.
+                    while in_flight.next().await.is_some() {}
+                    self.release_buffered().await;
+                    return;
+                }
+                Some((want, claimed)) = in_flight.next(), if !in_flight.is_empty() => {
+                    claiming -= want;
+                    match claimed {
+                        Ok(claimed) => {
+                            failures = 0;
+                            if claimed < want && resting.is_none() {
+                                let pause = jittered(self.options.poll_interval);
+                                resting = Some((tokio::time::Instant::now() + pause, false));
+                            }
+                        }
+                        Err(error) => {
+                            failures = failures.saturating_add(1);
+                            tracing::warn!(queue_id = %self.id, error = %error, "could not claim jobs");
+                            let waiters = self
+                                .waiting
+                                .load(Ordering::SeqCst)
+                                .saturating_sub(self.claimed_rx.len());
+                            for _ in 0..waiters {
+                                let _ = self.claimed_tx.try_send(Err(error.clone()));
+                            }
+                            let backoff = Duration::from_millis(10)
+                                .saturating_mul(1 << failures.min(7))
+                                .min(self.options.poll_interval);
+                            resting = Some((tokio::time::Instant::now() + jittered(backoff), true));
+                        }
                     }
                 }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(queue_id = %self.id, error = %error, "could not claim jobs");
-                    for _ in 0..self.demand() {
-                        let _ = self.claimed_tx.try_send(Err(error.clone()));
-                    }
-                    let backoff = Duration::from_millis(10)
-                        .saturating_mul(1 << failures.min(7))
-                        .min(self.options.poll_interval);
-                    tokio::select! {
-                        _ = lifetime.cancelled() => return,
-                        _ = tokio::time::sleep(jittered(backoff)) => {}
-                    }
-                }
+                _ = self.demand.notified(), if resting.is_none() => {}
+                _ = self.ready.notified(), if resting.is_some() && !backing_off => resting = None,
+                _ = tokio::time::sleep_until(until.unwrap_or_else(tokio::time::Instant::now)),
+                    if until.is_some() => resting = None,
+                _ = tokio::time::sleep(self.options.poll_interval),
+                    if resting.is_none() && in_flight.is_empty() => self.give_back_unwanted().await,
             }
         }
+    }
+
+    /// How many claims may run at once: a fifth of the pool, one to three.
+    fn claims_in_flight(&self) -> usize {
+        (self.pool.options().get_max_connections() as usize / 5).clamp(1, 3)
     }
 
     /// Claims up to `want` jobs; returns how many rows it claimed (some may have been set
     /// aside or given back rather than handed over).
     async fn claim(&self, want: usize) -> Result<usize> {
         self.ensure_schema().await?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
+        let rows = sqlx::query(AssertSqlSafe(self.sql.claim(want)))
             .bind(self.group())
             .bind(&*self.id)
             .bind(self.options.lock_timeout)
-            .bind(want as i64)
             .fetch_all(&self.pool)
             .await
             .map_err(backend("claim jobs"))?;
@@ -747,9 +863,11 @@ impl Engine {
             let Some(job) = self.admit(stored, scopes.unwrap_or_default()).await else {
                 continue;
             };
-            // Nobody waits for it any more (the calls it was claimed for were dropped), or
-            // the queue closed: give it back at once rather than hold it.
-            if self.claimed_rx.len() >= self.waiting.load(Ordering::SeqCst)
+            // Nobody will take it (the calls it was claimed for were dropped, the workers
+            // it was claimed ahead for stopped), or the queue closed: give it back at once
+            // rather than hold it.
+            if self.takers() == 0
+                || self.lifecycle.is_closed()
                 || self.claimed_tx.try_send(Ok(job.clone())).is_err()
             {
                 self.give_back(&job).await;
@@ -891,6 +1009,18 @@ impl Engine {
         }
     }
 
+    /// Gives back buffered jobs nobody is about to take (a worker claimed ahead for stopped
+    /// taking jobs), so that other processes may run them.
+    async fn give_back_unwanted(&self) {
+        while self.claimed_rx.len() > self.takers() {
+            match self.claimed_rx.try_recv() {
+                Ok(Ok(job)) => self.give_back(&job).await,
+                Ok(Err(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Gives back the jobs claimed and never handed over (at close).
     async fn release_buffered(&self) {
         while let Ok(claimed) = self.claimed_rx.try_recv() {
@@ -911,6 +1041,13 @@ impl Engine {
     /// retrying job's retry is over (complete-retrying).
     async fn finish(&self, job: &JobRef, retry_done: bool) -> Result<()> {
         let dispatched = self.dispatcher.forget(job);
+        // The worker that ran it asks for its next job once this returns: claim that job while
+        // the completion is written.
+        let _finishing = dispatched.then(|| {
+            let finishing = Counted::new(&self.finishing);
+            self.demand.notify_one();
+            finishing
+        });
         let now = amboy_core::clock::now();
         let (row_base, keep) = {
             let mut meta = job.base().metadata();
@@ -1439,6 +1576,10 @@ impl Queue for Engine {
 
     async fn next(&self) -> Result<JobRef> {
         self.next_job().await
+    }
+
+    fn try_next(&self) -> Option<JobRef> {
+        self.try_take()
     }
 
     fn info(&self) -> QueueInfo {

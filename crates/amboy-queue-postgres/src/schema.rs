@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use amboy_core::{Error, Result};
+use parking_lot::Mutex;
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// A job waiting to run.
@@ -157,7 +158,10 @@ pub(crate) struct Statements {
     pub(crate) get_latest: Arc<str>,
     pub(crate) get_attempt: Arc<str>,
     pub(crate) get_all_attempts: Arc<str>,
-    pub(crate) claim: Arc<str>,
+    /// The claim, with `{limit}` for the number of jobs (see [`Statements::claim`]).
+    claim: String,
+    /// The claim statements made so far, by their limit.
+    claims: Mutex<Vec<(usize, Arc<str>)>>,
     pub(crate) release: Arc<str>,
     pub(crate) set_aside: Arc<str>,
     pub(crate) heartbeat: Arc<str>,
@@ -176,6 +180,21 @@ pub(crate) struct Statements {
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.attempt, j.state, j.owner, j.mod_count, j.lock_ts, j.failure, j.job_type, j.body::text";
 
 impl Statements {
+    /// The claim of at most `limit` jobs. The limit is written into the statement, not bound:
+    /// with a bound limit the planner cannot cost a generic plan, and plans every claim anew
+    /// (about a millisecond each, more than running it); with a constant one the plan is made
+    /// once per connection. Callers use a few limits (powers of two), so each connection
+    /// prepares a few statements.
+    pub(crate) fn claim(&self, limit: usize) -> Arc<str> {
+        let mut claims = self.claims.lock();
+        if let Some((_, sql)) = claims.iter().find(|(made, _)| *made == limit) {
+            return sql.clone();
+        }
+        let sql: Arc<str> = Arc::from(self.claim.replace("{limit}", &limit.to_string()));
+        claims.push((limit, sql.clone()));
+        sql
+    }
+
     pub(crate) fn new(schema: &str) -> Self {
         let s = schema;
         let cols = JOB_COLUMNS;
@@ -193,7 +212,9 @@ impl Statements {
                     .replace("$me", "$2"),
             )
         };
+        let build_str = |sql: String| -> String { build(sql).to_string() };
         Statements {
+            claims: Mutex::new(Vec::new()),
             // $1 group, $2 channel; then one array per column. Rows that already exist are
             // skipped and not returned: they are the duplicates. One notification per
             // statement, delivered on commit, wakes idle workers.
@@ -266,16 +287,16 @@ impl Statements {
                  ORDER BY j.attempt"
                     .into(),
             ),
-            // $1 group, $2 owner, $3 lock timeout, $4 how many. Jobs whose owner stopped
+            // $1 group, $2 owner, $3 lock timeout; {limit} how many. Jobs whose owner stopped
             // refreshing their lock come first, then pending jobs that are due, not past their
             // deadline, whose edges all completed and whose scopes are free, by priority then
             // age. Rows another claimer holds are skipped, not waited for.
-            claim: build(
+            claim: build_str(
                 "WITH stale AS ( \
                    SELECT j.queue_group, j.id, j.attempt FROM {s}.jobs j \
                    WHERE j.queue_group = $1 AND j.state = 1 \
                      AND j.lock_ts <= now() - $3::interval \
-                   ORDER BY j.lock_ts LIMIT $4 FOR UPDATE SKIP LOCKED), \
+                   ORDER BY j.lock_ts LIMIT {limit} FOR UPDATE SKIP LOCKED), \
                  pending AS ( \
                    SELECT j.queue_group, j.id, j.attempt FROM {s}.jobs j \
                    WHERE j.queue_group = $1 AND j.state = 0 AND j.ready_at <= now() \
@@ -288,8 +309,8 @@ impl Statements {
                        SELECT 1 FROM {s}.scopes h WHERE h.queue_group = j.queue_group \
                          AND h.scope = ANY(j.scopes) \
                          AND NOT (h.job_id = j.id AND h.attempt = j.attempt))) \
-                   ORDER BY j.priority DESC, j.ready_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-                 picked AS ((SELECT * FROM stale) UNION ALL (SELECT * FROM pending) LIMIT $4) \
+                   ORDER BY j.priority DESC, j.ready_at LIMIT {limit} FOR UPDATE SKIP LOCKED), \
+                 picked AS ((SELECT * FROM stale) UNION ALL (SELECT * FROM pending) LIMIT {limit}) \
                  UPDATE {s}.jobs j SET state = 1, owner = $2, mod_count = j.mod_count + 1, \
                      lock_ts = now() \
                  FROM picked p \
