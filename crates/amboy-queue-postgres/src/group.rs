@@ -15,13 +15,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use regex::Regex;
 use sqlx::AssertSqlSafe;
-use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::notify::Hub;
-use crate::queue::channel_of;
+use crate::queue::{channel_of, open_pool};
 use crate::schema::backend;
 use crate::{PostgresQueue, PostgresQueueOptions};
 
@@ -211,12 +210,7 @@ impl PostgresQueueGroup {
         if options.queue.pool.is_none()
             && let Some(url) = &options.queue.url
         {
-            options.queue.pool = Some(
-                PgPoolOptions::new()
-                    .max_connections(options.queue.max_connections)
-                    .connect_lazy(url)
-                    .map_err(backend("open a pool"))?,
-            );
+            options.queue.pool = Some(open_pool(url, options.queue.max_connections)?);
         }
         let pool = options
             .queue

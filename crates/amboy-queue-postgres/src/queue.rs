@@ -184,14 +184,28 @@ fn json_list(list: &[String]) -> Option<String> {
     (!list.is_empty()).then(|| serde_json::to_string(list).expect("a list of strings encodes"))
 }
 
-/// How the queue's own pool connects to `url`: with plans made once per statement and
-/// connection (`plan_cache_mode = force_generic_plan`). PostgreSQL plans a prepared statement
-/// anew for each call while it expects a plan for the call's values to be cheaper than the
-/// general one, which it does for claims and completions (the number of jobs changes the
-/// estimates); planning them costs more than running them.
-fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    let options: PgConnectOptions = url.parse().map_err(backend("read the database URL"))?;
-    Ok(options.options([("plan_cache_mode", "force_generic_plan")]))
+/// The pool a queue (or a group) opens to `url` when given no pool: `max_connections`
+/// connections, opened lazily, with plans made once per statement and connection
+/// (`plan_cache_mode = force_generic_plan`: PostgreSQL would plan a prepared statement anew at
+/// every call while it expects a plan for the call's values to be cheaper than the general
+/// one, which it does for claims and completions, whose number of jobs changes the estimates;
+/// planning them costs more than running them), and a ping only before using a connection
+/// idle for a second or more (sqlx pings every connection it hands out by default: a round
+/// trip before each statement; one used within the last second is known to be alive).
+pub(crate) fn open_pool(url: &str, max_connections: u32) -> Result<PgPool> {
+    let connect: PgConnectOptions = url.parse().map_err(backend("read the database URL"))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with(connect.options([("plan_cache_mode", "force_generic_plan")])))
 }
 
 /// The notification channel of a schema.
@@ -234,20 +248,7 @@ impl PostgresQueue {
         options.validate()?;
         let pool = match (&options.pool, &options.url) {
             (Some(pool), _) => pool.clone(),
-            (None, Some(url)) => PgPoolOptions::new()
-                .max_connections(options.max_connections)
-                // sqlx pings every connection it hands out: a round trip before each
-                // statement. A connection used within the last second is known to be alive.
-                .test_before_acquire(false)
-                .before_acquire(|conn, meta| {
-                    Box::pin(async move {
-                        if meta.idle_for >= Duration::from_secs(1) {
-                            sqlx::Connection::ping(conn).await?;
-                        }
-                        Ok(true)
-                    })
-                })
-                .connect_lazy_with(connect_options(url)?),
+            (None, Some(url)) => open_pool(url, options.max_connections)?,
             (None, None) => unreachable!("validated"),
         };
         let name = if options.group.is_empty() {
