@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 
 use crate::notify::Hub;
 use crate::options::PostgresQueueOptions;
-use crate::row::StoredJob;
+use crate::row::{StoredJob, encode_body};
 use crate::schema::{
     self, COMPLETED, EXPIRED, PENDING, RETRYING, RUNNING, SET_ASIDE, Statements, backend,
 };
@@ -408,7 +408,7 @@ impl Engine {
             envelope.retry_info.base_job_id = envelope.name.clone();
         }
         truncate_errors(&mut envelope.status.errors);
-        let body = envelope.to_json().map_err(Error::from)?;
+        let body = encode_body(&envelope, true)?;
         let attempt = i32::try_from(envelope.retry_info.current_attempt)
             .map_err(|_| Error::invalid_job(&envelope.name, "its attempt number is too large"))?;
         let state = state_of(&envelope);
@@ -1082,7 +1082,7 @@ impl Engine {
         let (attempt, count, state, scoped) = row_base;
         let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
         truncate_errors(&mut envelope.status.errors);
-        let body = envelope.to_json().map_err(Error::from)?;
+        let body = encode_body(&envelope, false)?;
         let row = CompletionRow {
             id: job.id().to_owned(),
             attempt,
@@ -1260,7 +1260,7 @@ impl Engine {
         };
         let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
         truncate_errors(&mut envelope.status.errors);
-        let body = envelope.to_json().map_err(Error::from)?;
+        let body = encode_body(&envelope, owner.is_none())?;
         let saved = sqlx::query(AssertSqlSafe(self.sql.save.clone()))
             .bind(self.group())
             .bind(&*self.id)
@@ -1750,7 +1750,7 @@ impl RetryableQueue for Engine {
         envelope.status.in_progress = false;
         envelope.status.modification_count = count as u64 + 1;
         truncate_errors(&mut envelope.status.errors);
-        let body = envelope.to_json().map_err(Error::from)?;
+        let body = encode_body(&envelope, false)?;
         let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
         let mut tx = conn.begin().await.map_err(backend("begin a retry"))?;
         let completed = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
