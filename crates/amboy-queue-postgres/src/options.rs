@@ -18,7 +18,7 @@ use crate::schema::validate_schema_name;
 /// | `group` | `""` | the queue's name in the shared tables: queues of different groups share the tables and nothing else (amboy's `GroupName`) |
 /// | `lock_timeout` | 10 min | how long a job's lock lasts without a heartbeat; then another process may take the job over |
 /// | `poll_interval` | 1 s | the longest an idle worker waits before looking for jobs when no notification came |
-/// | `claim_batch` | 64 | the most jobs one claim takes (a claim takes as many as workers wait for) |
+/// | `claim_batch` | 512 | the most jobs one claim takes (a claim takes what the workers waiting or completing a job want, and what workers take within 100 ms at their recent pace; the buffer is filled up once half empty) |
 /// | `complete_batch` | 256 | the most completions written in one statement |
 /// | `maintenance_interval` | 1 s | how often deadlines, unresolvable dependencies, stale retrying jobs and retention are looked at |
 /// | `retention` | none | delete finished jobs this long after they finished; none keeps them |
@@ -69,7 +69,7 @@ impl Default for PostgresQueueOptions {
             group: String::new(),
             lock_timeout: LOCK_TIMEOUT,
             poll_interval: Duration::from_secs(1),
-            claim_batch: 64,
+            claim_batch: 512,
             complete_batch: 256,
             maintenance_interval: Duration::from_secs(1),
             retention: None,

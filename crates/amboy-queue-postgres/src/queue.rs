@@ -34,7 +34,7 @@ const PAGE: i64 = 500;
 ///
 /// * **Claims.** One task of the queue claims jobs for the workers that wait and for those
 ///   completing a job (each asks for the next one right after), and, while workers keep taking
-///   jobs, for the ones they will take within the next 25 ms at their recent pace: each claim
+///   jobs, for the ones they will take within the next 100 ms at their recent pace: each claim
 ///   one statement (`FOR UPDATE SKIP LOCKED`) of up to `claim_batch` jobs, jobs whose owner
 ///   stopped refreshing their lock first, then due pending jobs by priority and age, with a few
 ///   claims under way at once. Claimed jobs wait in a buffer for the next `next` (or
@@ -676,7 +676,7 @@ impl Engine {
 
 /// How far ahead the claimer claims: the jobs workers take within this time, at the rate they
 /// took them lately.
-const CLAIM_AHEAD: Duration = Duration::from_millis(25);
+const CLAIM_AHEAD: Duration = Duration::from_millis(100);
 
 /// The rate at which workers take jobs, a moving average the claimer keeps.
 struct Pace {
@@ -781,10 +781,18 @@ impl Engine {
             pace.sample(self.handed.load(Ordering::Relaxed));
             if resting.is_none() && in_flight.len() < most {
                 let takers = self.takers();
+                let held = self.claimed_rx.len() + claiming;
                 // Jobs for the workers that wait or finish a job, and, while they keep
-                // coming, for those that will within the next claim's time.
+                // coming, for those that will take one within the claim-ahead time. Once the
+                // first are provided for, the buffer is filled up only when it is down to half,
+                // so that claims are few and large.
                 let ahead = if takers == 0 { 0 } else { pace.ahead() };
-                let short = (takers + ahead).saturating_sub(self.claimed_rx.len() + claiming);
+                let target = takers + ahead;
+                let short = if held < takers || held < target.div_ceil(2) {
+                    target - held
+                } else {
+                    0
+                };
                 if short > 0 {
                     // A power of two, so that each connection prepares few claim statements.
                     let want = short.next_power_of_two().min(self.options.claim_batch);

@@ -85,10 +85,7 @@ pub(crate) fn encode_body(envelope: &JobInterchange, with_mod_time: bool) -> Res
         version: envelope.version,
         priority: envelope.priority,
         errors: &envelope.status.errors,
-        mod_time: envelope
-            .status
-            .modification_time
-            .filter(|_| with_mod_time),
+        mod_time: envelope.status.modification_time.filter(|_| with_mod_time),
         enqueue_scopes: &envelope.enqueue_scopes,
         enqueue_all_scopes: envelope.enqueue_all_scopes,
         retry_info: &envelope.retry_info,
