@@ -487,7 +487,10 @@ mod tests {
     fn statements_name_the_schema_and_no_placeholder_is_left() {
         let statements = Statements::new("my_schema");
         let claim = statements.claim(64);
-        assert!(claim.contains("LIMIT 64") && !claim.contains("{limit}"), "{claim}");
+        assert!(
+            claim.contains("LIMIT 64") && !claim.contains("{limit}"),
+            "{claim}"
+        );
         let all = [
             &statements.insert_many,
             &statements.insert_one,
