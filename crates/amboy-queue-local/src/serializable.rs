@@ -934,10 +934,10 @@ impl Queue for Engine {
     async fn complete(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
         let envelope = encode(job)?;
-        let scopes = {
-            let mut store = self.store.lock();
-            self.complete_locked(&mut store, &key, job, envelope, true)?
-        };
+        let mut store = self.store.lock();
+        let scopes = self.complete_locked(&mut store, &key, job, envelope, true)?;
+        // Released before the store's lock is: whoever sees the job complete finds its scopes
+        // free (the store's lock is taken before the scope manager's everywhere).
         self.release_scopes(&key, &scopes);
         Ok(())
     }
@@ -1188,11 +1188,9 @@ impl RetryableQueue for Engine {
         }
         let key = key_of(job);
         let envelope = encode(job)?;
-        let scopes = {
-            let mut store = self.store.lock();
-            self.complete_locked(&mut store, &key, job, envelope, false)?
-        };
-        // The enqueue scopes kept for the retry are free now.
+        let mut store = self.store.lock();
+        let scopes = self.complete_locked(&mut store, &key, job, envelope, false)?;
+        // The enqueue scopes kept for the retry are free now, before the store's lock is.
         let mut release = scopes;
         release.extend(job.enqueue_scopes());
         self.release_scopes(&key, &release);
