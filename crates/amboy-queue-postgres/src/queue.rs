@@ -26,6 +26,9 @@ use crate::schema::{
     self, COMPLETED, EXPIRED, PENDING, RETRYING, RUNNING, SET_ASIDE, Statements, backend,
 };
 
+/// The fewest jobs of a put worth an insert statement of their own, run beside the others.
+const INSERT_CHUNK: usize = 250;
+
 /// How many rows one page of `results` or `job_info` reads.
 const PAGE: i64 = 500;
 
@@ -434,8 +437,35 @@ impl Engine {
         })
     }
 
+    /// Inserts plain jobs; returns the error of each that is not stored.
+    async fn insert_batch(&self, mut batch: Vec<Prepared>) -> Vec<Error> {
+        // A large batch goes in as a few statements at once, on as many connections: inserting
+        // is the server's work, so this uses more of its cores.
+        let chunks = (batch.len() / INSERT_CHUNK).clamp(1, self.inserts_in_flight());
+        if chunks == 1 {
+            return self.insert_chunk(batch).await;
+        }
+        let size = batch.len().div_ceil(chunks);
+        let mut parts = Vec::with_capacity(chunks);
+        while batch.len() > size {
+            let rest = batch.split_off(size);
+            parts.push(std::mem::replace(&mut batch, rest));
+        }
+        parts.push(batch);
+        futures::future::join_all(parts.into_iter().map(|part| self.insert_chunk(part)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// How many insert statements one put may run at once: a third of the pool, one to four.
+    fn inserts_in_flight(&self) -> usize {
+        (self.pool.options().get_max_connections() as usize / 3).clamp(1, 4)
+    }
+
     /// Inserts plain jobs in one statement; returns the error of each that is not stored.
-    async fn insert_batch(&self, batch: Vec<Prepared>) -> Vec<Error> {
+    async fn insert_chunk(&self, batch: Vec<Prepared>) -> Vec<Error> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -462,21 +492,33 @@ impl Engine {
             deadlines.push(job.dispatch_by);
             bodies.push(job.body);
         }
-        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert_many.clone()))
-            .bind(self.group())
-            .bind(&self.channel)
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&states)
-            .bind(&types)
-            .bind(&priorities)
-            .bind(&waits)
-            .bind(&deadlines)
-            .bind(&scopes)
-            .bind(&counts)
-            .bind(&bodies)
-            .fetch_all(&self.pool)
-            .await;
+        let insert = |sql: &Arc<str>| {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(self.group())
+                .bind(&self.channel)
+                .bind(&ids)
+                .bind(&attempts)
+                .bind(&states)
+                .bind(&types)
+                .bind(&priorities)
+                .bind(&waits)
+                .bind(&deadlines)
+                .bind(&scopes)
+                .bind(&counts)
+                .bind(&bodies)
+        };
+        // None of them exists yet, as a rule: one plain insert. A duplicate fails it whole;
+        // then the statement that skips and names duplicates runs.
+        let inserted = match insert(&self.sql.insert_new).execute(&self.pool).await {
+            Ok(_) => {
+                self.ready.notify_one();
+                return Vec::new();
+            }
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                insert(&self.sql.insert_many).fetch_all(&self.pool).await
+            }
+            Err(error) => Err(error),
+        };
         match inserted {
             Err(error) => {
                 let message = error.to_string();

@@ -150,6 +150,7 @@ pub(crate) fn backend(doing: &'static str) -> impl Fn(sqlx::Error) -> Error {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) insert_many: Arc<str>,
+    pub(crate) insert_new: Arc<str>,
     pub(crate) insert_one: Arc<str>,
     pub(crate) take_scopes: Arc<str>,
     pub(crate) scope_holders: Arc<str>,
@@ -236,6 +237,29 @@ impl Statements {
                    RETURNING id, attempt), \
                  wake AS (SELECT pg_notify($2, $1)) \
                  SELECT id, attempt, (SELECT count(*) FROM wake) FROM ins"
+                    .into(),
+            ),
+            // The same when none of the jobs exists yet, which is what puts expect: a plain
+            // insert checks each key once, where ON CONFLICT looks it up, then inserts it. A
+            // duplicate fails the statement with a unique violation; the batch is then put
+            // again with `insert_many`.
+            insert_new: build(
+                "WITH ins AS ( \
+                   INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
+                       ready_at, dispatch_by, scopes, mod_count, finished, body) \
+                   SELECT $1, v.id, v.attempt, v.state, v.job_type, v.priority, \
+                       coalesce(v.wait_until, now()), v.dispatch_by, \
+                       CASE WHEN v.scopes IS NULL THEN NULL \
+                            ELSE ARRAY(SELECT json_array_elements_text(v.scopes::json)) END, \
+                       v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body::json \
+                   FROM unnest($3::text[], $4::int[], $5::smallint[], $6::text[], $7::int[], \
+                       $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], \
+                       $12::text[]) \
+                       AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, \
+                            scopes, count, body) \
+), \
+                 wake AS (SELECT pg_notify($2, $1)) \
+                 SELECT count(*) FROM wake"
                     .into(),
             ),
             // One job, with its edges and the failure decided at put.
@@ -493,6 +517,7 @@ mod tests {
         );
         let all = [
             &statements.insert_many,
+            &statements.insert_new,
             &statements.insert_one,
             &claim,
             &statements.heartbeat,
