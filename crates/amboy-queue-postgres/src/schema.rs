@@ -529,7 +529,14 @@ mod tests {
         ];
         for sql in all {
             assert!(sql.contains("my_schema.jobs"), "{sql}");
-            for placeholder in ["{s}", "{cols}", "{fence}", "$me", "$lock_timeout"] {
+            for placeholder in [
+                "{s}",
+                "{cols}",
+                "{fence}",
+                "{limit}",
+                "$me",
+                "$lock_timeout",
+            ] {
                 assert!(!sql.contains(placeholder), "{placeholder} left in {sql}");
             }
         }
