@@ -53,8 +53,8 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Dispatches the next job if one is ready now, without waiting: the non-blocking
     /// counterpart of [`next`](Queue::next). Runners call it first, to skip the cost of an
-    /// asynchronous call while jobs are queued. Queues that cannot tell without waiting (on a
-    /// database, say) keep the default, `None`.
+    /// asynchronous call while jobs are queued. Queues that cannot tell without waiting keep
+    /// the default, `None`; the PostgreSQL queue answers from the jobs it claimed ahead.
     fn try_next(&self) -> Option<JobRef> {
         None
     }
