@@ -38,6 +38,7 @@ pub(crate) fn server(root: &Path) -> Result<Server, String> {
     let given = env::var("AMBOY_TEST_DATABASE_URL").ok();
     let url = given.clone().unwrap_or_else(|| DEFAULT_URL.to_owned());
     if answers(&url) {
+        ensure_database(&url);
         return Ok(Server {
             url,
             throwaway: None,
@@ -179,6 +180,55 @@ fn start_throwaway(root: &Path) -> Result<Server, String> {
     })
 }
 
+/// The database a `postgres://…/db?…` URL names, and the same URL naming the `postgres`
+/// database instead.
+fn database_of(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = rest.split_once('/')?;
+    let (name, query) = match path.split_once('?') {
+        Some((name, query)) => (name, format!("?{query}")),
+        None => (path, String::new()),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some((
+        name.to_owned(),
+        format!("{scheme}://{authority}/postgres{query}"),
+    ))
+}
+
+/// Creates the database the URL names when the server answers but has no such database (a
+/// private database for one run, `AMBOY_TEST_DATABASE_URL=…/amboy_ci_1`), with `psql` when it
+/// is there.
+fn ensure_database(url: &str) {
+    let (Some(psql), Some((name, admin))) = (find_binary("psql"), database_of(url)) else {
+        return;
+    };
+    let connects = Command::new(&psql)
+        .args(["-q", "-X", "-d", url, "-c", "SELECT 1"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if connects || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return;
+    }
+    eprintln!("xtask: creating database {name}");
+    let created = Command::new(&psql)
+        .args([
+            "-q",
+            "-X",
+            "-d",
+            &admin,
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !created {
+        eprintln!("xtask: could not create database {name}");
+    }
+}
+
 /// Drops the schemas earlier test runs left (`amboy_test_…`), with `psql` when it is there.
 pub(crate) fn drop_test_schemas(url: &str) {
     let Some(psql) = find_binary("psql") else {
@@ -199,6 +249,23 @@ pub(crate) fn drop_test_schemas(url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_names_of_urls() {
+        assert_eq!(
+            database_of("postgres://postgres@127.0.0.1:5432/amboy_ci?sslmode=disable"),
+            Some((
+                "amboy_ci".to_owned(),
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_owned()
+            ))
+        );
+        assert_eq!(
+            database_of("postgres://u@h/test").map(|(name, _)| name),
+            Some("test".to_owned())
+        );
+        assert_eq!(database_of("postgres://u@h:5432"), None);
+        assert_eq!(database_of("postgres://u@h:5432/"), None);
+    }
 
     #[test]
     fn host_and_port_of_urls() {

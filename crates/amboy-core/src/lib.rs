@@ -61,7 +61,9 @@ pub use periodic::{
 pub use queue::{
     JobInfoStream, JobStream, Queue, QueueGroup, QueueOptions, RetryableQueue, with_retryable_queue,
 };
-pub use runner::{AbortableRunner, RetryHandler, Runner, execute_job};
+pub use runner::{
+    AbortableRunner, Executed, RetryHandler, Runner, execute_job, execute_job_behind,
+};
 pub use stats::{QueueStats, RetryHandlerOptions};
 pub use wait::{JobOutcome, wait, wait_interval, wait_interval_num, wait_job, wait_job_interval};
 

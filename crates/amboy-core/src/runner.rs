@@ -131,65 +131,14 @@ impl std::fmt::Debug for dyn RetryHandler {
 ///
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
 pub async fn execute_job(queue: &dyn Queue, job: &JobRef, ctx: &JobContext) -> RunOutcome {
-    let cancel = ctx.token();
-    let (max_time, retryable, watched) = {
-        let mut meta = job.base().metadata();
-        let watched = meta.run_token(cancel);
-        (meta.time_info.max_time, meta.retry_info.retryable, watched)
-    };
-    let span = tracing::info_span!(
-        "amboy.job",
-        amboy.queue.id = queue.id(),
-        amboy.job.id = job.id(),
-        amboy.job.name = %job.job_type().name,
-        amboy.job.retry.retryable = retryable,
-    );
+    let span = job_span(queue, job);
     let work = async {
-        // A job whose queue watches its lock gets a token of its own, which the queue cancels
-        // if it loses the lock; so does a job with a time limit, cancelled when the limit
-        // passes, so that work it spawned stops too. Other jobs run in the caller's context.
-        let own = match &watched {
-            Some(token) => Some(token.clone()),
-            None if max_time.is_zero() => None,
-            None => Some(cancel.child_token()),
-        };
-        let own = own.map(|token| {
-            JobContext::with_token(token)
-                .with_deadline(ctx.deadline())
-                .with_deadline(max_time_deadline(max_time))
-        });
-        let run_ctx = own.as_ref().unwrap_or(ctx);
-        let outcome = execute(&**job, run_ctx).await;
-        if outcome == RunOutcome::TimedOut {
-            run_ctx.token().cancel();
-        }
+        let ran = run_phase(job, ctx).await;
         let completed = match queue.try_complete(job) {
             Some(result) => result,
             None => queue.complete(job).await,
         };
-        if watched.is_some() {
-            job.base().end_run();
-        }
-        if let Err(error) = completed {
-            tracing::warn!(error = %error, "could not complete job");
-            job.base().metadata().time_info.end = Some(crate::clock::now());
-        }
-        let (should_retry, failed) = {
-            let meta = job.base().metadata();
-            (
-                meta.retry_info.should_retry(),
-                !meta.status.errors.is_empty(),
-            )
-        };
-        if should_retry {
-            hand_to_retry_handler(queue, job, cancel).await;
-        }
-        if failed {
-            tracing::error!(outcome = ?outcome, error = ?job.error(), "job failed");
-        } else {
-            tracing::debug!(outcome = ?outcome, "job finished");
-        }
-        outcome
+        after_completion(queue, job, ran, completed, ctx.token()).await
     };
     // Without a subscriber listening, skip the instrumentation wrapper and its per-poll checks.
     if span.is_disabled() {
@@ -197,6 +146,151 @@ pub async fn execute_job(queue: &dyn Queue, job: &JobRef, ctx: &JobContext) -> R
     } else {
         work.instrument(span).await
     }
+}
+
+/// What [`execute_job_behind`] leaves to its caller.
+pub enum Executed {
+    /// The job ran and its queue completed it at once (an in-memory queue).
+    Done(RunOutcome),
+    /// The job ran; its completion is being written (a database queue). The future ends once
+    /// the queue acknowledged the completion, which it does only when the completion is
+    /// stored, and the retry handler got the job if it asked to retry.
+    Completing(futures::future::BoxFuture<'static, RunOutcome>),
+}
+
+impl std::fmt::Debug for Executed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Executed::Done(outcome) => f.debug_tuple("Done").field(outcome).finish(),
+            Executed::Completing(_) => f.write_str("Completing"),
+        }
+    }
+}
+
+/// [`execute_job`] for runners that take their next job while a completion is written: the
+/// job runs here; if its queue cannot complete it at once ([`Queue::try_complete`] is `None`),
+/// the completion and what follows it come back as [`Executed::Completing`], for the caller to
+/// drive while its worker runs other jobs. A worker of an in-memory queue gets
+/// [`Executed::Done`] and nothing to drive; a worker of the PostgreSQL queue does not wait a
+/// commit per job, so completions reach the database in large batches.
+///
+/// The job stays dispatched (locked, its lock refreshed by the queue) until its completion is
+/// stored; should the process die first, the job runs again once its lock times out, as a job
+/// that was still running would.
+pub async fn execute_job_behind(
+    queue: &Arc<dyn Queue>,
+    job: &JobRef,
+    ctx: &JobContext,
+) -> Executed {
+    let span = job_span(&**queue, job);
+    let ran = if span.is_disabled() {
+        run_phase(job, ctx).await
+    } else {
+        run_phase(job, ctx).instrument(span.clone()).await
+    };
+    if let Some(completed) = queue.try_complete(job) {
+        let finish = after_completion(&**queue, job, ran, completed, ctx.token());
+        return Executed::Done(if span.is_disabled() {
+            finish.await
+        } else {
+            finish.instrument(span).await
+        });
+    }
+    let (queue, job, cancel) = (queue.clone(), job.clone(), ctx.token().clone());
+    let finish = async move {
+        let completed = queue.complete(&job).await;
+        after_completion(&*queue, &job, ran, completed, &cancel).await
+    };
+    Executed::Completing(if span.is_disabled() {
+        Box::pin(finish)
+    } else {
+        Box::pin(finish.instrument(span))
+    })
+}
+
+/// The span a job runs and completes in, with amboy's attribute names.
+fn job_span(queue: &dyn Queue, job: &JobRef) -> tracing::Span {
+    let retryable = job.base().metadata().retry_info.retryable;
+    tracing::info_span!(
+        "amboy.job",
+        amboy.queue.id = queue.id(),
+        amboy.job.id = job.id(),
+        amboy.job.name = %job.job_type().name,
+        amboy.job.retry.retryable = retryable,
+    )
+}
+
+/// A job's run, as [`after_completion`] needs it.
+struct Ran {
+    outcome: RunOutcome,
+    /// Whether the job had a token of its own because its queue watches its lock.
+    watched: bool,
+}
+
+/// Runs the job, with its own token when it has a time limit or its queue watches its lock.
+async fn run_phase(job: &JobRef, ctx: &JobContext) -> Ran {
+    let cancel = ctx.token();
+    let (max_time, watched) = {
+        let mut meta = job.base().metadata();
+        let watched = meta.run_token(cancel);
+        (meta.time_info.max_time, watched)
+    };
+    // A job whose queue watches its lock gets a token of its own, which the queue cancels if
+    // it loses the lock; so does a job with a time limit, cancelled when the limit passes, so
+    // that work it spawned stops too. Other jobs run in the caller's context.
+    let own = match &watched {
+        Some(token) => Some(token.clone()),
+        None if max_time.is_zero() => None,
+        None => Some(cancel.child_token()),
+    };
+    let own = own.map(|token| {
+        JobContext::with_token(token)
+            .with_deadline(ctx.deadline())
+            .with_deadline(max_time_deadline(max_time))
+    });
+    let run_ctx = own.as_ref().unwrap_or(ctx);
+    let outcome = execute(&**job, run_ctx).await;
+    if outcome == RunOutcome::TimedOut {
+        run_ctx.token().cancel();
+    }
+    Ran {
+        outcome,
+        watched: watched.is_some(),
+    }
+}
+
+/// What follows a job's completion: its lock's watch ends, a failed completion is logged, a
+/// job asking to retry goes to the retry handler, and the outcome is traced.
+async fn after_completion(
+    queue: &dyn Queue,
+    job: &JobRef,
+    ran: Ran,
+    completed: Result<()>,
+    cancel: &CancellationToken,
+) -> RunOutcome {
+    if ran.watched {
+        job.base().end_run();
+    }
+    if let Err(error) = completed {
+        tracing::warn!(error = %error, "could not complete job");
+        job.base().metadata().time_info.end = Some(crate::clock::now());
+    }
+    let (should_retry, failed) = {
+        let meta = job.base().metadata();
+        (
+            meta.retry_info.should_retry(),
+            !meta.status.errors.is_empty(),
+        )
+    };
+    if should_retry {
+        hand_to_retry_handler(queue, job, cancel).await;
+    }
+    if failed {
+        tracing::error!(outcome = ?ran.outcome, error = ?job.error(), "job failed");
+    } else {
+        tracing::debug!(outcome = ?ran.outcome, "job finished");
+    }
+    ran.outcome
 }
 
 /// Hands a job asking to retry to its queue's retry handler. A handler that is not running, or

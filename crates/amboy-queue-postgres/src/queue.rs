@@ -1092,8 +1092,10 @@ impl Engine {
     /// retrying job's retry is over (complete-retrying).
     async fn finish(&self, job: &JobRef, retry_done: bool) -> Result<()> {
         let dispatched = self.dispatcher.forget(job);
-        // The worker that ran it asks for its next job once this returns: claim that job while
-        // the completion is written.
+        // The worker that ran it wants its next job: amboy's pools already asked for it (they
+        // leave the completion in writing, see `execute_job_behind`); a runner that waits for
+        // the completion asks once this returns. Either way, claim that job while the
+        // completion is written.
         let _finishing = dispatched.then(|| {
             let finishing = Counted::new(&self.finishing);
             self.demand.notify_one();

@@ -1,5 +1,6 @@
 //! What every worker pool shares: the queue(s) it serves, starting and closing, the worker loop
-//! (take a job, run it through [`execute_job`], report it), optional pacing, and, for abortable
+//! (take a job, run it through [`execute_job_behind`], report it, driving the completions a
+//! database queue writes while the worker goes on), optional pacing, and, for abortable
 //! pools, the register of running jobs.
 //!
 //! Each public runner is a thin wrapper around one [`Pool`] configured for it.
@@ -8,9 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::{Error, JobContext, JobId, JobRef, Queue, Result, execute_job};
+use amboy_core::{
+    Error, Executed, JobContext, JobId, JobRef, Queue, Result, RunOutcome, execute_job_behind,
+};
 use dashmap::DashMap;
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -275,8 +280,60 @@ async fn worker(source: Arc<Source>, exec: Arc<Exec>, tokens: Tokens) {
     }
 }
 
+/// How many of a worker's completions may be in writing while it runs other jobs (queues whose
+/// completion waits for a database); a worker with this many waits for the oldest to end.
+const COMPLETIONS_BEHIND: usize = 32;
+
+/// A completion being written while its worker goes on, holding the job's place in an
+/// abortable pool's register until it is stored.
+struct Finishing<'a> {
+    completion: BoxFuture<'static, RunOutcome>,
+    entered: Option<Entered<'a>>,
+}
+
+impl Future for Finishing<'_> {
+    type Output = RunOutcome;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<RunOutcome> {
+        let outcome = std::task::ready!(self.completion.poll_unpin(cx));
+        self.entered = None;
+        std::task::Poll::Ready(outcome)
+    }
+}
+
+/// A worker's completions in writing.
+type Behind<'a> = FuturesUnordered<Finishing<'a>>;
+
+/// Awaits `work` while driving the worker's completions in writing, so that they are
+/// acknowledged (and retries handed over) while it waits for or runs its next job. `work` is
+/// never dropped before it ends.
+async fn alongside<F: Future>(behind: &mut Behind<'_>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        if behind.is_empty() {
+            return work.await;
+        }
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            Some(_) = behind.next() => {}
+        }
+    }
+}
+
 impl Exec {
     async fn work(&self, source: &Source, tokens: &Tokens) {
+        let mut behind = Behind::new();
+        self.take_and_run(source, tokens, &mut behind).await;
+        // The pool stopped or its queues closed: the jobs this worker ran are completed
+        // before it ends.
+        while behind.next().await.is_some() {}
+    }
+
+    async fn take_and_run<'a>(&'a self, source: &Source, tokens: &Tokens, behind: &mut Behind<'a>) {
         let Tokens { stop, jobs } = tokens;
         // One context for every job this worker runs: jobs that need a token of their own get
         // a child of it.
@@ -289,14 +346,15 @@ impl Exec {
             let slot = match &self.pace {
                 Pace::Throttled(throttle) => {
                     let slot = throttle.reserve();
-                    if !sleep_until(slot, stop).await {
+                    if !alongside(behind, sleep_until(slot, stop)).await {
                         return;
                     }
                     Some(slot)
                 }
                 _ => None,
             };
-            let Some((queue, job)) = source.next(stop, &mut backoffs).await else {
+            let Some((queue, job)) = alongside(behind, source.next(stop, &mut backoffs)).await
+            else {
                 return;
             };
             if let (Pace::Throttled(throttle), Some(slot)) = (&self.pace, slot)
@@ -305,18 +363,23 @@ impl Exec {
                 // The job came long after the slot: the pool was idle, and every worker holds
                 // an old slot. Book a new one, or they would all start at once. Should the pool
                 // stop meanwhile, the job (already dispatched) runs at once.
-                sleep_until(throttle.reserve(), stop).await;
+                alongside(behind, sleep_until(throttle.reserve(), stop)).await;
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            self.run(&**queue, &job, &ctx).await;
+            if let Some(finishing) = alongside(behind, self.run(queue, &job, &ctx)).await {
+                behind.push(finishing);
+                while behind.len() >= COMPLETIONS_BEHIND {
+                    behind.next().await;
+                }
+            }
             // A worker finding jobs ready never waits; spend tokio's cooperative budget so that
             // it still lets the other tasks on its thread (producers among them) run.
             tokio::task::coop::consume_budget().await;
             match &self.pace {
                 Pace::Free => {}
                 Pace::After(interval) => {
-                    if !sleep_until(Instant::now() + *interval, stop).await {
+                    if !alongside(behind, sleep_until(Instant::now() + *interval, stop)).await {
                         return;
                     }
                 }
@@ -329,15 +392,31 @@ impl Exec {
         }
     }
 
-    async fn run(&self, queue: &dyn Queue, job: &JobRef, ctx: &JobContext) {
+    /// Runs the job; its completion, when its queue writes it behind, comes back to be driven.
+    async fn run<'a>(
+        &'a self,
+        queue: &Arc<dyn Queue>,
+        job: &JobRef,
+        ctx: &JobContext,
+    ) -> Option<Finishing<'a>> {
         match &self.register {
-            None => {
-                execute_job(queue, job, ctx).await;
-            }
+            None => match execute_job_behind(queue, job, ctx).await {
+                Executed::Done(_) => None,
+                Executed::Completing(completion) => Some(Finishing {
+                    completion,
+                    entered: None,
+                }),
+            },
             Some(register) => {
                 let running = register.enter(job, ctx.token());
                 let own = JobContext::with_token(running.token.clone());
-                execute_job(queue, job, &own).await;
+                match execute_job_behind(queue, job, &own).await {
+                    Executed::Done(_) => None,
+                    Executed::Completing(completion) => Some(Finishing {
+                        completion,
+                        entered: Some(running),
+                    }),
+                }
             }
         }
     }
