@@ -530,7 +530,14 @@ async fn retry_stale(queue: &Arc<dyn Queue>, prefix: &str) {
             Some(Utc::now() - TimeDelta::from_std(long_ago).expect("in range"));
     }
     queue.put(job).await.expect("put");
-    assert_eq!(stats(queue).await.retrying, 1);
+    // Stored retrying; the stale-retrying monitor may already have handed it over (a database
+    // queue's maintenance can run between the put and this look), so attempt 0 is retrying or
+    // attempt 1 exists.
+    let stored = stats(queue).await;
+    assert!(
+        stored.retrying == 1 || stored.total == 2,
+        "put as retrying: {stored}"
+    );
     // The stale-retrying monitor finds it and the retry handler enqueues attempt 1.
     amboy::wait(&**queue).await.expect("wait");
     let stats = stats(queue).await;

@@ -245,6 +245,66 @@ async fn a_save_with_a_stale_modification_count_fails() {
     assert!(error.is_job_not_found(), "{error}");
 }
 
+/// The address of a job's row (`ctid`), as a locator: block << 16 | offset.
+async fn address_of(queue: &PostgresQueue, id: &str) -> u64 {
+    let schema = &queue.options().schema;
+    let (block, offset): (i64, i32) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (ctid::text::point)[0]::bigint, (ctid::text::point)[1]::int \
+         FROM {schema}.jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(queue.pool())
+    .await
+    .expect("the row");
+    ((block as u64) << 16) | offset as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_finds_its_row_where_it_was_last_seen_or_by_key() {
+    let queue = idle(options()).await;
+    for id in ["kept", "moved"] {
+        queue.put(noop(id)).await.expect("put");
+    }
+    let first = next(&queue).await;
+    let second = next(&queue).await;
+    // The claim and each heartbeat tell the job where its row is.
+    for job in [&first, &second] {
+        let locator = job.base().metadata().locator();
+        assert_eq!(locator, address_of(&queue, job.id()).await, "{}", job.id());
+    }
+    assert_eq!(queue.dispatcher().refresh_locks(&*queue).await, 2);
+    for job in [&first, &second] {
+        let locator = job.base().metadata().locator();
+        assert_eq!(locator, address_of(&queue, job.id()).await, "{}", job.id());
+    }
+    // A write the queue does not know of moves one row: its completion misses it at the old
+    // address and writes it by key.
+    let moved = if first.id() == "moved" {
+        &first
+    } else {
+        &second
+    };
+    let before = address_of(&queue, "moved").await;
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!("UPDATE {schema}.jobs SET dependents = dependents WHERE id = 'moved'"),
+    )
+    .await;
+    assert_ne!(address_of(&queue, "moved").await, before, "the row moved");
+    assert_eq!(moved.base().metadata().locator(), before);
+    for job in [&first, &second] {
+        queue.complete(job).await.expect("completed");
+    }
+    for id in ["kept", "moved"] {
+        let stored = queue.get(id).await.expect("stored");
+        assert!(
+            stored.status().completed && !stored.status().in_progress,
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_many_reports_duplicates_and_stores_the_rest() {
     let queue = queue(options());

@@ -75,6 +75,8 @@ pub struct Metadata {
 struct Instance {
     /// The queue that dispatched this instance (see [`Metadata::claim`]); 0 for none.
     claim: u64,
+    /// Where the queue that dispatched this instance stored it (see [`Metadata::locator`]).
+    locator: u64,
     /// The queue watches this run's lock: losing it interrupts the run.
     watched: bool,
     /// The lock was lost before the run attached its token.
@@ -139,6 +141,19 @@ impl Metadata {
     /// the job, under this lock.
     pub fn set_claim(&mut self, claim: u64) {
         self.instance.claim = claim;
+    }
+
+    /// Where the queue that dispatched this instance last saw it stored, in the queue's own
+    /// terms (a database row's physical address, say), or 0: a hint that spares the queue a
+    /// lookup when it writes the job back, which the queue checks before it trusts it. Like
+    /// the claim, a copy of the job carries none.
+    pub fn locator(&self) -> u64 {
+        self.instance.locator
+    }
+
+    /// Records where the job is stored (0 forgets it); see [`locator`](Self::locator).
+    pub fn set_locator(&mut self, locator: u64) {
+        self.instance.locator = locator;
     }
 
     /// The token for a run of this instance under the runner's `parent` token, if its queue

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OnceCell, mpsc, oneshot};
 
 use crate::notify::Hub;
 use crate::options::PostgresQueueOptions;
-use crate::row::{StoredJob, encode_body};
+use crate::row::{StoredJob, ctid_of, encode_body, locator_of};
 use crate::schema::{
     self, COMPLETED, EXPIRED, PENDING, RETRYING, RUNNING, SET_ASIDE, Statements, backend,
 };
@@ -128,6 +128,8 @@ struct CompletionRow {
     body: String,
     scoped: bool,
     keep: Option<String>,
+    /// Where the row was last seen (`ctid`), if known.
+    addr: Option<String>,
 }
 
 /// A job prepared to be inserted.
@@ -231,6 +233,13 @@ fn connection_lost(error: &sqlx::Error) -> bool {
 }
 
 /// A random duration between half `base` and `base`.
+/// The (ID, attempt) keys that a statement's rows name in their first two columns.
+fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String, i32)> {
+    rows.iter()
+        .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+        .collect()
+}
+
 pub(crate) fn jittered(base: Duration) -> Duration {
     let micros = base.as_micros().max(1) as u64;
     Duration::from_micros(micros / 2 + fastrand::u64(0..=micros / 2))
@@ -911,9 +920,12 @@ impl Engine {
         for row in rows {
             let stored = StoredJob::read(&row).map_err(backend("read a claimed job"))?;
             let scopes: Option<Vec<String>> = row.try_get(9).map_err(backend("read scopes"))?;
+            let at: &str = row.try_get(10).map_err(backend("read a row's address"))?;
+            let locator = locator_of(at);
             let Some(job) = self.admit(stored, scopes.unwrap_or_default()).await else {
                 continue;
             };
+            job.base().metadata().set_locator(locator);
             // Nobody will take it (the calls it was claimed for were dropped, the workers
             // it was claimed ahead for stopped), or the queue closed: give it back at once
             // rather than hold it.
@@ -1145,6 +1157,7 @@ impl Engine {
             keep: keep
                 .as_deref()
                 .map(|keep| serde_json::to_string(keep).expect("a list of strings encodes")),
+            addr: ctid_of(job.base().metadata().locator()),
         };
         let sender = self.completions.lock().clone();
         match sender {
@@ -1159,11 +1172,80 @@ impl Engine {
         }
     }
 
-    /// Writes completions in one statement; one result per row, in order.
+    /// Writes completions; one result per row, in order. Rows whose address is known are
+    /// written at it, in one statement; the others, and those not found at their address
+    /// (moved by a heartbeat or a save since), by key in a second.
     async fn complete_rows(&self, rows: Vec<CompletionRow>) -> Vec<Result<()>> {
         if let Err(error) = self.ensure_schema().await {
             return rows.iter().map(|_| Err(error.clone())).collect();
         }
+        let mut results: Vec<Option<Result<()>>> = rows.iter().map(|_| None).collect();
+        let addressed: Vec<&CompletionRow> = rows.iter().filter(|row| row.addr.is_some()).collect();
+        if !addressed.is_empty()
+            && let Ok(written) = self.write_rows(&self.sql.complete_at, &addressed).await
+        {
+            for (row, result) in rows.iter().zip(&mut results) {
+                if row.addr.is_some() && written.contains(&(row.id.clone(), row.attempt)) {
+                    *result = Some(Ok(()));
+                }
+            }
+        }
+        let rest: Vec<&CompletionRow> = rows
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_none())
+            .map(|(row, _)| row)
+            .collect();
+        if !rest.is_empty() {
+            let unwritten = rows
+                .iter()
+                .zip(&mut results)
+                .filter(|(_, result)| result.is_none());
+            match self.write_rows(&self.sql.complete_many, &rest).await {
+                Ok(written) => {
+                    for (row, result) in unwritten {
+                        *result = Some(if written.contains(&(row.id.clone(), row.attempt)) {
+                            Ok(())
+                        } else {
+                            Err(Error::job_not_found_because(
+                                &row.id,
+                                "the stored job was modified, taken over or set aside",
+                            ))
+                        });
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+                    for (row, result) in unwritten {
+                        *result = Some(Err(Error::Backend {
+                            message: format!(
+                                "postgres: could not complete job '{}': {message}",
+                                row.id
+                            ),
+                            source: Some(source.clone()),
+                        }));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every row has its result"))
+            .collect()
+    }
+
+    /// Runs a completion statement for `rows`; the (ID, attempt) of the rows it wrote.
+    ///
+    /// A statement cut off with its connection is run again on another one: its jobs would
+    /// otherwise stay running, their locks no longer refreshed, and run again once the locks
+    /// timed out. The fence makes the second write safe; if the first did commit, the second
+    /// finds the jobs finished and reports them not found.
+    async fn write_rows(
+        &self,
+        sql: &Arc<str>,
+        rows: &[&CompletionRow],
+    ) -> std::result::Result<std::collections::HashSet<(String, i32)>, sqlx::Error> {
         let n = rows.len();
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
@@ -1172,24 +1254,22 @@ impl Engine {
         let mut bodies = Vec::with_capacity(n);
         let mut scoped = Vec::with_capacity(n);
         let mut keeps = Vec::with_capacity(n);
+        let mut addrs = Vec::with_capacity(n);
         for row in rows {
-            ids.push(row.id);
+            ids.push(row.id.as_str());
             attempts.push(row.attempt);
             counts.push(row.count);
             states.push(row.state);
-            bodies.push(row.body);
+            bodies.push(row.body.as_str());
             scoped.push(row.scoped);
-            keeps.push(row.keep);
+            keeps.push(row.keep.as_deref());
+            addrs.push(row.addr.as_deref());
         }
-        // A statement cut off with its connection is written again on another one: its jobs
-        // would otherwise stay running, their locks no longer refreshed, and run again once
-        // the locks timed out. The fence makes the second write safe; if the first did commit,
-        // the second finds the jobs finished and reports them not found.
         let lifetime = self.lifecycle.lifetime();
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(10);
-        let done = loop {
-            let done = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))
+        loop {
+            let done = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(self.group())
                 .bind(&*self.id)
                 .bind(self.options.lock_timeout)
@@ -1201,6 +1281,7 @@ impl Engine {
                 .bind(&bodies)
                 .bind(&scoped)
                 .bind(&keeps)
+                .bind(&addrs)
                 .fetch_all(&self.pool)
                 .await;
             match done {
@@ -1216,40 +1297,8 @@ impl Engine {
                     }
                     backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
                 }
-                done => break done,
-            }
-        };
-        match done {
-            Err(error) => {
-                let message = error.to_string();
-                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
-                ids.iter()
-                    .map(|id| {
-                        Err(Error::Backend {
-                            message: format!("postgres: could not complete job '{id}': {message}"),
-                            source: Some(source.clone()),
-                        })
-                    })
-                    .collect()
-            }
-            Ok(written) => {
-                let written: std::collections::HashSet<(String, i32)> = written
-                    .iter()
-                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
-                    .collect();
-                ids.into_iter()
-                    .zip(attempts)
-                    .map(|key| {
-                        if written.contains(&key) {
-                            Ok(())
-                        } else {
-                            Err(Error::job_not_found_because(
-                                key.0,
-                                "the stored job was modified, taken over or set aside",
-                            ))
-                        }
-                    })
-                    .collect()
+                Err(error) => return Err(error),
+                Ok(written) => return Ok(keys_of(&written)),
             }
         }
     }
@@ -1327,7 +1376,11 @@ impl Engine {
             .await
             .map_err(backend("save a job"))?;
         match saved {
-            Some(_) => Ok(()),
+            Some(row) => {
+                let at: &str = row.try_get(1).map_err(backend("read a row's address"))?;
+                job.base().metadata().set_locator(locator_of(at));
+                Ok(())
+            }
             None => Err(Error::job_not_found_because(
                 job.id(),
                 "not stored, or the stored job was modified by another owner",
@@ -1363,21 +1416,25 @@ impl LockStore for Engine {
                 jobs.iter().map(|_| Err(error.clone())).collect()
             }
             Ok(rows) => {
-                let refreshed: std::collections::HashSet<(String, i32)> = rows
+                // Each refreshed row moved: its new address is the job's locator.
+                let refreshed: std::collections::HashMap<(String, i32), u64> = rows
                     .iter()
-                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+                    .filter_map(|row| {
+                        let key = (row.try_get(0).ok()?, row.try_get(1).ok()?);
+                        Some((key, locator_of(row.try_get(2).ok()?)))
+                    })
                     .collect();
-                ids.into_iter()
-                    .zip(attempts)
-                    .map(|key| {
-                        if refreshed.contains(&key) {
+                jobs.iter()
+                    .zip(ids.into_iter().zip(attempts))
+                    .map(|(job, key)| match refreshed.get(&key) {
+                        Some(&locator) => {
+                            job.base().metadata().set_locator(locator);
                             Ok(())
-                        } else {
-                            Err(Error::job_not_found_because(
-                                key.0,
-                                "its lock was taken over, or it was finished elsewhere",
-                            ))
                         }
+                        None => Err(Error::job_not_found_because(
+                            key.0,
+                            "its lock was taken over, or it was finished elsewhere",
+                        )),
                     })
                     .collect()
             }
@@ -1817,6 +1874,7 @@ impl RetryableQueue for Engine {
             .bind(vec![body])
             .bind(vec![true])
             .bind(vec![json_list(&keep)])
+            .bind(vec![None::<String>])
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend("complete a retried job"))?;

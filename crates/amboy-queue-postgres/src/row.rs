@@ -230,3 +230,42 @@ impl StoredJob {
         }
     }
 }
+
+/// A row's physical address (`ctid`, as text: `(block,offset)`) as a job's
+/// [locator](amboy_core::Metadata::locator); 0 when it does not parse.
+pub(crate) fn locator_of(ctid: &str) -> u64 {
+    let parsed = ctid
+        .strip_prefix('(')
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|pair| pair.split_once(','))
+        .and_then(|(block, offset)| {
+            Some((block.parse::<u32>().ok()?, offset.parse::<u16>().ok()?))
+        });
+    match parsed {
+        Some((block, offset)) => (u64::from(block) << 16) | u64::from(offset),
+        None => 0,
+    }
+}
+
+/// The address (`ctid` as text) a [locator](locator_of) stands for; `None` for 0.
+pub(crate) fn ctid_of(locator: u64) -> Option<String> {
+    (locator != 0).then(|| format!("({},{})", locator >> 16, locator & 0xffff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_locators() {
+        for ctid in ["(0,1)", "(7,12)", "(4294967295,65535)"] {
+            let locator = locator_of(ctid);
+            assert_ne!(locator, 0, "{ctid}");
+            assert_eq!(ctid_of(locator).as_deref(), Some(ctid));
+        }
+        for bad in ["", "(1)", "1,2", "(x,1)", "(1,70000)", "(-1,2)"] {
+            assert_eq!(locator_of(bad), 0, "{bad}");
+        }
+        assert_eq!(ctid_of(0), None);
+    }
+}

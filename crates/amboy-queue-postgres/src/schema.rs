@@ -22,11 +22,13 @@ pub(crate) const SET_ASIDE: i16 = 5;
 /// The migrations, in order; `{s}` is the schema. Each runs once, in the transaction that
 /// records it; never edit one that shipped, add another.
 const MIGRATIONS: &[&str] = &[
-    // 1: jobs, their held scopes, the indexes of claiming and reporting.
+    // 1: jobs, their held scopes, the indexes of claiming and reporting. Names compare
+    // bytewise (`COLLATE "C"`): keys are identifiers, not prose, and the keys' indexes are
+    // walked on every claim and completion.
     r#"
 CREATE TABLE {s}.jobs (
-    queue_group text NOT NULL,
-    id text NOT NULL,
+    queue_group text COLLATE "C" NOT NULL,
+    id text COLLATE "C" NOT NULL,
     attempt integer NOT NULL,
     state smallint NOT NULL,
     job_type text NOT NULL,
@@ -52,9 +54,9 @@ CREATE INDEX jobs_dispatch_by ON {s}.jobs (queue_group, dispatch_by)
 CREATE INDEX jobs_waiting ON {s}.jobs (queue_group) WHERE state = 0 AND edges IS NOT NULL;
 CREATE INDEX jobs_finished ON {s}.jobs (queue_group, finished) WHERE state IN (2, 4, 5);
 CREATE TABLE {s}.scopes (
-    queue_group text NOT NULL,
-    scope text NOT NULL,
-    job_id text NOT NULL,
+    queue_group text COLLATE "C" NOT NULL,
+    scope text COLLATE "C" NOT NULL,
+    job_id text COLLATE "C" NOT NULL,
     attempt integer NOT NULL,
     PRIMARY KEY (queue_group, scope)
 );
@@ -168,6 +170,9 @@ pub(crate) struct Statements {
     pub(crate) heartbeat: Arc<str>,
     pub(crate) save: Arc<str>,
     pub(crate) complete_many: Arc<str>,
+    /// [`complete_many`](Self::complete_many) finding each row at the address it was last
+    /// seen at, where `complete_many` walks the primary key.
+    pub(crate) complete_at: Arc<str>,
     pub(crate) move_scopes: Arc<str>,
     pub(crate) stats: Arc<str>,
     pub(crate) page: Arc<str>,
@@ -214,6 +219,36 @@ impl Statements {
             )
         };
         let build_str = |sql: String| -> String { build(sql).to_string() };
+        // $1 group, $2 owner, $3 lock timeout, $4 channel; one row per job: its count before
+        // completion, new state, body, whether it held scopes, the enqueue scopes a retrying
+        // job keeps, and where its row was last seen (`ctid`, or NULL). The scopes are released
+        // in the same statement; one notification wakes workers when scopes were freed or jobs
+        // wait on these. `{find}` says how rows are found: by key, or at their address checked
+        // against the key (a row that moved since is not found there; it is then written by
+        // key).
+        let by_key = "j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt";
+        let complete = "WITH v AS ( \
+               SELECT * FROM unnest($5::text[], $6::int[], $7::bigint[], $8::smallint[], \
+                   $9::text[], $10::bool[], $11::text[], $12::text[]::tid[]) \
+                   AS v(id, attempt, count, state, body, scoped, keep, addr)), \
+             done AS ( \
+               UPDATE {s}.jobs j SET state = v.state, owner = $2, \
+                   mod_count = v.count + 1, lock_ts = now(), body = v.body::json, \
+                   finished = CASE WHEN v.state = 2 THEN now() END \
+               FROM v \
+               WHERE {find} AND j.state <> 4 AND {fence} \
+               RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents), \
+             freed AS ( \
+               DELETE FROM {s}.scopes h USING done d \
+               WHERE d.scoped AND h.queue_group = $1 AND h.job_id = d.id \
+                 AND h.attempt = d.attempt \
+                 AND (d.keep IS NULL OR NOT h.scope = ANY( \
+                   ARRAY(SELECT json_array_elements_text(d.keep::json)))) \
+               RETURNING 1), \
+             wake AS ( \
+               SELECT pg_notify($4, $1) \
+               WHERE EXISTS (SELECT 1 FROM freed) OR EXISTS (SELECT 1 FROM done WHERE dependents)) \
+             SELECT id, attempt, (SELECT count(*) FROM wake) FROM done";
         Statements {
             claims: Mutex::new(Vec::new()),
             // $1 group, $2 channel; then one array per column. Rows that already exist are
@@ -315,14 +350,17 @@ impl Statements {
             // refreshing their lock come first, then pending jobs that are due, not past their
             // deadline, whose edges all completed and whose scopes are free, by priority then
             // age. Rows another claimer holds are skipped, not waited for.
+            // The rows are locked, then updated, by their physical address (`ctid`): the
+            // update finds each row without a second walk down the primary key, and the lock
+            // keeps the address valid until the statement ends.
             claim: build_str(
                 "WITH stale AS ( \
-                   SELECT j.queue_group, j.id, j.attempt FROM {s}.jobs j \
+                   SELECT j.ctid AS addr FROM {s}.jobs j \
                    WHERE j.queue_group = $1 AND j.state = 1 \
                      AND j.lock_ts <= now() - $3::interval \
                    ORDER BY j.lock_ts LIMIT {limit} FOR UPDATE SKIP LOCKED), \
                  pending AS ( \
-                   SELECT j.queue_group, j.id, j.attempt FROM {s}.jobs j \
+                   SELECT j.ctid AS addr FROM {s}.jobs j \
                    WHERE j.queue_group = $1 AND j.state = 0 AND j.ready_at <= now() \
                      AND (j.dispatch_by IS NULL OR j.dispatch_by > now()) \
                      AND (j.edges IS NULL OR NOT EXISTS ( \
@@ -337,9 +375,8 @@ impl Statements {
                  picked AS ((SELECT * FROM stale) UNION ALL (SELECT * FROM pending) LIMIT {limit}) \
                  UPDATE {s}.jobs j SET state = 1, owner = $2, mod_count = j.mod_count + 1, \
                      lock_ts = now() \
-                 FROM picked p \
-                 WHERE j.queue_group = p.queue_group AND j.id = p.id AND j.attempt = p.attempt \
-                 RETURNING {cols}, j.scopes"
+                 FROM picked p WHERE j.ctid = p.addr \
+                 RETURNING {cols}, j.scopes, j.ctid::text"
                     .into(),
             ),
             // Gives a claimed job back: pending again, due no earlier than $6.
@@ -364,7 +401,7 @@ impl Statements {
                  FROM unnest($4::text[], $5::int[], $6::bigint[]) AS v(id, attempt, count) \
                  WHERE j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt \
                    AND j.state = 1 AND {fence} \
-                 RETURNING j.id, j.attempt"
+                 RETURNING j.id, j.attempt, j.ctid::text"
                     .into(),
             ),
             // $1 group, $2 owner, $3 lock timeout, $4 id, $5 attempt, $6 count (the copy's),
@@ -377,38 +414,12 @@ impl Statements {
                  FROM (SELECT $6::bigint AS count) v \
                  WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state <> 4 \
                    AND {fence} \
-                 RETURNING j.state"
+                 RETURNING j.state, j.ctid::text"
                     .into(),
             ),
-            // $1 group, $2 owner, $3 lock timeout, $4 channel; one row per job: its count before
-            // completion, new state, body, whether it held scopes, and the enqueue scopes a
-            // retrying job keeps. The scopes are released in the same statement; one
-            // notification wakes workers when scopes were freed or jobs wait on these.
-            complete_many: build(
-                "WITH v AS ( \
-                   SELECT * FROM unnest($5::text[], $6::int[], $7::bigint[], $8::smallint[], \
-                       $9::text[], $10::bool[], $11::text[]) \
-                       AS v(id, attempt, count, state, body, scoped, keep)), \
-                 done AS ( \
-                   UPDATE {s}.jobs j SET state = v.state, owner = $2, \
-                       mod_count = v.count + 1, lock_ts = now(), body = v.body::json, \
-                       finished = CASE WHEN v.state = 2 THEN now() END \
-                   FROM v \
-                   WHERE j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt \
-                     AND j.state <> 4 AND {fence} \
-                   RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents), \
-                 freed AS ( \
-                   DELETE FROM {s}.scopes h USING done d \
-                   WHERE d.scoped AND h.queue_group = $1 AND h.job_id = d.id \
-                     AND h.attempt = d.attempt \
-                     AND (d.keep IS NULL OR NOT h.scope = ANY( \
-                       ARRAY(SELECT json_array_elements_text(d.keep::json)))) \
-                   RETURNING 1), \
-                 wake AS ( \
-                   SELECT pg_notify($4, $1) \
-                   WHERE EXISTS (SELECT 1 FROM freed) OR EXISTS (SELECT 1 FROM done WHERE dependents)) \
-                 SELECT id, attempt, (SELECT count(*) FROM wake) FROM done"
-                    .into(),
+            complete_many: build(complete.replace("{find}", by_key)),
+            complete_at: build(
+                complete.replace("{find}", &format!("j.ctid = v.addr AND {by_key}")),
             ),
             // Hands the scopes of attempt $3 of job $2 to attempt $4.
             move_scopes: build(
@@ -417,8 +428,7 @@ impl Statements {
                     .into(),
             ),
             stats: build(
-                "SELECT state, count(*) FROM {s}.jobs WHERE queue_group = $1 GROUP BY state"
-                    .into(),
+                "SELECT state, count(*) FROM {s}.jobs WHERE queue_group = $1 GROUP BY state".into(),
             ),
             // A page of jobs after ($2, $3) with a state in $4, by ID and attempt.
             page: build(
@@ -523,6 +533,7 @@ mod tests {
             &statements.heartbeat,
             &statements.save,
             &statements.complete_many,
+            &statements.complete_at,
             &statements.expire,
             &statements.fail_dependents,
             &statements.sweep,
@@ -545,6 +556,7 @@ mod tests {
             &statements.heartbeat,
             &statements.save,
             &statements.complete_many,
+            &statements.complete_at,
         ] {
             assert!(
                 sql.contains("j.owner = $2 AND j.mod_count IN (v.count, v.count - 1)"),
