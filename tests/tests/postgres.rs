@@ -586,6 +586,153 @@ async fn finished_jobs_older_than_the_retention_are_deleted() {
     );
 }
 
+/// A job waiting on `edge`, with the given priority.
+fn waiting_on(id: &str, edge: &str, priority: i32) -> JobRef {
+    let manager = MockDependency::new(State::Ready);
+    manager.add_edge(edge).expect("edge");
+    Arc::new(Noop {
+        base: Base::with_id(id)
+            .with_priority(priority)
+            .with_dependency(manager),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_is_done_when_its_latest_attempt_completed() {
+    let queue = idle(options()).await;
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("edge").with_retryable(true),
+        }))
+        .await
+        .expect("put");
+    // Attempt 0 fails and asks to retry; the retry handler completes it and puts attempt 1.
+    let first = next(&queue).await;
+    first.base().metadata().retry_info.needs_retry = true;
+    queue.complete(&first).await.expect("completed, retrying");
+    let second: JobRef = Arc::new(Noop {
+        base: Base::with_id("edge").with_retryable(true),
+    });
+    second.base().metadata().retry_info.current_attempt = 1;
+    queue
+        .as_retryable()
+        .expect("retryable")
+        .complete_retrying_and_put(&first, second)
+        .await
+        .expect("retried");
+    // A job waiting on the edge outranks a decoy, yet the decoy comes first: attempt 0 is
+    // complete, but the latest attempt is not.
+    queue
+        .put(waiting_on("then", "edge", 10))
+        .await
+        .expect("put");
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("decoy").with_priority(5),
+        }))
+        .await
+        .expect("put");
+    let taken = next(&queue).await;
+    assert_eq!(taken.id(), "decoy");
+    let retried = next(&queue).await;
+    assert_eq!(
+        (retried.id(), retried.retry_info().current_attempt),
+        ("edge", 1)
+    );
+    queue.complete(&taken).await.expect("complete");
+    queue.complete(&retried).await.expect("complete");
+    assert_eq!(next(&queue).await.id(), "then");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_deleted_by_the_retention_sweep_counts_as_done() {
+    let options = options().retention(Some(Duration::from_secs(60)));
+    let queue = idle(options.clone()).await;
+    queue.put(noop("swept")).await.expect("put");
+    let edge = next(&queue).await;
+    queue.complete(&edge).await.expect("complete");
+    // Another job still waits on a job that is there and complete: hold it while the edge
+    // is swept.
+    queue
+        .put(waiting_on("after", "swept", 0))
+        .await
+        .expect("put");
+    queue.put(noop("holder")).await.expect("put");
+    let schema = &options.schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET finished = now() - interval '2 minutes' WHERE id = 'swept'"
+        ),
+    )
+    .await;
+    tokio::time::timeout(LIMIT, async {
+        while queue.get("swept").await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("swept");
+    let mut ids = vec![
+        next(&queue).await.id().to_owned(),
+        next(&queue).await.id().to_owned(),
+    ];
+    ids.sort();
+    assert_eq!(ids, ["after", "holder"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_aside_edge_fails_its_dependent_before_the_sweep_deletes_it() {
+    let options = options().retention(Some(Duration::from_secs(60)));
+    let queue = idle(options.clone()).await;
+    queue.put(noop("bad-edge")).await.expect("put");
+    queue
+        .put(waiting_on("dependent", "bad-edge", 0))
+        .await
+        .expect("put");
+    queue.put(noop("recent")).await.expect("put");
+    // The edge was set aside long ago, and its dependent is still pending: maintenance fails
+    // the dependent before its sweep deletes the edge (a claim counts an edge no longer
+    // stored as done; the sweep also keeps such an edge while a pending job waits on it).
+    let schema = &options.schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 5, finished = now() - interval '2 minutes', \
+             failure = 'unknown job type' WHERE id = 'bad-edge'; \
+             UPDATE {schema}.jobs SET finished = now() - interval '2 minutes', state = 2 \
+             WHERE id = 'recent'"
+        ),
+    )
+    .await;
+    // Maintenance fails the dependent, then the sweep deletes both old finished jobs.
+    // (`get` refuses a set-aside job: ask the table.)
+    let rows = format!("SELECT count(*) FROM {schema}.jobs WHERE id IN ('bad-edge', 'recent')");
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(rows.clone()))
+                .fetch_one(queue.pool())
+                .await
+                .expect("count");
+            if left == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("swept");
+    let dependent = queue.get("dependent").await.expect("stored");
+    assert!(dependent.status().completed, "failed, not run");
+    assert!(
+        dependent
+            .error()
+            .is_some_and(|error| error.message().contains("bad-edge")),
+        "{:?}",
+        dependent.error()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_are_checked() {
     let error = PostgresQueue::new(PostgresQueueOptions::default()).expect_err("no database");

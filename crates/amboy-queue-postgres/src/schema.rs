@@ -349,7 +349,11 @@ impl Statements {
             // $1 group, $2 owner, $3 lock timeout; {limit} how many. Jobs whose owner stopped
             // refreshing their lock come first, then pending jobs that are due, not past their
             // deadline, whose edges all completed and whose scopes are free, by priority then
-            // age. Rows another claimer holds are skipped, not waited for.
+            // age. Rows another claimer holds are skipped, not waited for. An edge is the
+            // latest attempt of its job (a job retrying is not done); an edge no longer stored
+            // was deleted by the retention sweep, which deletes only finished jobs, after the
+            // maintenance pass that fails the dependents of expired and set-aside ones: it
+            // completed, and counts as done.
             // The rows are locked, then updated, by their physical address (`ctid`): the
             // update finds each row without a second walk down the primary key, and the lock
             // keeps the address valid until the statement ends.
@@ -364,9 +368,9 @@ impl Statements {
                    WHERE j.queue_group = $1 AND j.state = 0 AND j.ready_at <= now() \
                      AND (j.dispatch_by IS NULL OR j.dispatch_by > now()) \
                      AND (j.edges IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM unnest(j.edges) AS e(id) WHERE NOT EXISTS ( \
-                         SELECT 1 FROM {s}.jobs d WHERE d.queue_group = j.queue_group \
-                           AND d.id = e.id AND d.state = 2))) \
+                       SELECT 1 FROM unnest(j.edges) AS e(id) \
+                       WHERE (SELECT d.state FROM {s}.jobs d WHERE d.queue_group = j.queue_group \
+                           AND d.id = e.id ORDER BY d.attempt DESC LIMIT 1) <> 2)) \
                      AND (j.scopes IS NULL OR NOT EXISTS ( \
                        SELECT 1 FROM {s}.scopes h WHERE h.queue_group = j.queue_group \
                          AND h.scope = ANY(j.scopes) \
@@ -483,11 +487,17 @@ impl Statements {
                  SELECT count(*) FROM failed"
                     .into(),
             ),
-            // Finished jobs older than the retention age, a batch at a time.
+            // Finished jobs older than the retention age, a batch at a time. An expired or
+            // set-aside job that a pending job still waits on stays until maintenance failed
+            // that job: a claim counts an edge no longer stored as done.
             sweep: build(
                 "DELETE FROM {s}.jobs WHERE ctid = ANY(ARRAY( \
-                   SELECT ctid FROM {s}.jobs WHERE queue_group = $1 AND state IN (2, 4, 5) \
-                     AND finished < now() - $2::interval LIMIT $3))"
+                   SELECT j.ctid FROM {s}.jobs j WHERE j.queue_group = $1 \
+                     AND j.state IN (2, 4, 5) AND j.finished < now() - $2::interval \
+                     AND (j.state = 2 OR NOT j.dependents OR NOT EXISTS ( \
+                       SELECT 1 FROM {s}.jobs w WHERE w.queue_group = $1 AND w.state = 0 \
+                         AND w.edges IS NOT NULL AND j.id = ANY(w.edges))) \
+                   LIMIT $3))"
                     .into(),
             ),
         }
