@@ -80,6 +80,30 @@ impl GroupCache {
         Ok(())
     }
 
+    /// The queue cached as `id`, or the one `build` makes, cached with `ttl` (zero: the
+    /// default): a group's `get`. Should another caller cache a queue as `id` while `build`
+    /// runs, theirs is kept and the one built here is closed.
+    pub async fn get_or_build<F, Fut>(
+        &self,
+        id: &str,
+        ttl: Duration,
+        build: F,
+    ) -> Result<Arc<dyn Queue>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<dyn Queue>>>,
+    {
+        if let Some(queue) = self.get(id) {
+            return Ok(queue);
+        }
+        let queue = build().await?;
+        if self.set(id, queue.clone(), ttl).is_err() {
+            queue.close().await;
+            return self.get(id).ok_or_else(|| Error::job_not_found(id));
+        }
+        Ok(queue)
+    }
+
     /// The queue cached as `id`, refreshing its last access.
     pub fn get(&self, id: &str) -> Option<Arc<dyn Queue>> {
         let mut items = self.items.lock();

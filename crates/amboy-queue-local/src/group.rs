@@ -165,32 +165,28 @@ impl LocalQueueGroup {
 #[async_trait]
 impl QueueGroup for LocalQueueGroup {
     async fn get(&self, id: &str, options: &[Arc<dyn QueueOptions>]) -> Result<Arc<dyn Queue>> {
-        if let Some(queue) = self.cache.get(id) {
-            return Ok(queue);
-        }
-        if self.lifetime.is_cancelled() {
-            return Err(Error::Closed("queue group"));
-        }
-        let mut chosen = &self.options.default_queue;
-        for option in options {
-            chosen = option
-                .as_any()
-                .downcast_ref::<LocalGroupQueueOptions>()
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "queue '{id}': a local queue group takes LocalGroupQueueOptions only"
-                    ))
-                })?;
-        }
-        chosen.validate()?;
-        let queue = chosen.build_queue().await?;
-        queue.start().await?;
-        if self.cache.set(id, queue.clone(), Duration::ZERO).is_err() {
-            // Another caller created it meanwhile: keep theirs.
-            queue.close().await;
-            return self.cache.get(id).ok_or_else(|| Error::job_not_found(id));
-        }
-        Ok(queue)
+        self.cache
+            .get_or_build(id, Duration::ZERO, || async {
+                if self.lifetime.is_cancelled() {
+                    return Err(Error::Closed("queue group"));
+                }
+                let mut chosen = &self.options.default_queue;
+                for option in options {
+                    chosen = option
+                        .as_any()
+                        .downcast_ref::<LocalGroupQueueOptions>()
+                        .ok_or_else(|| {
+                            Error::invalid(format!(
+                                "queue '{id}': a local queue group takes LocalGroupQueueOptions only"
+                            ))
+                        })?;
+                }
+                chosen.validate()?;
+                let queue = chosen.build_queue().await?;
+                queue.start().await?;
+                Ok(queue)
+            })
+            .await
     }
 
     async fn put(&self, id: &str, queue: Arc<dyn Queue>) -> Result<()> {

@@ -351,20 +351,15 @@ impl PostgresQueueGroup {
 #[async_trait]
 impl QueueGroup for PostgresQueueGroup {
     async fn get(&self, id: &str, options: &[Arc<dyn QueueOptions>]) -> Result<Arc<dyn Queue>> {
-        if let Some(queue) = self.cache.get(id) {
-            return Ok(queue);
-        }
-        if self.lifetime.is_cancelled() {
-            return Err(Error::Closed("queue group"));
-        }
-        let settings = self.settings(id, options)?;
-        let queue = self.build(id, settings).await?;
-        if self.cache.set(id, queue.clone(), self.options.ttl).is_err() {
-            // Another caller created it meanwhile: keep theirs.
-            queue.close().await;
-            return self.cache.get(id).ok_or_else(|| Error::job_not_found(id));
-        }
-        Ok(queue)
+        self.cache
+            .get_or_build(id, self.options.ttl, || async {
+                if self.lifetime.is_cancelled() {
+                    return Err(Error::Closed("queue group"));
+                }
+                let settings = self.settings(id, options)?;
+                self.build(id, settings).await
+            })
+            .await
     }
 
     async fn put(&self, id: &str, queue: Arc<dyn Queue>) -> Result<()> {

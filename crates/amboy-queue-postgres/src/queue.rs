@@ -233,6 +233,16 @@ fn connection_lost(error: &sqlx::Error) -> bool {
 }
 
 /// A random duration between half `base` and `base`.
+/// One error per job from one failed statement, each naming its job and sharing the cause.
+fn per_job(error: sqlx::Error, doing: &'static str) -> impl Fn(&str) -> Error {
+    let message = error.to_string();
+    let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+    move |id| Error::Backend {
+        message: format!("postgres: could not {doing} job '{id}': {message}"),
+        source: Some(source.clone()),
+    }
+}
+
 /// The (ID, attempt) keys that a statement's rows name in their first two columns.
 fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String, i32)> {
     rows.iter()
@@ -530,21 +540,12 @@ impl Engine {
         };
         match inserted {
             Err(error) => {
-                let message = error.to_string();
-                let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
-                ids.iter()
-                    .map(|id| Error::Backend {
-                        message: format!("postgres: could not insert job '{id}': {message}"),
-                        source: Some(source.clone()),
-                    })
-                    .collect()
+                let failed = per_job(error, "insert");
+                ids.iter().map(|id| failed(id)).collect()
             }
             Ok(rows) => {
                 self.ready.notify_one();
-                let stored: std::collections::HashSet<(String, i32)> = rows
-                    .iter()
-                    .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
-                    .collect();
+                let stored = keys_of(&rows);
                 ids.into_iter()
                     .zip(attempts)
                     .filter(|key| !stored.contains(key))
@@ -1215,16 +1216,9 @@ impl Engine {
                     }
                 }
                 Err(error) => {
-                    let message = error.to_string();
-                    let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(error);
+                    let failed = per_job(error, "complete");
                     for (row, result) in unwritten {
-                        *result = Some(Err(Error::Backend {
-                            message: format!(
-                                "postgres: could not complete job '{}': {message}",
-                                row.id
-                            ),
-                            source: Some(source.clone()),
-                        }));
+                        *result = Some(Err(failed(&row.id)));
                     }
                 }
             }
