@@ -46,7 +46,7 @@ impl Job for NoopJob {
     }
 }
 
-/// A no-op job with a fresh random ID.
+/// A no-op job with a fresh ID (`Base::new`).
 pub fn noop_job(_n: usize) -> JobRef {
     Arc::new(NoopJob { base: Base::new() })
 }
