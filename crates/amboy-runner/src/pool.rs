@@ -367,8 +367,12 @@ impl Exec {
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            if let Some(finishing) = alongside(behind, self.run(queue, &job, &ctx)).await {
-                behind.push(finishing);
+            if let Some(mut finishing) = alongside(behind, self.run(queue, &job, &ctx)).await {
+                // Polled once at once, so that the queue has the completion in hand (a worker
+                // that restarts after a panic drops only the wait for its acknowledgement).
+                if futures::poll!(&mut finishing).is_pending() {
+                    behind.push(finishing);
+                }
                 while behind.len() >= COMPLETIONS_BEHIND {
                     behind.next().await;
                 }
