@@ -306,6 +306,41 @@ async fn a_completion_finds_its_row_where_it_was_last_seen_or_by_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_put_many_is_stored_exactly_and_reports_duplicates() {
+    // A large batch goes in as several statements at once: IDs with control characters and
+    // backslashes, priorities and deadlines come back as they went in.
+    let queue = queue(options());
+    let deadline = Utc::now() + TimeDelta::hours(1);
+    let jobs: Vec<JobRef> = (0..300)
+        .map(|n| -> JobRef {
+            let base = Base::with_id(format!("copied\\{n}\t\n\r\\N"))
+                .with_priority(n % 7)
+                .with_dispatch_by(deadline);
+            Arc::new(Noop { base })
+        })
+        .collect();
+    queue.put_many(jobs).await.expect("put");
+    for n in [0, 1, 150, 299] {
+        let id = format!("copied\\{n}\t\n\r\\N");
+        let stored = queue.get(&id).await.expect("stored");
+        assert_eq!(stored.id(), id);
+        assert_eq!(stored.priority(), n % 7);
+        let kept = stored.time_info().dispatch_by.expect("a deadline");
+        assert!(
+            (kept - deadline).num_milliseconds().abs() < 1,
+            "{kept} vs {deadline}"
+        );
+    }
+    assert_eq!(queue.stats().await.expect("stats").total, 300);
+    // A batch with one duplicate stores the others and names the duplicate.
+    let mut again: Vec<JobRef> = (300..500).map(|n| noop(format!("copied-{n}"))).collect();
+    again.push(noop("copied\\0\t\n\r\\N"));
+    let error = queue.put_many(again).await.expect_err("one duplicate");
+    assert!(error.is_duplicate_job(), "{error}");
+    assert_eq!(queue.stats().await.expect("stats").total, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_many_reports_duplicates_and_stores_the_rest() {
     let queue = queue(options());
     queue.put_many(Vec::new()).await.expect("nothing to put");

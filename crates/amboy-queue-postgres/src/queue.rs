@@ -232,7 +232,6 @@ fn connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
-/// A random duration between half `base` and `base`.
 /// One error per job from one failed statement, each naming its job and sharing the cause.
 fn per_job(error: sqlx::Error, doing: &'static str) -> impl Fn(&str) -> Error {
     let message = error.to_string();
@@ -250,6 +249,7 @@ fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String,
         .collect()
 }
 
+/// A random duration between half `base` and `base`.
 pub(crate) fn jittered(base: Duration) -> Duration {
     let micros = base.as_micros().max(1) as u64;
     Duration::from_micros(micros / 2 + fastrand::u64(0..=micros / 2))
