@@ -10,9 +10,8 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use amboy_core::{
     AbortableRunner, Error, JobInfoStream, JobRef, JobStream, Queue, QueueInfo, QueueStats, Result,
@@ -23,7 +22,6 @@ use futures::StreamExt;
 use support::*;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 /// How many completions one worker leaves in writing before it waits (the pool's bound).
 const BEHIND: usize = 32;
@@ -40,9 +38,7 @@ struct Gated {
     asked_changed: Notify,
     /// The IDs of the jobs whose completion went through the gate, in order.
     completed: Mutex<Vec<String>>,
-    runner: Mutex<Option<Arc<dyn Runner>>>,
-    closed: AtomicBool,
-    closing: CancellationToken,
+    shell: Shell,
 }
 
 impl Gated {
@@ -57,9 +53,7 @@ impl Gated {
             asked: AtomicUsize::new(0),
             asked_changed: Notify::new(),
             completed: Mutex::new(Vec::new()),
-            runner: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            closing: CancellationToken::new(),
+            shell: Shell::default(),
         });
         queue.set_runner(runner).unwrap();
         queue.start().await.unwrap();
@@ -110,24 +104,21 @@ impl Queue for Gated {
     }
 
     async fn next(&self) -> Result<JobRef> {
-        if self.closed.load(Ordering::SeqCst) {
+        if self.shell.is_closed() {
             return Err(Error::Closed("queue"));
         }
         let job = self.jobs.lock().unwrap().pop_front();
         match job {
             Some(job) => Ok(job),
             None => {
-                self.closing.cancelled().await;
+                self.shell.closed().await;
                 Err(Error::Closed("queue"))
             }
         }
     }
 
     fn info(&self) -> QueueInfo {
-        QueueInfo {
-            started: self.runner().is_some_and(|runner| runner.started()),
-            lock_timeout: Duration::from_secs(60),
-        }
+        self.shell.info()
     }
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
@@ -155,27 +146,20 @@ impl Queue for Gated {
     }
 
     fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.runner.lock().unwrap().clone()
+        self.shell.runner()
     }
 
     fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        let me: Arc<dyn Queue> = self.me.upgrade().expect("alive");
-        runner.set_queue(me)?;
-        *self.runner.lock().unwrap() = Some(runner);
-        Ok(())
+        self.shell
+            .set_runner(self.me.upgrade().expect("alive"), runner)
     }
 
     async fn start(&self) -> Result<()> {
-        let runner = self.runner().ok_or(Error::invalid("no runner"))?;
-        runner.start().await
+        self.shell.start().await
     }
 
     async fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.closing.cancel();
-        if let Some(runner) = self.runner() {
-            runner.close().await;
-        }
+        self.shell.close().await;
     }
 }
 

@@ -10,7 +10,7 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use amboy_runner::{
 use futures::StreamExt;
 use support::*;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -60,9 +59,7 @@ struct Scripted {
     calls: Mutex<Vec<Instant>>,
     /// The IDs of the jobs completed.
     completed: Mutex<Vec<String>>,
-    runner: Mutex<Option<Arc<dyn Runner>>>,
-    closed: AtomicBool,
-    closing: CancellationToken,
+    shell: Shell,
 }
 
 impl Scripted {
@@ -77,9 +74,7 @@ impl Scripted {
             then,
             calls: Mutex::new(Vec::new()),
             completed: Mutex::new(Vec::new()),
-            runner: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            closing: CancellationToken::new(),
+            shell: Shell::default(),
         })
     }
 
@@ -140,7 +135,7 @@ impl Queue for Scripted {
             calls.push(Instant::now());
             calls.len()
         };
-        if self.closed.load(Ordering::SeqCst) || calls > FUSE {
+        if self.shell.is_closed() || calls > FUSE {
             return Err(Error::Closed("queue"));
         }
         // Taken and answered in one poll: dropping this future loses no step.
@@ -155,17 +150,14 @@ impl Queue for Scripted {
             Step::Job(job) => Ok(job),
             Step::Closed => Err(Error::Closed("queue")),
             Step::Wait => {
-                self.closing.cancelled().await;
+                self.shell.closed().await;
                 Err(Error::Closed("queue"))
             }
         }
     }
 
     fn info(&self) -> QueueInfo {
-        QueueInfo {
-            started: self.runner().is_some_and(|runner| runner.started()),
-            lock_timeout: Duration::from_secs(60),
-        }
+        self.shell.info()
     }
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
@@ -190,27 +182,20 @@ impl Queue for Scripted {
     }
 
     fn runner(&self) -> Option<Arc<dyn Runner>> {
-        self.runner.lock().unwrap().clone()
+        self.shell.runner()
     }
 
     fn set_runner(&self, runner: Arc<dyn Runner>) -> Result<()> {
-        let me: Arc<dyn Queue> = self.me.upgrade().expect("alive");
-        runner.set_queue(me)?;
-        *self.runner.lock().unwrap() = Some(runner);
-        Ok(())
+        self.shell
+            .set_runner(self.me.upgrade().expect("alive"), runner)
     }
 
     async fn start(&self) -> Result<()> {
-        let runner = self.runner().ok_or(Error::invalid("no runner"))?;
-        runner.start().await
+        self.shell.start().await
     }
 
     async fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.closing.cancel();
-        if let Some(runner) = self.runner() {
-            runner.close().await;
-        }
+        self.shell.close().await;
     }
 }
 

@@ -249,3 +249,59 @@ pub(crate) fn error_of(job: &JobRef) -> Option<String> {
 
 /// amboy's error for a job cancelled while it ran.
 pub(crate) const ABORTED: &str = "job was aborted during execution: context canceled";
+
+/// What a hand-written test queue keeps besides its jobs: its runner and whether it closed.
+/// The queue's `Queue` methods of the same names delegate here.
+#[derive(Default)]
+pub(crate) struct Shell {
+    runner: Mutex<Option<Arc<dyn Runner>>>,
+    closed: std::sync::atomic::AtomicBool,
+    closing: tokio_util::sync::CancellationToken,
+}
+
+impl Shell {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once the queue closes.
+    pub(crate) async fn closed(&self) {
+        self.closing.cancelled().await;
+    }
+
+    pub(crate) fn info(&self) -> amboy_core::QueueInfo {
+        amboy_core::QueueInfo {
+            started: self.runner().is_some_and(|runner| runner.started()),
+            lock_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub(crate) fn runner(&self) -> Option<Arc<dyn Runner>> {
+        self.runner.lock().unwrap().clone()
+    }
+
+    pub(crate) fn set_runner(
+        &self,
+        me: Arc<dyn Queue>,
+        runner: Arc<dyn Runner>,
+    ) -> amboy_core::Result<()> {
+        runner.set_queue(me)?;
+        *self.runner.lock().unwrap() = Some(runner);
+        Ok(())
+    }
+
+    pub(crate) async fn start(&self) -> amboy_core::Result<()> {
+        let runner = self
+            .runner()
+            .ok_or(amboy_core::Error::invalid("no runner"))?;
+        runner.start().await
+    }
+
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing.cancel();
+        if let Some(runner) = self.runner() {
+            runner.close().await;
+        }
+    }
+}
