@@ -338,6 +338,18 @@ async fn a_large_put_many_is_stored_exactly_and_reports_duplicates() {
     let error = queue.put_many(again).await.expect_err("one duplicate");
     assert!(error.is_duplicate_job(), "{error}");
     assert_eq!(queue.stats().await.expect("stats").total, 500);
+    // A put of thousands is inserted a chunk at a time while the next is encoded: a duplicate
+    // in a middle chunk is named and the rest stored, a job with an edge after its edge.
+    let mut many: Vec<JobRef> = (0..2500).map(|n| noop(format!("many-{n}"))).collect();
+    many[1200] = noop("copied-300");
+    many.push(waiting_on("many-edge", "many-2400", 0));
+    let error = queue.put_many(many).await.expect_err("one duplicate");
+    assert!(
+        error.is_duplicate_job() && error.to_string().contains("copied-300"),
+        "{error}"
+    );
+    assert_eq!(queue.stats().await.expect("stats").total, 500 + 2499 + 1);
+    assert!(queue.get("many-edge").await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,7 @@ use serde_json::{Value, json};
 /// The local default server.
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Jobs per `put_many` call.
-const PUT_BATCH: usize = 1000;
+const PUT_BATCH: usize = 10_000;
 /// Jobs pending in the bytes-per-job case.
 const MEMORY_JOBS: usize = 1_000_000;
 /// The burn-down cases: processes × workers.

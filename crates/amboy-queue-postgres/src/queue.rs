@@ -29,6 +29,10 @@ use crate::schema::{
 /// The fewest jobs of a put worth an insert statement of their own, run beside the others.
 const INSERT_CHUNK: usize = 250;
 
+/// The jobs a large `put_many` encodes before it starts inserting them; a put of at least
+/// twice this many inserts each chunk while it encodes the next.
+const PIPELINE_CHUNK: usize = 1000;
+
 /// How many rows one page of `results` or `job_info` reads.
 const PAGE: i64 = 500;
 
@@ -229,6 +233,18 @@ fn connection_lost(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// The errors of a chunk's insert, run as a task: a task that panicked fails the put.
+fn inserted(
+    done: std::result::Result<Vec<Error>, tokio::task::JoinError>,
+) -> Vec<Result<Prepared>> {
+    match done {
+        Ok(errors) => errors.into_iter().map(Err).collect(),
+        Err(error) => vec![Err(Error::invalid(format!(
+            "postgres: an insert of put_many did not finish: {error}"
+        )))],
     }
 }
 
@@ -1667,8 +1683,42 @@ impl Queue for Engine {
     async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
         self.check_open()?;
         self.ensure_schema().await?;
-        let prepared = jobs.iter().map(|job| self.prepare(job)).collect();
-        self.put_many_prepared(prepared).await
+        if jobs.len() < 2 * PIPELINE_CHUNK {
+            let prepared = jobs.iter().map(|job| self.prepare(job)).collect();
+            return self.put_many_prepared(prepared).await;
+        }
+        // A large put is encoded a chunk at a time, each chunk's insert running (in a task of
+        // its own, a few at once) while the next is encoded.
+        let mut errors = Vec::new();
+        let mut others = Vec::new();
+        let mut chunk = Vec::with_capacity(PIPELINE_CHUNK);
+        let mut inserting = tokio::task::JoinSet::new();
+        let most = self.inserts_in_flight();
+        for job in &jobs {
+            match self.prepare(job) {
+                Err(error) => errors.push(Err(error)),
+                Ok(job) if job.is_plain() => {
+                    chunk.push(job);
+                    if chunk.len() == PIPELINE_CHUNK {
+                        while inserting.len() >= most {
+                            let done = inserting.join_next().await.expect("an insert runs");
+                            errors.extend(inserted(done));
+                        }
+                        let engine = self.arc();
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(PIPELINE_CHUNK));
+                        inserting.spawn(async move { engine.insert_chunk(full).await });
+                    }
+                }
+                Ok(job) => others.push(Ok(job)),
+            }
+        }
+        others.extend(chunk.into_iter().map(Ok));
+        while let Some(done) = inserting.join_next().await {
+            errors.extend(inserted(done));
+        }
+        others.extend(errors);
+        self.put_many_prepared(others).await
     }
 
     async fn get(&self, id: &str) -> Result<JobRef> {
