@@ -131,9 +131,10 @@ impl std::fmt::Debug for dyn RetryHandler {
 ///
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
 pub async fn execute_job(queue: &dyn Queue, job: &JobRef, ctx: &JobContext) -> RunOutcome {
-    let span = job_span(queue, job);
+    let start = Start::of(job, ctx);
+    let span = job_span(queue, job, &start);
     let work = async {
-        let ran = run_phase(job, ctx).await;
+        let ran = run_phase(job, ctx, start).await;
         let completed = match queue.try_complete(job) {
             Some(result) => result,
             None => queue.complete(job).await,
@@ -174,19 +175,20 @@ impl std::fmt::Debug for Executed {
 /// [`Executed::Done`] and nothing to drive; a worker of the PostgreSQL queue does not wait a
 /// commit per job, so completions reach the database in large batches.
 ///
-/// The job stays dispatched (locked, its lock refreshed by the queue) until its completion is
-/// stored; should the process die first, the job runs again once its lock times out, as a job
-/// that was still running would.
+/// The job stays locked until its completion is stored (the PostgreSQL queue stops refreshing
+/// the lock once it holds the completion, which takes a commit's time); should the process die
+/// first, the job runs again once its lock times out, as a job that was still running would.
 pub async fn execute_job_behind(
     queue: &Arc<dyn Queue>,
     job: &JobRef,
     ctx: &JobContext,
 ) -> Executed {
-    let span = job_span(&**queue, job);
+    let start = Start::of(job, ctx);
+    let span = job_span(&**queue, job, &start);
     let ran = if span.is_disabled() {
-        run_phase(job, ctx).await
+        run_phase(job, ctx, start).await
     } else {
-        run_phase(job, ctx).instrument(span.clone()).await
+        run_phase(job, ctx, start).instrument(span.clone()).await
     };
     if let Some(completed) = queue.try_complete(job) {
         let finish = after_completion(&**queue, job, ran, completed, ctx.token());
@@ -209,15 +211,34 @@ pub async fn execute_job_behind(
 }
 
 /// The span a job runs and completes in, with amboy's attribute names.
-fn job_span(queue: &dyn Queue, job: &JobRef) -> tracing::Span {
-    let retryable = job.base().metadata().retry_info.retryable;
+fn job_span(queue: &dyn Queue, job: &JobRef, start: &Start) -> tracing::Span {
     tracing::info_span!(
         "amboy.job",
         amboy.queue.id = queue.id(),
         amboy.job.id = job.id(),
         amboy.job.name = %job.job_type().name,
-        amboy.job.retry.retryable = retryable,
+        amboy.job.retry.retryable = start.retryable,
     )
+}
+
+/// What a run needs of the job's metadata, read under one lock.
+struct Start {
+    max_time: Duration,
+    retryable: bool,
+    /// The run's own token, when the job's queue watches its lock.
+    watched: Option<CancellationToken>,
+}
+
+impl Start {
+    fn of(job: &JobRef, ctx: &JobContext) -> Self {
+        let mut meta = job.base().metadata();
+        let watched = meta.run_token(ctx.token());
+        Start {
+            max_time: meta.time_info.max_time,
+            retryable: meta.retry_info.retryable,
+            watched,
+        }
+    }
 }
 
 /// A job's run, as [`after_completion`] needs it.
@@ -228,13 +249,11 @@ struct Ran {
 }
 
 /// Runs the job, with its own token when it has a time limit or its queue watches its lock.
-async fn run_phase(job: &JobRef, ctx: &JobContext) -> Ran {
+async fn run_phase(job: &JobRef, ctx: &JobContext, start: Start) -> Ran {
     let cancel = ctx.token();
-    let (max_time, watched) = {
-        let mut meta = job.base().metadata();
-        let watched = meta.run_token(cancel);
-        (meta.time_info.max_time, watched)
-    };
+    let Start {
+        max_time, watched, ..
+    } = start;
     // A job whose queue watches its lock gets a token of its own, which the queue cancels if
     // it loses the lock; so does a job with a time limit, cancelled when the limit passes, so
     // that work it spawned stops too. Other jobs run in the caller's context.
