@@ -326,14 +326,9 @@ async fn alongside<F: Future>(behind: &mut Behind<'_>, work: F) -> F::Output {
 
 impl Exec {
     async fn work(&self, source: &Source, tokens: &Tokens) {
+        // This worker's completions in writing.
         let mut behind = Behind::new();
-        self.take_and_run(source, tokens, &mut behind).await;
-        // The pool stopped or its queues closed: the jobs this worker ran are completed
-        // before it ends.
-        while behind.next().await.is_some() {}
-    }
-
-    async fn take_and_run<'a>(&'a self, source: &Source, tokens: &Tokens, behind: &mut Behind<'a>) {
+        let behind = &mut behind;
         let Tokens { stop, jobs } = tokens;
         // One context for every job this worker runs: jobs that need a token of their own get
         // a child of it.
@@ -347,15 +342,21 @@ impl Exec {
                 Pace::Throttled(throttle) => {
                     let slot = throttle.reserve();
                     if !alongside(behind, sleep_until(slot, stop)).await {
-                        return;
+                        break;
                     }
                     Some(slot)
                 }
                 _ => None,
             };
-            let Some((queue, job)) = alongside(behind, source.next(stop, &mut backoffs)).await
-            else {
-                return;
+            // Without completions in writing (always, with an in-memory queue), the future is
+            // awaited where it is: moving it into `alongside` would copy it at every job.
+            let taken = if behind.is_empty() {
+                source.next(stop, &mut backoffs).await
+            } else {
+                alongside(behind, source.next(stop, &mut backoffs)).await
+            };
+            let Some((queue, job)) = taken else {
+                break;
             };
             if let (Pace::Throttled(throttle), Some(slot)) = (&self.pace, slot)
                 && throttle.is_stale(slot)
@@ -367,7 +368,12 @@ impl Exec {
             }
             // Only the throttle reads the clock around a run.
             let started = slot.map(|_| Instant::now());
-            if let Some(mut finishing) = alongside(behind, self.run(queue, &job, &ctx)).await {
+            let finishing = if behind.is_empty() {
+                self.run(queue, &job, &ctx).await
+            } else {
+                alongside(behind, self.run(queue, &job, &ctx)).await
+            };
+            if let Some(mut finishing) = finishing {
                 // Polled once at once, so that the queue has the completion in hand (a worker
                 // that restarts after a panic drops only the wait for its acknowledgement).
                 if futures::poll!(&mut finishing).is_pending() {
@@ -384,7 +390,7 @@ impl Exec {
                 Pace::Free => {}
                 Pace::After(interval) => {
                     if !alongside(behind, sleep_until(Instant::now() + *interval, stop)).await {
-                        return;
+                        break;
                     }
                 }
                 Pace::Throttled(throttle) => {
@@ -394,6 +400,9 @@ impl Exec {
                 }
             }
         }
+        // The pool stopped or its queues closed: the jobs this worker ran are completed
+        // before it ends.
+        while behind.next().await.is_some() {}
     }
 
     /// Runs the job; its completion, when its queue writes it behind, comes back to be driven.
