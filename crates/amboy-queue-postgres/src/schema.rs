@@ -249,54 +249,36 @@ impl Statements {
                SELECT pg_notify($4, $1) \
                WHERE EXISTS (SELECT 1 FROM freed) OR EXISTS (SELECT 1 FROM done WHERE dependents)) \
              SELECT id, attempt, (SELECT count(*) FROM wake) FROM done";
+        // $1 group; $3.. one array per column: the insert of `insert_many` and `insert_new`.
+        let insert = "INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
+               ready_at, dispatch_by, scopes, mod_count, finished, body) \
+             SELECT $1, v.id, v.attempt, v.state, v.job_type, v.priority, \
+               coalesce(v.wait_until, now()), v.dispatch_by, \
+               CASE WHEN v.scopes IS NULL THEN NULL \
+                    ELSE ARRAY(SELECT json_array_elements_text(v.scopes::json)) END, \
+               v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body::json \
+             FROM unnest($3::text[], $4::int[], $5::smallint[], $6::text[], $7::int[], \
+               $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[]) \
+               AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, scopes, \
+                    count, body)";
         Statements {
             claims: Mutex::new(Vec::new()),
             // $1 group, $2 channel; then one array per column. Rows that already exist are
             // skipped and not returned: they are the duplicates. One notification per
             // statement, delivered on commit, wakes idle workers.
-            insert_many: build(
-                "WITH ins AS ( \
-                   INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
-                       ready_at, dispatch_by, scopes, mod_count, finished, body) \
-                   SELECT $1, v.id, v.attempt, v.state, v.job_type, v.priority, \
-                       coalesce(v.wait_until, now()), v.dispatch_by, \
-                       CASE WHEN v.scopes IS NULL THEN NULL \
-                            ELSE ARRAY(SELECT json_array_elements_text(v.scopes::json)) END, \
-                       v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body::json \
-                   FROM unnest($3::text[], $4::int[], $5::smallint[], $6::text[], $7::int[], \
-                       $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], \
-                       $12::text[]) \
-                       AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, \
-                            scopes, count, body) \
-                   ON CONFLICT DO NOTHING \
-                   RETURNING id, attempt), \
+            insert_many: build(format!(
+                "WITH ins AS ({insert} ON CONFLICT DO NOTHING RETURNING id, attempt), \
                  wake AS (SELECT pg_notify($2, $1)) \
                  SELECT id, attempt, (SELECT count(*) FROM wake) FROM ins"
-                    .into(),
-            ),
+            )),
             // The same when none of the jobs exists yet, which is what puts expect: a plain
             // insert checks each key once, where ON CONFLICT looks it up, then inserts it. A
             // duplicate fails the statement with a unique violation; the batch is then put
             // again with `insert_many`.
-            insert_new: build(
-                "WITH ins AS ( \
-                   INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
-                       ready_at, dispatch_by, scopes, mod_count, finished, body) \
-                   SELECT $1, v.id, v.attempt, v.state, v.job_type, v.priority, \
-                       coalesce(v.wait_until, now()), v.dispatch_by, \
-                       CASE WHEN v.scopes IS NULL THEN NULL \
-                            ELSE ARRAY(SELECT json_array_elements_text(v.scopes::json)) END, \
-                       v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body::json \
-                   FROM unnest($3::text[], $4::int[], $5::smallint[], $6::text[], $7::int[], \
-                       $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], \
-                       $12::text[]) \
-                       AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, \
-                            scopes, count, body) \
-), \
-                 wake AS (SELECT pg_notify($2, $1)) \
+            insert_new: build(format!(
+                "WITH ins AS ({insert}), wake AS (SELECT pg_notify($2, $1)) \
                  SELECT count(*) FROM wake"
-                    .into(),
-            ),
+            )),
             // One job, with its edges and the failure decided at put.
             insert_one: build(
                 "INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
