@@ -56,14 +56,17 @@ const PAGE: i64 = 500;
 /// * **Heartbeat.** The [`Dispatcher`] refreshes the locks of every running job of the process
 ///   in one statement, every quarter of the lock timeout.
 /// * **Completions** go out in batches: while statements are in flight (a few at once), the
-///   next ones gather. `complete` returns once its own row committed.
+///   next ones gather. `complete` returns once its own row committed; amboy's pools do not
+///   wait for it before their next job ([`amboy_core::execute_job_behind`]). A completion
+///   finds its row at the address its claim, heartbeat or save saw, by key if it moved.
 /// * **Scopes** are rows of a table whose primary key is the scope: the database itself lets
 ///   one job hold a scope. Enqueue scopes are taken at put, dispatch scopes at claim (a job
 ///   whose scope is taken stays pending and is not claimed), released at completion, and the
 ///   enqueue scopes of a retrying job go to its next attempt.
-/// * **Dependencies.** A job with edges is claimed only once every edge completed; its
-///   manager then decides (a `Passed` job completes without running). Edges to unknown jobs
-///   are refused at put; a job whose edge expired completes with the reason.
+/// * **Dependencies.** A job with edges is claimed only once every edge (its job's latest
+///   attempt) completed; its manager then decides (a `Passed` job completes without running).
+///   Edges to unknown jobs are refused at put; a job whose edge expired completes with the
+///   reason; an edge the retention sweep deleted counts as done.
 /// * **Wake-ups.** Puts notify (`LISTEN`/`NOTIFY`, delivered at commit), so idle workers start
 ///   within milliseconds; polling every `poll_interval` is the fallback.
 /// * **Bad stored jobs** (unknown type, other version, a body that does not decode) are set
