@@ -9,6 +9,7 @@
 
 pub mod cases;
 pub mod jobs;
+pub mod management;
 pub mod postgres;
 pub mod recorded;
 pub mod scenarios;

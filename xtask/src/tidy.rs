@@ -19,8 +19,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("amboy-runner", &["amboy-core"]),
     ("amboy-retry", &["amboy-core"]),
     (
-        "amboy-queue-postgres",
+        "amboy-management",
         &["amboy-core", "amboy-dependency", "amboy-registry"],
+    ),
+    (
+        "amboy-queue-postgres",
+        &[
+            "amboy-core",
+            "amboy-dependency",
+            "amboy-registry",
+            "amboy-management",
+        ],
     ),
     (
         "amboy",
@@ -32,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "amboy-runner",
             "amboy-retry",
             "amboy-queue-postgres",
+            "amboy-management",
         ],
     ),
 ];

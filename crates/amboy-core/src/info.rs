@@ -272,6 +272,44 @@ impl JobRetryInfo {
     }
 }
 
+/// Turns the stored state of a finished attempt into attempt number `attempt`, not yet run
+/// (amboy's `prepareNewRetryJob`): a fresh status, the times of a new job (its `wait_until` and
+/// `dispatch_by` offsets, when set, counted from `now`; its `max_time` kept), and no longer
+/// asking to retry. The retry handler builds each next attempt with it, and management
+/// re-enqueues failed jobs with it.
+pub fn prepare_attempt(
+    status: &mut JobStatusInfo,
+    time_info: &mut JobTimeInfo,
+    retry_info: &mut JobRetryInfo,
+    attempt: u32,
+    now: DateTime<Utc>,
+) {
+    retry_info.needs_retry = false;
+    retry_info.current_attempt = attempt;
+    retry_info.start = None;
+    retry_info.end = None;
+    *time_info = JobTimeInfo {
+        wait_until: after(now, retry_info.wait_until).or(time_info.wait_until),
+        dispatch_by: after(now, retry_info.dispatch_by).or(time_info.dispatch_by),
+        max_time: time_info.max_time,
+        ..JobTimeInfo::default()
+    };
+    *status = JobStatusInfo::default();
+}
+
+/// `now + offset`, or `None` for a zero offset (no offset set); saturates far in the future.
+fn after(now: DateTime<Utc>, offset: Duration) -> Option<DateTime<Utc>> {
+    if offset.is_zero() {
+        return None;
+    }
+    Some(
+        chrono::TimeDelta::from_std(offset)
+            .ok()
+            .and_then(|offset| now.checked_add_signed(offset))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
+}
+
 /// A partial update of a job's [`JobRetryInfo`]: only the fields that are `Some` change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobRetryOptions {
@@ -339,6 +377,63 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
+
+    #[test]
+    fn offsets_apply_from_now_and_saturate() {
+        let now = Utc::now();
+        assert_eq!(after(now, Duration::ZERO), None);
+        assert_eq!(
+            after(now, Duration::from_secs(60)),
+            Some(now + TimeDelta::seconds(60))
+        );
+        assert_eq!(after(now, Duration::MAX), Some(DateTime::<Utc>::MAX_UTC));
+    }
+
+    #[test]
+    fn a_prepared_attempt_starts_afresh() {
+        let now = Utc::now();
+        let mut status = JobStatusInfo {
+            completed: true,
+            errors: vec!["boom".into()],
+            error_count: 1,
+            modification_count: 7,
+            ..JobStatusInfo::default()
+        };
+        let mut time = JobTimeInfo {
+            created: Some(now),
+            start: Some(now),
+            end: Some(now),
+            max_time: Duration::from_secs(5),
+            ..JobTimeInfo::default()
+        };
+        let mut retry = JobRetryInfo {
+            retryable: true,
+            needs_retry: true,
+            current_attempt: 2,
+            wait_until: Duration::from_secs(30),
+            start: Some(now),
+            ..JobRetryInfo::default()
+        };
+        prepare_attempt(&mut status, &mut time, &mut retry, 3, now);
+        assert_eq!(status, JobStatusInfo::default());
+        assert_eq!(
+            time,
+            JobTimeInfo {
+                wait_until: Some(now + TimeDelta::seconds(30)),
+                max_time: Duration::from_secs(5),
+                ..JobTimeInfo::default()
+            }
+        );
+        assert_eq!(
+            (
+                retry.current_attempt,
+                retry.needs_retry,
+                retry.retryable,
+                retry.start
+            ),
+            (3, false, true, None)
+        );
+    }
 
     #[test]
     fn retry_info_defaults_to_ten_attempts() {

@@ -8,7 +8,7 @@
 //! its interchange envelope beside the columns claiming needs; claims take batches with
 //! `FOR UPDATE SKIP LOCKED`; every write of a dispatched job is fenced by amboy's optimistic
 //! lock on the database's clock; scopes are rows under a unique key; `LISTEN`/`NOTIFY` wakes
-//! idle workers. The schema (default `amboy`) is created and upgraded by versioned migrations
+//! idle workers. [`PostgresManager`] manages the queues with SQL on their tables. The schema (default `amboy`) is created and upgraded by versioned migrations
 //! under an advisory lock, so that any number of processes may start at once.
 //!
 //! Depends on `amboy-core` and `amboy-registry` (jobs are decoded by their registered type);
@@ -19,6 +19,7 @@
 //! (a job whose owner stopped heart-beating is claimed again after the lock timeout).
 
 mod group;
+mod manage;
 mod notify;
 mod options;
 mod queue;
@@ -29,6 +30,7 @@ pub use group::{
     PostgresGroupQueueOptions, PostgresQueueGroup, PostgresQueueGroupOptions, RetryHandlerFactory,
     RunnerFactory,
 };
+pub use manage::PostgresManager;
 pub use options::PostgresQueueOptions;
 pub use queue::PostgresQueue;
 /// The sqlx this crate is built with: its pools, connections and transactions are the ones

@@ -164,10 +164,13 @@ impl StoredJob {
             dependency: body.dependency,
         };
         self.overlay(&mut envelope.status);
-        if self.state == RETRYING {
-            envelope.retry_info.needs_retry = true;
-        } else if matches!(self.state, SET_ASIDE | EXPIRED) {
-            envelope.retry_info.needs_retry = false;
+        // The state decides whether the job retries: a retrying job completed by management
+        // keeps the body it was written with, which asks to.
+        match self.state {
+            RETRYING => envelope.retry_info.needs_retry = true,
+            COMPLETED => envelope.retry_info.needs_retry &= !envelope.retry_info.retryable,
+            SET_ASIDE | EXPIRED => envelope.retry_info.needs_retry = false,
+            _ => {}
         }
         Ok(envelope)
     }

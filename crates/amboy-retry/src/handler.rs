@@ -6,11 +6,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amboy_core::{
-    Error, JobRef, JobRetryInfo, JobStatusInfo, JobTimeInfo, Metadata, Result, RetryHandler,
-    RetryHandlerOptions, RetryableQueue, panic_message,
+    Error, JobRef, JobRetryInfo, Result, RetryHandler, RetryHandlerOptions, RetryableQueue,
+    panic_message, prepare_attempt,
 };
 use async_trait::async_trait;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::Utc;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
@@ -578,7 +578,17 @@ async fn try_enqueue(
         .await
         .map_err(|error| Failure::fatal(format!("saving job lock: {error}")))?;
 
-    prepare_next_attempt(&stored, original.current_attempt + 1, Utc::now());
+    {
+        let mut meta = stored.base().metadata();
+        let meta = &mut *meta;
+        prepare_attempt(
+            &mut meta.status,
+            &mut meta.time_info,
+            &mut meta.retry_info,
+            original.current_attempt + 1,
+            Utc::now(),
+        );
+    }
     match queue.complete_retrying_and_put(job, stored).await {
         Ok(()) => Ok(()),
         Err(error) if error.is_duplicate_job() || error.is_job_not_found() => {
@@ -588,58 +598,7 @@ async fn try_enqueue(
     }
 }
 
-/// amboy's `prepareNewRetryJob`: turns a copy of the old attempt into attempt number `attempt`.
-fn prepare_next_attempt(next: &JobRef, attempt: u32, now: DateTime<Utc>) {
-    let mut meta = next.base().metadata();
-    let Metadata {
-        status,
-        time_info,
-        retry_info,
-        ..
-    } = &mut *meta;
-    retry_info.needs_retry = false;
-    retry_info.current_attempt = attempt;
-    retry_info.start = None;
-    retry_info.end = None;
-    *time_info = JobTimeInfo {
-        wait_until: after(now, retry_info.wait_until).or(time_info.wait_until),
-        dispatch_by: after(now, retry_info.dispatch_by).or(time_info.dispatch_by),
-        max_time: time_info.max_time,
-        ..JobTimeInfo::default()
-    };
-    *status = JobStatusInfo::default();
-}
-
-/// `now + offset`, or `None` for a zero offset (no offset set); saturates far in the future.
-fn after(now: DateTime<Utc>, offset: Duration) -> Option<DateTime<Utc>> {
-    if offset.is_zero() {
-        return None;
-    }
-    Some(
-        TimeDelta::from_std(offset)
-            .ok()
-            .and_then(|offset| now.checked_add_signed(offset))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC),
-    )
-}
-
 /// Puts the retry information of `job` back as it was.
 fn restore(job: &JobRef, retry_info: JobRetryInfo) {
     job.base().metadata().retry_info = retry_info;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offsets_apply_from_now_and_saturate() {
-        let now = Utc::now();
-        assert_eq!(after(now, Duration::ZERO), None);
-        assert_eq!(
-            after(now, Duration::from_secs(60)),
-            Some(now + TimeDelta::seconds(60))
-        );
-        assert_eq!(after(now, Duration::MAX), Some(DateTime::<Utc>::MAX_UTC));
-    }
 }

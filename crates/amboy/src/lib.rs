@@ -17,6 +17,7 @@
 //! | `registry` | `registry` (default) | `amboy-registry` | job type registry, interchange envelope |
 //! | `retry` | `retry` | `amboy-retry` | the retry handler |
 //! | `postgres` | `postgres` | `amboy-queue-postgres` | the distributed queue on PostgreSQL |
+//! | `management` | `management` | `amboy-management` | counts, IDs, completing, listing and re-enqueueing jobs |
 //!
 //! `full` enables every feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -73,6 +74,55 @@ pub use amboy_retry as retry;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use amboy_queue_postgres as postgres;
+
+/// Management: what operators do to a running queue.
+///
+/// ```
+/// use amboy::management::{Manager, QueueManager, StatusFilter};
+/// use amboy::prelude::*;
+/// use amboy::{Base, JobContext, JobError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Report {
+///     base: Base,
+/// }
+///
+/// #[amboy::typetag::serde(name = "doc-report")]
+/// #[amboy::async_trait]
+/// impl Job for Report {
+///     fn base(&self) -> &Base {
+///         &self.base
+///     }
+///
+///     async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> amboy::Result<()> {
+/// let queue = amboy::new_local_limited_size(2, 16);
+/// queue.start().await?;
+/// // Three reports due in an hour: they wait.
+/// let due = amboy::chrono::Utc::now() + amboy::chrono::TimeDelta::hours(1);
+/// for n in 0..3 {
+///     let base = Base::with_id(format!("report-{n}")).with_wait_until(due);
+///     queue.put(std::sync::Arc::new(Report { base })).await?;
+/// }
+/// let manager = QueueManager::new(queue.clone());
+/// let pending = manager.job_status(StatusFilter::Pending).await?;
+/// assert_eq!((pending[0].job_type.as_str(), pending[0].count), ("doc-report", 3));
+///
+/// // Take one out of line: it will not run.
+/// manager.complete_job("report-1").await?;
+/// assert_eq!(manager.job_status(StatusFilter::Pending).await?[0].count, 2);
+/// assert!(queue.get("report-1").await?.base().status().completed);
+/// queue.close().await;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "management")]
+#[cfg_attr(docsrs, doc(cfg(feature = "management")))]
+pub use amboy_management as management;
 
 /// An in-memory queue of kind `L` holding up to `capacity` pending jobs, served by a pool of
 /// `workers` local workers, ready to [`start`](Queue::start).

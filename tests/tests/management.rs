@@ -1,0 +1,362 @@
+//! Management: the same behaviour tests against the queue-backed manager on every in-memory
+//! queue and on the PostgreSQL queue, and against the PostgreSQL manager; and what only the
+//! PostgreSQL manager does (every group at once, set-aside and expired jobs, completing a job
+//! another process runs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use amboy::local::{
+    AdaptiveOrderingQueue, DependencyOrderedQueue, LimitedSizeQueue, LimitedSizeSerializableQueue,
+    PriorityQueue, ShuffledQueue,
+};
+use amboy::management::JobQuery;
+use amboy::management::{Manager, QueueManager, StatusFilter};
+use amboy::postgres::{PostgresManager, PostgresQueue};
+use amboy::registry::JobInterchange;
+use amboy::{Base, JobRef, Queue};
+use amboy_tests::cases::IdleRunner;
+use amboy_tests::jobs::Noop;
+use amboy_tests::management::{self as scenarios, Backend, Managed, age_in_place};
+use amboy_tests::postgres;
+use chrono::{TimeDelta, Utc};
+use futures::future::BoxFuture;
+
+async fn local(queue: Arc<dyn Queue>, stores_copies: bool) -> Managed {
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    Managed {
+        manager: Arc::new(QueueManager::new(queue.clone()).with_lock_timeout(MANAGER_LOCK_TIMEOUT)),
+        age: age_in_place(queue.clone()),
+        queue,
+        stores_copies,
+    }
+}
+
+/// The lock timeout the managers judge staleness with: shorter than [`scenarios::AGED_BY`],
+/// while the queues' own (10 minutes) is longer, so that a queue does not claim the aged job
+/// again.
+const MANAGER_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Ages a job's lock by [`scenarios::AGED_BY`] on the database's clock.
+fn age_in_postgres(
+    queue: &PostgresQueue,
+) -> Box<dyn Fn(JobRef) -> BoxFuture<'static, ()> + Send + Sync> {
+    let pool = queue.pool().clone();
+    let schema = queue.options().schema.clone();
+    Box::new(move |job: JobRef| {
+        let pool = pool.clone();
+        let sql = format!("UPDATE {schema}.jobs SET lock_ts = now() - $2::interval WHERE id = $1");
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job.id())
+                .bind(scenarios::AGED_BY)
+                .execute(&pool)
+                .await
+                .expect("age the job");
+        })
+    })
+}
+
+async fn postgres_queue() -> Arc<PostgresQueue> {
+    let queue = postgres::queue(postgres::options());
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    queue
+}
+
+fn limited_size() -> BoxFuture<'static, Managed> {
+    Box::pin(local(LimitedSizeQueue::new(64), false))
+}
+fn serializable() -> BoxFuture<'static, Managed> {
+    Box::pin(local(LimitedSizeSerializableQueue::new(64), true))
+}
+fn priority() -> BoxFuture<'static, Managed> {
+    Box::pin(local(PriorityQueue::new(64), false))
+}
+fn dependency_ordered() -> BoxFuture<'static, Managed> {
+    Box::pin(local(DependencyOrderedQueue::new(64), false))
+}
+fn adaptive_ordering() -> BoxFuture<'static, Managed> {
+    Box::pin(local(AdaptiveOrderingQueue::new(64), false))
+}
+fn shuffled() -> BoxFuture<'static, Managed> {
+    Box::pin(local(ShuffledQueue::new(64), false))
+}
+fn postgres_manager() -> BoxFuture<'static, Managed> {
+    Box::pin(async {
+        let queue = postgres_queue().await;
+        Managed {
+            manager: Arc::new(
+                PostgresManager::for_queue(&queue).with_lock_timeout(MANAGER_LOCK_TIMEOUT),
+            ),
+            age: age_in_postgres(&queue),
+            queue,
+            stores_copies: true,
+        }
+    })
+}
+
+macro_rules! backends {
+    ($($module:ident => $backend:expr),* $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                const BACKEND: Backend = $backend;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn filters_select_the_fixture() {
+                    scenarios::filters_select_the_fixture(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_jobs_marks_exactly_the_set() {
+                    scenarios::complete_jobs_marks_exactly_the_set(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_job_takes_a_pending_job_out_of_line() {
+                    scenarios::complete_job_takes_a_pending_job_out_of_line(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_job_fences_out_the_owner() {
+                    scenarios::complete_job_fences_out_the_owner(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_by_type_and_pattern() {
+                    scenarios::complete_by_type_and_pattern(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn listing_and_inspecting() {
+                    scenarios::listing_and_inspecting(BACKEND).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn requeue_a_failed_job() {
+                    scenarios::requeue_a_failed_job(BACKEND).await;
+                }
+            }
+        )*
+    };
+}
+
+backends! {
+    limited_size => limited_size,
+    limited_size_serializable => serializable,
+    priority => priority,
+    dependency_ordered => dependency_ordered,
+    adaptive_ordering => adaptive_ordering,
+    shuffled => shuffled,
+    postgres_manager => postgres_manager,
+}
+
+/// The longest a test waits for the queue to do something.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A manager of every group counts and lists by group; a manager of one group sees only its
+/// own; completing by ID finds a job whatever its group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_of_every_group_reports_and_completes_by_group() {
+    let base = postgres::options();
+    let a = postgres::queue(base.clone().group("a"));
+    let b = postgres::queue(base.clone().group("b"));
+    for id in ["a-1", "a-2", "both"] {
+        a.put(Noop::new(id)).await.expect("put");
+    }
+    for id in ["b-1", "both"] {
+        b.put(Noop::new(id)).await.expect("put");
+    }
+    let every = PostgresManager::new(base.clone())
+        .expect("manager")
+        .every_group();
+    let only_a = PostgresManager::for_queue(&a);
+    let counts: Vec<(String, u64)> = every
+        .job_status(StatusFilter::Pending)
+        .await
+        .expect("counts")
+        .into_iter()
+        .map(|count| (count.group, count.count))
+        .collect();
+    assert_eq!(counts, [("a".to_owned(), 3), ("b".to_owned(), 2)]);
+    let ids: Vec<(String, String)> = every
+        .job_ids_by_state(scenarios::MAIN_TYPE, StatusFilter::All)
+        .await
+        .expect("ids")
+        .into_iter()
+        .map(|grouped| (grouped.group, grouped.id))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("a", "a-1"),
+        ("a", "a-2"),
+        ("a", "both"),
+        ("b", "b-1"),
+        ("b", "both"),
+    ]
+    .map(|(group, id)| (group.to_owned(), id.to_owned()))
+    .to_vec();
+    assert_eq!(ids, expected);
+    let listed = every
+        .list_jobs(&JobQuery::new(StatusFilter::All).group("b"))
+        .await
+        .expect("b's jobs");
+    assert_eq!(listed.jobs.len(), 2);
+    assert!(listed.jobs.iter().all(|job| job.group == "b"));
+
+    // One group's manager sees nothing of the other's.
+    let error = only_a.complete_job("b-1").await.expect_err("b's job");
+    assert!(error.is_job_not_found(), "{error}");
+    assert_eq!(
+        only_a.job_status(StatusFilter::All).await.expect("a").len(),
+        1
+    );
+    every.complete_job("b-1").await.expect("found in b");
+    assert!(b.get("b-1").await.expect("b-1").base().status().completed);
+    // An ID two groups use: completed in both, but its record is ambiguous.
+    every.complete_job("both").await.expect("both groups");
+    assert!(a.get("both").await.expect("a's").base().status().completed);
+    assert!(b.get("both").await.expect("b's").base().status().completed);
+    let error = every.job("both").await.expect_err("two groups");
+    assert!(error.to_string().contains("'a' and 'b'"), "{error}");
+    assert_eq!(only_a.job("both").await.expect("a's").group, "a");
+}
+
+/// Expired and set-aside jobs have their own filters; an expired job may be enqueued again, a
+/// set-aside one may not; neither is "completed" again by a bulk completion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_set_aside_jobs_have_their_filters() {
+    let queue = postgres_queue().await;
+    let manager = PostgresManager::for_queue(&queue);
+    let envelope =
+        JobInterchange::from_json(r#"{"name":"alien","type":"no-such-type","version":0,"job":{}}"#)
+            .expect("an envelope");
+    queue.put_interchange(envelope).await.expect("stored as is");
+    queue.put(Noop::new("fine")).await.expect("put");
+    let fine = tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    assert_eq!(fine.id(), "fine");
+    let late = Noop {
+        base: Base::with_id("late").with_dispatch_by(Utc::now() - TimeDelta::hours(1)),
+    };
+    queue.put(Arc::new(late)).await.expect("put");
+    tokio::time::timeout(LIMIT, async {
+        while manager
+            .job_status(StatusFilter::Expired)
+            .await
+            .expect("count")
+            .is_empty()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("expired by maintenance");
+
+    let ids = |filter| {
+        let manager = &manager;
+        async move {
+            let mut ids = Vec::new();
+            for job_type in [scenarios::MAIN_TYPE, "no-such-type"] {
+                ids.extend(
+                    manager
+                        .job_ids_by_state(job_type, filter)
+                        .await
+                        .expect("ids")
+                        .into_iter()
+                        .map(|grouped| grouped.id),
+                );
+            }
+            ids
+        }
+    };
+    assert_eq!(ids(StatusFilter::Expired).await, ["late"]);
+    assert_eq!(ids(StatusFilter::SetAside).await, ["alien"]);
+    assert_eq!(ids(StatusFilter::InProgress).await, ["fine"]);
+    assert_eq!(
+        manager
+            .complete_jobs(StatusFilter::Expired)
+            .await
+            .expect("none"),
+        0
+    );
+    assert_eq!(
+        manager
+            .complete_jobs(StatusFilter::SetAside)
+            .await
+            .expect("none"),
+        0
+    );
+    let detail = manager.job("alien").await.expect("its record");
+    assert!(
+        detail.attempts[0]
+            .status
+            .errors
+            .iter()
+            .any(|e| e.contains("no-such-type")),
+        "{detail:?}"
+    );
+
+    let again = manager.requeue_job("late").await.expect("requeue");
+    assert_eq!(again.retry.current_attempt, 1);
+    assert!(
+        !again.status.expired && !again.status.completed,
+        "{again:?}"
+    );
+    assert_eq!(
+        ids(StatusFilter::Expired).await,
+        ["late"],
+        "the first attempt stays"
+    );
+    let error = manager.requeue_job("alien").await.expect_err("cannot run");
+    assert!(error.to_string().contains("set aside"), "{error}");
+    let next = tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    assert_eq!(
+        (next.id(), next.base().retry_info().current_attempt),
+        ("late", 1)
+    );
+    queue.close().await;
+}
+
+/// The PostgreSQL manager completes a job another process runs: that process's completion
+/// then fails, and its next heartbeat cancels the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_another_process_runs_is_completed_and_its_run_cancelled() {
+    let mut options = postgres::options();
+    // Heartbeats every 250 ms.
+    options.lock_timeout = Duration::from_secs(1);
+    let queue = postgres::queue(options.clone());
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    queue.put(Noop::new("busy")).await.expect("put");
+    let busy = tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    let token = busy
+        .base()
+        .run_token(&tokio_util::sync::CancellationToken::new())
+        .expect("a run token");
+    // Another process: its own pool.
+    let manager = PostgresManager::new(options).expect("manager");
+    manager.complete_job("busy").await.expect("complete");
+    tokio::time::timeout(LIMIT, token.cancelled())
+        .await
+        .expect("the heartbeat cancels the run");
+    let error = queue.complete(&busy).await.expect_err("lost");
+    assert!(error.is_job_not_found(), "{error}");
+    queue.close().await;
+}
