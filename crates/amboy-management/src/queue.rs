@@ -361,7 +361,11 @@ impl Manager for QueueManager {
                 now,
             );
             // A deadline that passed (what expired the job) would expire it again.
-            if meta.time_info.dispatch_by.is_some_and(|deadline| deadline <= now) {
+            if meta
+                .time_info
+                .dispatch_by
+                .is_some_and(|deadline| deadline <= now)
+            {
                 meta.time_info.dispatch_by = None;
             }
             meta.retry_info.retryable = true;
