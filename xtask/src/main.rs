@@ -18,6 +18,9 @@
 //!   8, 32, 64 workers and 2 processes × 32, pickup latency, bytes per pending job, each case in
 //!   a fresh schema; then the PostgreSQL peers of `../shared/peers` (graphile_worker in Rust and
 //!   in Node) in the same run, and our ratio to each (one JSON line per case).
+//! * `bench rest [jobs] [filter]`: jobs created per second through the REST service (one
+//!   client, 64 requests in flight) into an in-memory and a PostgreSQL queue, and management's
+//!   counts on 1,000,000 PostgreSQL jobs, directly and through the service, in milliseconds.
 //! * `bench micro`: the criterion benchmarks of the hot path.
 //!
 //! std only, so it builds in seconds; it shells out to `$CARGO` and echoes each command.
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <ci|tidy|bench local [jobs] [filter] [workers] [--mimalloc]\
                  |bench peers [jobs] [workers] [--mimalloc]|bench postgres [jobs] [filter]\
-                 |bench micro>"
+                 |bench rest [jobs] [filter]|bench micro>"
             );
             return ExitCode::from(2);
         }
@@ -114,6 +117,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         // A workspace of its own (it depends on apalis), built into `bench/peers/target`.
         Some("peers") => run_bench(&["--manifest-path", "bench/peers/Cargo.toml"], rest),
         Some("postgres") => run_bench(&["-p", "amboy-bench", "--bin", "postgres"], rest),
+        Some("rest") => run_bench(&["-p", "amboy-bench", "--bin", "rest"], rest),
         Some("micro") => run(
             &[
                 "bench",
@@ -126,7 +130,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             &[],
         ),
         Some(other) => Err(format!(
-            "unknown benchmark '{other}': use 'local', 'peers', 'postgres' or 'micro'"
+            "unknown benchmark '{other}': use 'local', 'peers', 'postgres', 'rest' or 'micro'"
         )),
     }
 }

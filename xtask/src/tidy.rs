@@ -19,6 +19,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("amboy-runner", &["amboy-core"]),
     ("amboy-retry", &["amboy-core"]),
     (
+        "amboy-jobs",
+        &["amboy-core", "amboy-dependency", "amboy-registry"],
+    ),
+    (
+        "amboy-rest",
+        &[
+            "amboy-core",
+            "amboy-dependency",
+            "amboy-registry",
+            "amboy-management",
+        ],
+    ),
+    (
         "amboy-management",
         &["amboy-core", "amboy-dependency", "amboy-registry"],
     ),
@@ -42,6 +55,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "amboy-retry",
             "amboy-queue-postgres",
             "amboy-management",
+            "amboy-jobs",
+            "amboy-rest",
         ],
     ),
 ];

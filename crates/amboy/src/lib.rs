@@ -18,6 +18,8 @@
 //! | `retry` | `retry` | `amboy-retry` | the retry handler |
 //! | `postgres` | `postgres` | `amboy-queue-postgres` | the distributed queue on PostgreSQL |
 //! | `management` | `management` | `amboy-management` | counts, IDs, completing, listing and re-enqueueing jobs |
+//! | `jobs` | `jobs` | `amboy-jobs` | the built-in jobs: `shell` (a command) and `group` (jobs run as one) |
+//! | `rest` | `rest` | `amboy-rest` | the REST service (axum) and its clients (reqwest) |
 //!
 //! `full` enables every feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -123,6 +125,16 @@ pub use amboy_queue_postgres as postgres;
 #[cfg(feature = "management")]
 #[cfg_attr(docsrs, doc(cfg(feature = "management")))]
 pub use amboy_management as management;
+
+/// The built-in jobs: [`ShellJob`](amboy_jobs::ShellJob) (`shell`) and
+/// [`GroupJob`](amboy_jobs::GroupJob) (`group`).
+#[cfg(feature = "jobs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
+pub use amboy_jobs as jobs;
+
+#[cfg(feature = "rest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rest")))]
+pub use amboy_rest as rest;
 
 /// An in-memory queue of kind `L` holding up to `capacity` pending jobs, served by a pool of
 /// `workers` local workers, ready to [`start`](Queue::start).
