@@ -19,6 +19,31 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("amboy-runner", &["amboy-core"]),
     ("amboy-retry", &["amboy-core"]),
     (
+        "amboy-cli",
+        &[
+            "amboy-core",
+            "amboy-dependency",
+            "amboy-registry",
+            "amboy-queue-local",
+            "amboy-runner",
+            "amboy-retry",
+            "amboy-queue-postgres",
+            "amboy-management",
+            "amboy-rest",
+            "amboy-jobs",
+        ],
+    ),
+    (
+        "amboy-logger",
+        &[
+            "amboy-core",
+            "amboy-dependency",
+            "amboy-registry",
+            "amboy-queue-local",
+            "amboy-runner",
+        ],
+    ),
+    (
         "amboy-jobs",
         &["amboy-core", "amboy-dependency", "amboy-registry"],
     ),
@@ -57,6 +82,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "amboy-management",
             "amboy-jobs",
             "amboy-rest",
+            "amboy-logger",
         ],
     ),
 ];

@@ -28,6 +28,7 @@ mod info;
 mod job;
 mod lifecycle;
 mod meta;
+pub mod metrics;
 mod periodic;
 mod queue;
 mod runner;

@@ -132,6 +132,7 @@ impl std::fmt::Debug for dyn RetryHandler {
 /// Runs inside a `tracing` span named `amboy.job` with amboy's attribute names.
 pub async fn execute_job(queue: &dyn Queue, job: &JobRef, ctx: &JobContext) -> RunOutcome {
     let start = Start::of(job, ctx);
+    start.record(queue, job);
     let span = job_span(queue, job, &start);
     let work = async {
         let ran = run_phase(job, ctx, start).await;
@@ -184,6 +185,7 @@ pub async fn execute_job_behind(
     ctx: &JobContext,
 ) -> Executed {
     let start = Start::of(job, ctx);
+    start.record(&**queue, job);
     let span = job_span(&**queue, job, &start);
     let ran = if span.is_disabled() {
         run_phase(job, ctx, start).await
@@ -233,10 +235,18 @@ impl Start {
     fn of(job: &JobRef, ctx: &JobContext) -> Self {
         let mut meta = job.base().metadata();
         let watched = meta.run_token(ctx.token());
+        let time = &meta.time_info;
         Start {
-            max_time: meta.time_info.max_time,
+            max_time: time.max_time,
             retryable: meta.retry_info.retryable,
             watched,
+        }
+    }
+
+    /// Counts the run's start, when metrics are on.
+    fn record(&self, queue: &dyn Queue, job: &JobRef) {
+        if crate::metrics::ENABLED {
+            crate::metrics::job_started(queue.id(), &job.job_type().name);
         }
     }
 }
@@ -294,13 +304,27 @@ async fn after_completion(
         tracing::warn!(error = %error, "could not complete job");
         job.base().metadata().time_info.end = Some(crate::clock::now());
     }
-    let (should_retry, failed) = {
+    let (should_retry, failed, times) = {
         let meta = job.base().metadata();
+        let time = &meta.time_info;
         (
             meta.retry_info.should_retry(),
             !meta.status.errors.is_empty(),
+            crate::metrics::ENABLED.then(|| {
+                let ready = time.created.max(time.wait_until);
+                let between = |from: Option<chrono::DateTime<chrono::Utc>>, to| {
+                    from.zip(to)
+                        .and_then(|(from, to): (_, chrono::DateTime<chrono::Utc>)| {
+                            (to - from).to_std().ok()
+                        })
+                };
+                (between(ready, time.start), between(time.start, time.end))
+            }),
         )
     };
+    if let Some((lag, run_time)) = times {
+        crate::metrics::job_finished(queue.id(), &job.job_type().name, lag, run_time, failed);
+    }
     if should_retry {
         hand_to_retry_handler(queue, job, cancel).await;
     }

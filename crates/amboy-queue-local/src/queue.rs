@@ -480,6 +480,9 @@ impl<L: Line> Engine<L> {
     /// it leaves the pending set, releases its scopes, and is retained like a finished job.
     fn expire(&self, job: &JobRef, scopes: &[String]) {
         let id = job.base().job_id();
+        if amboy_core::metrics::ENABLED {
+            amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
+        }
         self.release_scopes(id, scopes);
         self.gate.give_back();
         tracing::debug!(queue_id = %self.id, job_id = %id, "set aside job past its dispatch_by deadline");
@@ -640,6 +643,16 @@ impl<L: Line> Engine<L> {
     }
 
     async fn put(&self, job: JobRef) -> Result<()> {
+        if !amboy_core::metrics::ENABLED {
+            return self.put_job(job).await;
+        }
+        let job_type = job.job_type().name;
+        self.put_job(job).await?;
+        amboy_core::metrics::jobs_put(&self.id, &job_type, 1);
+        Ok(())
+    }
+
+    async fn put_job(&self, job: JobRef) -> Result<()> {
         if !L::PUT_BEFORE_START && !self.lifecycle.started() {
             return Err(Error::NotStarted("queue"));
         }

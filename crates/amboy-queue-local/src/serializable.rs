@@ -593,6 +593,9 @@ impl Engine {
             store.retain(key.clone(), self.options.capacity - 1);
             drop(store);
             self.release_scopes(&key, &scopes);
+            if amboy_core::metrics::ENABLED {
+                amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
+            }
             tracing::debug!(queue_id = %self.id, job_id = job.id(), "set aside job past its dispatch_by deadline");
             return None;
         }
@@ -853,7 +856,11 @@ impl Engine {
             return Err(Error::Closed("queue"));
         }
         let prepared = self.prepare(&job)?;
-        self.put_prepared(prepared)
+        self.put_prepared(prepared)?;
+        if amboy_core::metrics::ENABLED {
+            amboy_core::metrics::jobs_put(&self.id, &job.job_type().name, 1);
+        }
+        Ok(())
     }
 
     fn retry_handler(&self) -> Option<Arc<dyn RetryHandler>> {

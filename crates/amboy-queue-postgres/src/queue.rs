@@ -550,6 +550,7 @@ impl Engine {
         let inserted = match insert(&self.sql.insert_new).execute(&self.pool).await {
             Ok(_) => {
                 self.ready.notify_one();
+                amboy_core::metrics::record_puts(&self.id, types.iter().map(String::as_str));
                 return Vec::new();
             }
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
@@ -565,6 +566,15 @@ impl Engine {
             Ok(rows) => {
                 self.ready.notify_one();
                 let stored = keys_of(&rows);
+                if amboy_core::metrics::ENABLED {
+                    let stored_types = ids
+                        .iter()
+                        .zip(&attempts)
+                        .zip(&types)
+                        .filter(|((id, attempt), _)| stored.contains(&((*id).clone(), **attempt)))
+                        .map(|(_, job_type)| job_type.as_str());
+                    amboy_core::metrics::record_puts(&self.id, stored_types);
+                }
                 ids.into_iter()
                     .zip(attempts)
                     .filter(|key| !stored.contains(key))
@@ -657,6 +667,7 @@ impl Engine {
             .map_err(backend("notify"))?;
         tx.commit().await.map_err(backend("commit a put"))?;
         self.ready.notify_one();
+        amboy_core::metrics::jobs_put(&self.id, &job.job_type, 1);
         Ok(())
     }
 
@@ -1597,22 +1608,25 @@ impl Engine {
 
     async fn maintain(&self) -> Result<()> {
         self.ensure_schema().await?;
-        for (sql, what) in [
-            (&self.sql.expire, "set aside expired jobs"),
-            (
-                &self.sql.fail_dependents,
-                "fail jobs with unresolvable edges",
-            ),
-        ] {
-            let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-                .bind(self.group())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(backend(what))?;
-            if count > 0 {
-                tracing::debug!(queue_id = %self.id, count, what);
-                self.ready.notify_one();
-            }
+        let expired: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(self.sql.expire.clone()))
+            .bind(self.group())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend("set aside expired jobs"))?;
+        for (job_type, count) in &expired {
+            tracing::debug!(queue_id = %self.id, count, job_type, "set aside expired jobs");
+            amboy_core::metrics::jobs_expired(&self.id, job_type, *count as u64);
+        }
+        let failed: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.fail_dependents.clone()))
+            .bind(self.group())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend("fail jobs with unresolvable edges"))?;
+        if failed > 0 {
+            tracing::debug!(queue_id = %self.id, count = failed, "failed jobs with unresolvable edges");
+        }
+        if failed > 0 || !expired.is_empty() {
+            self.ready.notify_one();
         }
         let handler = self.retry_handler.lock().clone();
         if let Some(handler) = handler {

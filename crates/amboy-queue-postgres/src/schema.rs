@@ -431,17 +431,17 @@ impl Statements {
                     .into(),
             ),
             // Pending jobs past their deadline are set aside (counted, kept), with their
-            // scopes released.
+            // scopes released; how many of each type.
             expire: build(
                 "WITH gone AS ( \
                    UPDATE {s}.jobs j SET state = 4, mod_count = j.mod_count + 1, \
                        lock_ts = now(), finished = now() \
                    WHERE j.queue_group = $1 AND j.state = 0 AND j.dispatch_by <= now() \
-                   RETURNING j.id, j.attempt), \
+                   RETURNING j.id, j.attempt, j.job_type), \
                  freed AS ( \
                    DELETE FROM {s}.scopes h USING gone g \
                    WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt) \
-                 SELECT count(*) FROM gone"
+                 SELECT job_type, count(*) FROM gone GROUP BY job_type"
                     .into(),
             ),
             // Pending jobs with an edge that expired or was set aside can never run: they

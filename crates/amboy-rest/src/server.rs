@@ -58,6 +58,8 @@ pub struct RestService {
 
 #[derive(Clone, Default)]
 struct AppState {
+    #[cfg(feature = "prometheus")]
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     queue: Option<Arc<dyn Queue>>,
     manager: Option<Arc<dyn Manager>>,
     pool: Option<Arc<dyn AbortableRunner>>,
@@ -124,6 +126,16 @@ impl RestService {
         self
     }
 
+    /// Serves `GET /metrics` for Prometheus: what `handle`'s recorder recorded (the job
+    /// metrics of `amboy_core::metrics`, and any of the application's own), with the gauge
+    /// `amboy_queue_jobs{queue, state}` of the served queue's stats, read at each scrape.
+    /// [`install_prometheus`](crate::install_prometheus) makes the handle.
+    #[cfg(feature = "prometheus")]
+    pub fn metrics(mut self, handle: metrics_exporter_prometheus::PrometheusHandle) -> Self {
+        self.state.metrics = Some(handle);
+        self
+    }
+
     /// Requires `Authorization: Bearer <token>` on every route.
     pub fn token(mut self, token: impl AsRef<str>) -> Self {
         self.state.token = Some(Arc::from(token.as_ref().as_bytes()));
@@ -183,6 +195,10 @@ impl RestService {
             v1 = v1.nest("/group", group);
         }
         let mut router = Router::new();
+        #[cfg(feature = "prometheus")]
+        if state.metrics.is_some() {
+            router = router.route("/metrics", get(prometheus_metrics));
+        }
         if state.queue.is_some() {
             // amboy's status at the version's root.
             router = router.route("/v1/", get(status));
@@ -257,6 +273,32 @@ async fn no_method(method: Method, uri: Uri) -> ApiError {
         "method_not_allowed",
         format!("{} does not take {method}", uri.path()),
     )
+}
+
+/// The Prometheus text of the recorder, with the queue's depth by state.
+#[cfg(feature = "prometheus")]
+async fn prometheus_metrics(State(state): State<AppState>) -> Result<Response> {
+    let handle = state.metrics.as_ref().expect("routed only with a handle");
+    if let Some(queue) = &state.queue {
+        let stats = queue.stats().await?;
+        let label = amboy_core::metrics::queue_label(queue.id()).to_owned();
+        for (state, count) in [
+            ("pending", stats.pending),
+            ("running", stats.running),
+            ("completed", stats.completed),
+            ("retrying", stats.retrying),
+            ("blocked", stats.blocked),
+            ("total", stats.total),
+        ] {
+            metrics::gauge!("amboy_queue_jobs", "queue" => label.clone(), "state" => state)
+                .set(count as f64);
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
 }
 
 async fn openapi_document() -> Json<serde_json::Value> {

@@ -589,8 +589,14 @@ async fn try_enqueue(
             Utc::now(),
         );
     }
+    let job_type = amboy_core::metrics::ENABLED.then(|| job.job_type().name);
     match queue.complete_retrying_and_put(job, stored).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let Some(job_type) = job_type {
+                amboy_core::metrics::job_retried(queue.id(), &job_type);
+            }
+            Ok(())
+        }
         Err(error) if error.is_duplicate_job() || error.is_job_not_found() => {
             Err(Failure::fatal(format!("enqueueing retry job: {error}")))
         }

@@ -19,11 +19,15 @@
 //! | `postgres` | `postgres` | `amboy-queue-postgres` | the distributed queue on PostgreSQL |
 //! | `management` | `management` | `amboy-management` | counts, IDs, completing, listing and re-enqueueing jobs |
 //! | `jobs` | `jobs` | `amboy-jobs` | the built-in jobs: `shell` (a command) and `group` (jobs run as one) |
+//! | [`metrics`] | always; records with feature `metrics` | `amboy-core` | job metrics through the `metrics` facade; `GET /metrics` on the REST service |
+//! | `logger` | `logger` | `amboy-logger` | the queue-backed log sender as a `tracing` layer |
 //! | `rest` | `rest` | `amboy-rest` | the REST service (axum) and its clients (reqwest) |
 //!
-//! `full` enables every feature.
+//! `full` enables every feature but `metrics` (recording costs each job a few hundred
+//! instructions; enable it by itself).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use amboy_core::metrics;
 pub use amboy_core::{
     AbortableRunner, Base, DEFAULT_MAX_ATTEMPTS, Error, Job, JobContext, JobError, JobFailure,
     JobInfo, JobInfoStream, JobOutcome, JobRef, JobRetryInfo, JobRetryOptions, JobStatusInfo,
@@ -131,6 +135,13 @@ pub use amboy_management as management;
 #[cfg(feature = "jobs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
 pub use amboy_jobs as jobs;
+
+/// amboy's queue-backed log sender as a `tracing` layer: [`QueueLayer`](amboy_logger::QueueLayer)
+/// turns events into jobs of an in-memory queue that deliver them to a
+/// [`Sink`](amboy_logger::Sink).
+#[cfg(feature = "logger")]
+#[cfg_attr(docsrs, doc(cfg(feature = "logger")))]
+pub use amboy_logger as logger;
 
 #[cfg(feature = "rest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rest")))]
