@@ -923,3 +923,62 @@ async fn a_shell_job_runs_through_the_service() {
     served.stop().await;
     queue.close().await;
 }
+
+/// A group job holding a shell job and a failing one, created through the service: it runs
+/// both, records the failure, and its stored members show the one that succeeded completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_job_runs_through_the_service() {
+    use amboy::jobs::{GroupJob, ShellJob};
+    let queue = LimitedSizeQueue::new(16);
+    queue.set_runner(LocalWorkers::new(1)).expect("a runner");
+    queue.start().await.expect("start");
+    let served = serve(RestService::new().queue(queue.clone())).await;
+    let client = QueueClient::new(served.connection());
+    let mut group = GroupJob::new("both");
+    group
+        .add(&ShellJob::new("echo", ["member"]).with_id("works"))
+        .expect("a member");
+    group
+        .add(&ShellJob::new("false", Vec::<String>::new()).with_id("fails"))
+        .expect("a member");
+    client.submit_job(&group).await.expect("submit");
+    let done = client
+        .wait_job("both", LIMIT)
+        .await
+        .expect("wait")
+        .expect("in time");
+    assert_eq!(done.job.status.errors.len(), 1, "{done:?}");
+    assert!(done.job.status.errors[0].starts_with("fails: "), "{done:?}");
+    let envelope = client.fetch_job("both").await.expect("fetch");
+    assert_eq!(envelope.type_name, "group");
+    let fields: serde_json::Value = serde_json::from_str(envelope.job.get()).expect("JSON");
+    assert_eq!(
+        fields["jobs"]["works"]["job"]["output"], "member",
+        "{fields}"
+    );
+    served.stop().await;
+    queue.close().await;
+}
+
+/// A queue that is closed answers 503 `unavailable`, and the job is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_queue_answers_unavailable() {
+    let queue = idle_queue(LimitedSizeQueue::new(16)).await;
+    let served = serve(RestService::new().queue(queue.clone())).await;
+    queue.close().await;
+    let envelope = serde_json::to_vec(
+        &amboy::registry::JobInterchange::from_job(&*Noop::new("too-late")).unwrap(),
+    )
+    .unwrap();
+    let error = expect_error(
+        Method::POST,
+        &format!("{}/v1/job/create", served.url),
+        Some(envelope),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    )
+    .await;
+    assert!(error.message.contains("closed"), "{error:?}");
+    assert!(queue.get("too-late").await.is_err());
+    served.stop().await;
+}
