@@ -825,3 +825,62 @@ async fn a_database_error_reaches_next_as_a_transient_error() {
     let error = queue.next().await.expect_err("closed");
     assert!(error.is_closed(), "{error}");
 }
+
+/// Single puts made at the same time go in together (one statement for those queued while
+/// another runs), and each gets its own result: the duplicate among them fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_puts_each_get_their_own_result() {
+    let queue = queue(options());
+    queue.put(noop("taken")).await.expect("put");
+    let puts = (0..300).map(|n| {
+        let queue = queue.clone();
+        let id = if n == 150 {
+            "taken".to_owned()
+        } else {
+            format!("single-{n}")
+        };
+        async move { (id.clone(), queue.put(noop(&id)).await) }
+    });
+    let results = futures::future::join_all(puts).await;
+    let failed: Vec<&(String, amboy::Result<()>)> = results
+        .iter()
+        .filter(|(_, result)| result.is_err())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (id, error) = failed[0];
+    assert_eq!(id, "taken");
+    let error = error.as_ref().unwrap_err();
+    assert!(
+        error.is_duplicate_job() && error.to_string().contains("taken"),
+        "{error}"
+    );
+    assert_eq!(queue.stats().await.expect("stats").total, 300);
+    for n in [0, 149, 151, 299] {
+        queue.get(&format!("single-{n}")).await.expect("stored");
+    }
+}
+
+/// A put dropped while it waits for its statement leaves nobody waiting: later puts go in,
+/// and the dropped one's job is stored or not, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_single_put_blocks_no_other() {
+    use futures::FutureExt as _;
+    let queue = queue(options());
+    queue.migrate().await.expect("schema");
+    for n in 0..20 {
+        let id = format!("dropped-{n}");
+        let _ = queue.put(noop(&id)).now_or_never();
+    }
+    tokio::time::timeout(LIMIT, queue.put(noop("after")))
+        .await
+        .expect("not stuck behind the dropped puts")
+        .expect("put");
+    queue.get("after").await.expect("stored");
+    let total = queue.stats().await.expect("stats").total;
+    assert!((1..=21).contains(&total), "{total}");
+    for n in 0..20 {
+        if let Ok(job) = queue.get(&format!("dropped-{n}")).await {
+            assert_eq!(job.id(), format!("dropped-{n}"));
+        }
+    }
+}

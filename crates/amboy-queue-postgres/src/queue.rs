@@ -117,7 +117,16 @@ pub(crate) struct Engine {
     /// The schema's notifications (shared with the other queues of a group).
     hub: Arc<Hub>,
     completions: Mutex<Option<mpsc::UnboundedSender<Completion>>>,
+    /// Single puts of plain jobs waiting to be inserted together (see [`Engine::put_plain`]).
+    puts: Mutex<Puts>,
     this: Weak<Engine>,
+}
+
+/// Single puts waiting for the statement that inserts them, and whether a task is inserting.
+#[derive(Default)]
+struct Puts {
+    queued: Vec<(Prepared, oneshot::Sender<Result<()>>)>,
+    inserting: bool,
 }
 
 /// A completion waiting for its batch.
@@ -325,6 +334,7 @@ impl PostgresQueue {
             ready: Arc::new(Notify::new()),
             hub,
             completions: Mutex::new(None),
+            puts: Mutex::new(Puts::default()),
             this: this.clone(),
         });
         Ok(Arc::new(PostgresQueue { engine }))
@@ -504,6 +514,15 @@ impl Engine {
 
     /// Inserts plain jobs in one statement; returns the error of each that is not stored.
     async fn insert_chunk(&self, batch: Vec<Prepared>) -> Vec<Error> {
+        self.insert_each(batch)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
+    }
+
+    /// Inserts plain jobs in one statement; one result per job, in order.
+    async fn insert_each(&self, batch: Vec<Prepared>) -> Vec<Result<()>> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -551,7 +570,7 @@ impl Engine {
             Ok(_) => {
                 self.ready.notify_one();
                 amboy_core::metrics::record_puts(&self.id, types.iter().map(String::as_str));
-                return Vec::new();
+                return ids.iter().map(|_| Ok(())).collect();
             }
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                 insert(&self.sql.insert_many).fetch_all(&self.pool).await
@@ -561,7 +580,7 @@ impl Engine {
         match inserted {
             Err(error) => {
                 let failed = per_job(error, "insert");
-                ids.iter().map(|id| failed(id)).collect()
+                ids.iter().map(|id| Err(failed(id))).collect()
             }
             Ok(rows) => {
                 self.ready.notify_one();
@@ -577,9 +596,81 @@ impl Engine {
                 }
                 ids.into_iter()
                     .zip(attempts)
-                    .filter(|key| !stored.contains(key))
-                    .map(|(id, _)| Error::duplicate_job(id))
+                    .map(|key| {
+                        if stored.contains(&key) {
+                            Ok(())
+                        } else {
+                            Err(Error::duplicate_job(key.0))
+                        }
+                    })
                     .collect()
+            }
+        }
+    }
+
+    /// Puts one plain job, inserted with the single puts made meanwhile in one statement (a
+    /// group commit): the first put starts a task that inserts what is queued, a batch at a
+    /// time, until nothing is; the others wait for their job's result. A put returns once its
+    /// statement committed. The task, not the put, runs the statement, so a put dropped while
+    /// waiting leaves no batch half-done: its job is stored or not, as if it had waited.
+    async fn put_plain(&self, job: Prepared) -> Result<()> {
+        let (reply, result) = oneshot::channel();
+        let start = {
+            let mut puts = self.puts.lock();
+            puts.queued.push((job, reply));
+            !std::mem::replace(&mut puts.inserting, true)
+        };
+        if start {
+            tokio::spawn(self.arc().insert_queued());
+        }
+        result.await.unwrap_or_else(|_| Err(Error::Closed("queue")))
+    }
+
+    /// Inserts the queued single puts, [`INSERT_CHUNK`] per statement, until none is left.
+    async fn insert_queued(self: Arc<Self>) {
+        /// Should the task end early (a panic), the puts queued fail and the next put starts
+        /// a task again, rather than waiting for this one.
+        struct Ending {
+            engine: Arc<Engine>,
+            done: bool,
+        }
+        impl Drop for Ending {
+            fn drop(&mut self) {
+                if self.done {
+                    return;
+                }
+                let queued = {
+                    let mut puts = self.engine.puts.lock();
+                    puts.inserting = false;
+                    std::mem::take(&mut puts.queued)
+                };
+                for (job, reply) in queued {
+                    let _ = reply.send(Err(Error::invalid_job(
+                        &job.id,
+                        "the task inserting single puts stopped before inserting it",
+                    )));
+                }
+            }
+        }
+        let mut ending = Ending {
+            engine: self.clone(),
+            done: false,
+        };
+        loop {
+            let batch: Vec<(Prepared, oneshot::Sender<Result<()>>)> = {
+                let mut puts = self.puts.lock();
+                if puts.queued.is_empty() {
+                    puts.inserting = false;
+                    ending.done = true;
+                    return;
+                }
+                let take = puts.queued.len().min(INSERT_CHUNK);
+                puts.queued.drain(..take).collect()
+            };
+            let (jobs, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().unzip();
+            let results = self.insert_each(jobs).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         }
     }
@@ -1687,11 +1778,7 @@ impl Queue for Engine {
         self.ensure_schema().await?;
         let prepared = self.prepare(&job)?;
         if prepared.is_plain() {
-            return self
-                .insert_batch(vec![prepared])
-                .await
-                .pop()
-                .map_or(Ok(()), Err);
+            return self.put_plain(prepared).await;
         }
         let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
         self.insert_on(&mut conn, prepared).await
