@@ -256,6 +256,28 @@ pub fn worker_counts(list: Option<String>, default: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The server of the PostgreSQL benchmarks: `AMBOY_BENCH_DATABASE_URL`, else the local one.
+pub fn database_url() -> String {
+    std::env::var("AMBOY_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// How many runs each throughput case makes: `AMBOY_BENCH_RUNS`, default 3.
+pub fn runs() -> usize {
+    std::env::var("AMBOY_BENCH_RUNS")
+        .ok()
+        .and_then(|runs| runs.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// The median of `values` (the upper one of an even number).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -493,13 +493,53 @@ pub async fn requeue_a_failed_job(backend: Backend) {
     managed.queue.close().await;
 }
 
-/// Runs every scenario against `backend`, one after another.
-pub async fn all(backend: Backend) {
-    filters_select_the_fixture(backend).await;
-    complete_jobs_marks_exactly_the_set(backend).await;
-    complete_job_takes_a_pending_job_out_of_line(backend).await;
-    complete_job_fences_out_the_owner(backend).await;
-    complete_by_type_and_pattern(backend).await;
-    listing_and_inspecting(backend).await;
-    requeue_a_failed_job(backend).await;
+/// One test per scenario for each named backend (a [`Backend`] in scope): `management_scenarios!
+/// { module => backend, ... }` makes a module per backend holding the scenarios' tests.
+#[macro_export]
+macro_rules! management_scenarios {
+    ($($module:ident => $backend:expr),* $(,)?) => {
+        $(
+            mod $module {
+                use super::*;
+
+                const BACKEND: $crate::management::Backend = $backend;
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn filters_select_the_fixture() {
+                    $crate::management::filters_select_the_fixture(BACKEND).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_jobs_marks_exactly_the_set() {
+                    $crate::management::complete_jobs_marks_exactly_the_set(BACKEND).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_job_takes_a_pending_job_out_of_line() {
+                    $crate::management::complete_job_takes_a_pending_job_out_of_line(BACKEND)
+                        .await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_job_fences_out_the_owner() {
+                    $crate::management::complete_job_fences_out_the_owner(BACKEND).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn complete_by_type_and_pattern() {
+                    $crate::management::complete_by_type_and_pattern(BACKEND).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn listing_and_inspecting() {
+                    $crate::management::listing_and_inspecting(BACKEND).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn requeue_a_failed_job() {
+                    $crate::management::requeue_a_failed_job(BACKEND).await;
+                }
+            }
+        )*
+    };
 }

@@ -17,7 +17,7 @@ use amboy::registry::JobInterchange;
 use amboy::{Base, JobRef, Queue};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::Noop;
-use amboy_tests::management::{self as scenarios, Backend, Managed, age_in_place};
+use amboy_tests::management::{self as scenarios, Managed, age_in_place};
 use amboy_tests::postgres;
 use chrono::{TimeDelta, Utc};
 use futures::future::BoxFuture;
@@ -101,54 +101,7 @@ fn postgres_manager() -> BoxFuture<'static, Managed> {
     })
 }
 
-macro_rules! backends {
-    ($($module:ident => $backend:expr),* $(,)?) => {
-        $(
-            mod $module {
-                use super::*;
-
-                const BACKEND: Backend = $backend;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn filters_select_the_fixture() {
-                    scenarios::filters_select_the_fixture(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_jobs_marks_exactly_the_set() {
-                    scenarios::complete_jobs_marks_exactly_the_set(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_job_takes_a_pending_job_out_of_line() {
-                    scenarios::complete_job_takes_a_pending_job_out_of_line(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_job_fences_out_the_owner() {
-                    scenarios::complete_job_fences_out_the_owner(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_by_type_and_pattern() {
-                    scenarios::complete_by_type_and_pattern(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn listing_and_inspecting() {
-                    scenarios::listing_and_inspecting(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn requeue_a_failed_job() {
-                    scenarios::requeue_a_failed_job(BACKEND).await;
-                }
-            }
-        )*
-    };
-}
-
-backends! {
+amboy_tests::management_scenarios! {
     limited_size => limited_size,
     limited_size_serializable => serializable,
     priority => priority,

@@ -18,7 +18,7 @@ use amboy::runner::{AbortablePool, LocalWorkers};
 use amboy::{Base, Queue, QueueGroup};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::{Gated, Noop};
-use amboy_tests::management::{self as scenarios, Backend, Managed, age_in_place};
+use amboy_tests::management::{self as scenarios, Managed, age_in_place};
 use amboy_tests::postgres;
 use futures::future::BoxFuture;
 use reqwest::{Method, StatusCode};
@@ -174,54 +174,7 @@ fn through_rest_postgres() -> BoxFuture<'static, Managed> {
     })
 }
 
-macro_rules! remote_scenarios {
-    ($($module:ident => $backend:expr),* $(,)?) => {
-        $(
-            mod $module {
-                use super::*;
-
-                const BACKEND: Backend = $backend;
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn filters_select_the_fixture() {
-                    scenarios::filters_select_the_fixture(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_jobs_marks_exactly_the_set() {
-                    scenarios::complete_jobs_marks_exactly_the_set(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_job_takes_a_pending_job_out_of_line() {
-                    scenarios::complete_job_takes_a_pending_job_out_of_line(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_job_fences_out_the_owner() {
-                    scenarios::complete_job_fences_out_the_owner(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn complete_by_type_and_pattern() {
-                    scenarios::complete_by_type_and_pattern(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn listing_and_inspecting() {
-                    scenarios::listing_and_inspecting(BACKEND).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn requeue_a_failed_job() {
-                    scenarios::requeue_a_failed_job(BACKEND).await;
-                }
-            }
-        )*
-    };
-}
-
-remote_scenarios! {
+amboy_tests::management_scenarios! {
     management_limited_size => through_rest_limited_size,
     management_serializable => through_rest_serializable,
     management_postgres => through_rest_postgres,

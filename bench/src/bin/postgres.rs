@@ -45,12 +45,12 @@ use amboy::postgres::{PostgresQueue, PostgresQueueOptions};
 use amboy::prelude::*;
 use amboy::runner::LocalWorkers;
 use amboy::{Base, JobContext, JobError, JobRef};
+use amboy_bench::{database_url as url, median, runs};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The local default server.
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Jobs per `put_many` call.
 const PUT_BATCH: usize = 10_000;
 /// Jobs pending in the bytes-per-job case.
@@ -115,19 +115,6 @@ impl Job for PgStamp {
     }
 }
 
-fn url() -> String {
-    std::env::var("AMBOY_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-/// How many runs each throughput case makes.
-fn runs() -> usize {
-    std::env::var("AMBOY_BENCH_RUNS")
-        .ok()
-        .and_then(|runs| runs.parse().ok())
-        .unwrap_or(3)
-        .max(1)
-}
-
 /// A schema no other case or process uses.
 fn fresh_schema() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -172,12 +159,6 @@ async fn fill(queue: &PostgresQueue, jobs: usize, job: impl Fn() -> JobRef) {
             .expect("put_many");
         left -= n;
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 fn rounded(values: &[f64]) -> Vec<f64> {

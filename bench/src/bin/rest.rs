@@ -25,10 +25,10 @@ use amboy::postgres::{PostgresManager, PostgresQueue, PostgresQueueOptions};
 use amboy::prelude::*;
 use amboy::rest::{Connection, ManagementClient, QueueClient, RestService};
 use amboy::{Base, JobContext, JobError};
+use amboy_bench::{database_url as url, median, runs};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Requests in flight.
 const IN_FLIGHT: usize = 64;
 /// Jobs in the counted table.
@@ -50,24 +50,6 @@ impl Job for RestNoop {
     async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
         Ok(())
     }
-}
-
-fn url() -> String {
-    std::env::var("AMBOY_BENCH_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-
-fn runs() -> usize {
-    std::env::var("AMBOY_BENCH_RUNS")
-        .ok()
-        .and_then(|runs| runs.parse().ok())
-        .unwrap_or(3)
-        .max(1)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
 }
 
 fn fresh_schema(tag: &str) -> String {

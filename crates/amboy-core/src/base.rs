@@ -93,6 +93,18 @@ impl Clone for Instance {
 }
 
 impl Metadata {
+    /// Turns this finished attempt's metadata into attempt number `attempt`, not yet run: see
+    /// [`prepare_attempt`](crate::prepare_attempt).
+    pub fn prepare_attempt(&mut self, attempt: u32, now: DateTime<Utc>) {
+        crate::prepare_attempt(
+            &mut self.status,
+            &mut self.time_info,
+            &mut self.retry_info,
+            attempt,
+            now,
+        );
+    }
+
     /// The scopes taken at enqueue: all scopes if `enqueue_all_scopes`, else the scopes that
     /// are also enqueue scopes (amboy's `EnqueueScopes`).
     pub fn effective_enqueue_scopes(&self) -> Vec<String> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amboy_core::{Error, JobInfo, JobRef, Queue, Result, prepare_attempt};
+use amboy_core::{Error, JobInfo, JobRef, Queue, Result};
 use amboy_registry::JobInterchange;
 use async_trait::async_trait;
 use chrono::Utc;
@@ -352,14 +352,7 @@ impl Manager for QueueManager {
         {
             let now = Utc::now();
             let mut meta = latest.base().metadata();
-            let meta = &mut *meta;
-            prepare_attempt(
-                &mut meta.status,
-                &mut meta.time_info,
-                &mut meta.retry_info,
-                next,
-                now,
-            );
+            meta.prepare_attempt(next, now);
             // A deadline that passed (what expired the job) would expire it again.
             if meta
                 .time_info

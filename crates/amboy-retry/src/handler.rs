@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use amboy_core::{
     Error, JobRef, JobRetryInfo, Result, RetryHandler, RetryHandlerOptions, RetryableQueue,
-    panic_message, prepare_attempt,
+    panic_message,
 };
 use async_trait::async_trait;
 use chrono::Utc;
@@ -578,17 +578,10 @@ async fn try_enqueue(
         .await
         .map_err(|error| Failure::fatal(format!("saving job lock: {error}")))?;
 
-    {
-        let mut meta = stored.base().metadata();
-        let meta = &mut *meta;
-        prepare_attempt(
-            &mut meta.status,
-            &mut meta.time_info,
-            &mut meta.retry_info,
-            original.current_attempt + 1,
-            Utc::now(),
-        );
-    }
+    stored
+        .base()
+        .metadata()
+        .prepare_attempt(original.current_attempt + 1, Utc::now());
     let job_type = amboy_core::metrics::ENABLED.then(|| job.job_type().name);
     match queue.complete_retrying_and_put(job, stored).await {
         Ok(()) => {
