@@ -311,5 +311,20 @@ async fn a_job_another_process_runs_is_completed_and_its_run_cancelled() {
         .expect("the heartbeat cancels the run");
     let error = queue.complete(&busy).await.expect_err("lost");
     assert!(error.is_job_not_found(), "{error}");
+    // Long after the lock timed out, the completed job is still not the worker's to write.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {}.jobs SET lock_ts = now() - interval '2 hours' WHERE id = 'busy'",
+        queue.options().schema
+    )))
+    .execute(queue.pool())
+    .await
+    .expect("age the lock");
+    busy.base()
+        .add_error("written by the worker after the manager completed the job");
+    let error = queue.complete(&busy).await.expect_err("still lost");
+    assert!(error.is_job_not_found(), "{error}");
+    let stored = manager.job("busy").await.expect("the job");
+    assert!(stored.attempts[0].status.completed, "{stored:?}");
+    assert!(stored.attempts[0].status.errors.is_empty(), "{stored:?}");
     queue.close().await;
 }

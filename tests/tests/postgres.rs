@@ -884,3 +884,56 @@ async fn a_dropped_single_put_blocks_no_other() {
         }
     }
 }
+
+/// A put that one job spoils (an ID too long for the index, refused before the statement)
+/// spoils nothing else of the batch its put joined; two concurrent puts of one ID: one is a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_duplicate_single_put_fails_alone() {
+    let queue = queue(options());
+    queue.migrate().await.expect("schema");
+    let long = "k".repeat(3200);
+    let puts = (0..20).map(|n| {
+        let queue = queue.clone();
+        let id = if n == 7 {
+            long.clone()
+        } else {
+            format!("fine-{n}")
+        };
+        async move { (n, queue.put(noop(&id)).await) }
+    });
+    for (n, result) in futures::future::join_all(puts).await {
+        if n == 7 {
+            let error = result.expect_err("too long");
+            assert!(error.to_string().contains("3200 bytes"), "{error}");
+        } else {
+            result.unwrap_or_else(|error| panic!("fine-{n}: {error}"));
+        }
+    }
+    let nul = queue.put(noop("nul\0byte")).await.expect_err("NUL");
+    assert!(nul.to_string().contains("NUL"), "{nul}");
+    let twice = futures::future::join_all((0..2).map(|_| queue.put(noop("same")))).await;
+    assert_eq!(
+        twice.iter().filter(|result| result.is_ok()).count(),
+        1,
+        "{twice:?}"
+    );
+    assert!(
+        twice
+            .iter()
+            .any(|result| result.as_ref().is_err_and(|error| error.is_duplicate_job()))
+    );
+    assert_eq!(queue.stats().await.expect("stats").total, 20);
+}
+
+/// A batch holding one ID twice stores it once and reports the second as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_twice_in_one_batch_is_stored_once() {
+    let queue = queue(options());
+    let error = queue
+        .put_many(vec![noop("x"), noop("x"), noop("y")])
+        .await
+        .expect_err("a duplicate");
+    assert!(error.is_duplicate_job(), "{error}");
+    assert_eq!(queue.stats().await.expect("stats").total, 2);
+}

@@ -28,6 +28,9 @@ use crate::schema::{
 
 /// The fewest jobs of a put worth an insert statement of their own, run beside the others.
 const INSERT_CHUNK: usize = 250;
+/// The longest job ID stored: the primary key's index holds entries of at most about 2,700
+/// bytes, with the group's name beside the ID.
+const MAX_ID_BYTES: usize = 1024;
 
 /// The jobs a large `put_many` encodes before it starts inserting them; a put of at least
 /// twice this many inserts each chunk while it encodes the next.
@@ -126,7 +129,8 @@ pub(crate) struct Engine {
 #[derive(Default)]
 struct Puts {
     queued: Vec<(Prepared, oneshot::Sender<Result<()>>)>,
-    inserting: bool,
+    /// Tasks inserting.
+    inserting: usize,
 }
 
 /// A completion waiting for its batch.
@@ -452,6 +456,21 @@ impl Engine {
         if envelope.name.is_empty() {
             return Err(Error::invalid("a stored job needs a name (its ID)"));
         }
+        if envelope.name.len() > MAX_ID_BYTES {
+            return Err(Error::invalid_job(
+                format!("{}…", envelope.name.chars().take(64).collect::<String>()),
+                format!(
+                    "its ID is {} bytes long; at most {MAX_ID_BYTES} are stored",
+                    envelope.name.len()
+                ),
+            ));
+        }
+        if envelope.name.contains('\0') {
+            return Err(Error::invalid_job(
+                envelope.name.replace('\0', "\\0"),
+                "its ID contains a NUL character, which PostgreSQL text cannot hold",
+            ));
+        }
         if envelope.time_info.created.is_none() {
             envelope.time_info.created = Some(amboy_core::clock::now());
         }
@@ -521,12 +540,16 @@ impl Engine {
             .collect()
     }
 
-    /// Inserts plain jobs in one statement; one result per job, in order.
+    /// Inserts plain jobs in one statement; one result per job, in order. A job whose key an
+    /// earlier job of the batch has is a duplicate before the statement runs. Should the
+    /// statement fail for another reason than a duplicate (one job's ID too long for the
+    /// index, say), each job is inserted on its own, so that one job's fault is its own.
     async fn insert_each(&self, batch: Vec<Prepared>) -> Vec<Result<()>> {
-        if batch.is_empty() {
-            return Vec::new();
-        }
         let n = batch.len();
+        let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+        // Where each job inserted goes in `results`.
+        let mut slots = Vec::with_capacity(n);
+        let mut seen = std::collections::HashSet::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
         let mut states = Vec::with_capacity(n);
@@ -537,7 +560,12 @@ impl Engine {
         let mut scopes = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
         let mut counts = Vec::with_capacity(n);
-        for job in batch {
+        for (slot, job) in batch.into_iter().enumerate() {
+            if !seen.insert((job.id.clone(), job.attempt)) {
+                results[slot] = Some(Err(Error::duplicate_job(job.id)));
+                continue;
+            }
+            slots.push(slot);
             counts.push(job.count);
             scopes.push(json_list(&job.scopes));
             ids.push(job.id);
@@ -549,76 +577,135 @@ impl Engine {
             deadlines.push(job.dispatch_by);
             bodies.push(job.body);
         }
-        let insert = |sql: &Arc<str>| {
+        let insert = |sql: &Arc<str>, rows: std::ops::Range<usize>| {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(self.group())
                 .bind(&self.channel)
-                .bind(&ids)
-                .bind(&attempts)
-                .bind(&states)
-                .bind(&types)
-                .bind(&priorities)
-                .bind(&waits)
-                .bind(&deadlines)
-                .bind(&scopes)
-                .bind(&counts)
-                .bind(&bodies)
+                .bind(&ids[rows.clone()])
+                .bind(&attempts[rows.clone()])
+                .bind(&states[rows.clone()])
+                .bind(&types[rows.clone()])
+                .bind(&priorities[rows.clone()])
+                .bind(&waits[rows.clone()])
+                .bind(&deadlines[rows.clone()])
+                .bind(&scopes[rows.clone()])
+                .bind(&counts[rows.clone()])
+                .bind(&bodies[rows])
         };
+        let all = 0..ids.len();
         // None of them exists yet, as a rule: one plain insert. A duplicate fails it whole;
         // then the statement that skips and names duplicates runs.
-        let inserted = match insert(&self.sql.insert_new).execute(&self.pool).await {
-            Ok(_) => {
-                self.ready.notify_one();
-                amboy_core::metrics::record_puts(&self.id, types.iter().map(String::as_str));
-                return ids.iter().map(|_| Ok(())).collect();
-            }
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                insert(&self.sql.insert_many).fetch_all(&self.pool).await
-            }
-            Err(error) => Err(error),
-        };
-        match inserted {
-            Err(error) => {
-                let failed = per_job(error, "insert");
-                ids.iter().map(|id| Err(failed(id))).collect()
-            }
-            Ok(rows) => {
-                self.ready.notify_one();
-                let stored = keys_of(&rows);
-                if amboy_core::metrics::ENABLED {
-                    let stored_types = ids
-                        .iter()
-                        .zip(&attempts)
-                        .zip(&types)
-                        .filter(|((id, attempt), _)| stored.contains(&((*id).clone(), **attempt)))
-                        .map(|(_, job_type)| job_type.as_str());
-                    amboy_core::metrics::record_puts(&self.id, stored_types);
-                }
-                ids.into_iter()
-                    .zip(attempts)
-                    .map(|key| {
-                        if stored.contains(&key) {
-                            Ok(())
-                        } else {
-                            Err(Error::duplicate_job(key.0))
+        let stored: std::collections::HashSet<(String, i32)> = if ids.is_empty() {
+            Default::default()
+        } else {
+            match insert(&self.sql.insert_new, all.clone())
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => ids.iter().cloned().zip(attempts.iter().copied()).collect(),
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                    match insert(&self.sql.insert_many, all.clone())
+                        .fetch_all(&self.pool)
+                        .await
+                    {
+                        Ok(rows) => keys_of(&rows),
+                        Err(error) => {
+                            return self
+                                .one_by_one(error, (&ids, &types), results, &slots, &insert)
+                                .await;
                         }
-                    })
-                    .collect()
+                    }
+                }
+                Err(error) => {
+                    return self
+                        .one_by_one(error, (&ids, &types), results, &slots, &insert)
+                        .await;
+                }
+            }
+        };
+        if !stored.is_empty() {
+            self.ready.notify_one();
+        }
+        if amboy_core::metrics::ENABLED {
+            let stored_types = ids
+                .iter()
+                .zip(&attempts)
+                .zip(&types)
+                .filter(|((id, attempt), _)| stored.contains(&((*id).clone(), **attempt)))
+                .map(|(_, job_type)| job_type.as_str());
+            amboy_core::metrics::record_puts(&self.id, stored_types);
+        }
+        for (row, slot) in slots.iter().enumerate() {
+            let key = (ids[row].clone(), attempts[row]);
+            results[*slot] = Some(if stored.contains(&key) {
+                Ok(())
+            } else {
+                Err(Error::duplicate_job(key.0))
+            });
+        }
+        results
+            .into_iter()
+            .map(|result| result.expect("every job has a result"))
+            .collect()
+    }
+
+    /// After a batch's statement failed with `error`: each job on its own (a batch of one
+    /// has its error).
+    async fn one_by_one<'q, F>(
+        &self,
+        error: sqlx::Error,
+        (ids, types): (&[String], &[String]),
+        mut results: Vec<Option<Result<()>>>,
+        slots: &[usize],
+        insert: &F,
+    ) -> Vec<Result<()>>
+    where
+        F: Fn(
+            &Arc<str>,
+            std::ops::Range<usize>,
+        ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    {
+        if ids.len() == 1 {
+            results[slots[0]] = Some(Err(per_job(error, "insert")(&ids[0])));
+        } else {
+            for (row, slot) in slots.iter().enumerate() {
+                let result = match insert(&self.sql.insert_many, row..row + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                {
+                    Ok(rows) if rows.is_empty() => Err(Error::duplicate_job(&ids[row])),
+                    Ok(_) => {
+                        self.ready.notify_one();
+                        amboy_core::metrics::jobs_put(&self.id, &types[row], 1);
+                        Ok(())
+                    }
+                    Err(error) => Err(per_job(error, "insert")(&ids[row])),
+                };
+                results[*slot] = Some(result);
             }
         }
+        results
+            .into_iter()
+            .map(|result| result.expect("every job has a result"))
+            .collect()
     }
 
     /// Puts one plain job, inserted with the single puts made meanwhile in one statement (a
-    /// group commit): the first put starts a task that inserts what is queued, a batch at a
-    /// time, until nothing is; the others wait for their job's result. A put returns once its
+    /// group commit): a put starts a task (up to a few at once) that inserts what is queued, a
+    /// batch at a time, until nothing is; the others wait for their job's result. A put returns once its
     /// statement committed. The task, not the put, runs the statement, so a put dropped while
     /// waiting leaves no batch half-done: its job is stored or not, as if it had waited.
     async fn put_plain(&self, job: Prepared) -> Result<()> {
         let (reply, result) = oneshot::channel();
+        // A task more while fewer than a few insert: one statement waiting on a lock (a key
+        // another transaction inserts) holds up only the puts of its batch.
+        let most = self.inserts_in_flight();
         let start = {
             let mut puts = self.puts.lock();
             puts.queued.push((job, reply));
-            !std::mem::replace(&mut puts.inserting, true)
+            let start = puts.inserting < most;
+            puts.inserting += usize::from(start);
+            start
         };
         if start {
             tokio::spawn(self.arc().insert_queued());
@@ -641,14 +728,17 @@ impl Engine {
                 }
                 let queued = {
                     let mut puts = self.engine.puts.lock();
-                    puts.inserting = false;
+                    puts.inserting -= 1;
                     std::mem::take(&mut puts.queued)
                 };
                 for (job, reply) in queued {
-                    let _ = reply.send(Err(Error::invalid_job(
-                        &job.id,
-                        "the task inserting single puts stopped before inserting it",
-                    )));
+                    let _ = reply.send(Err(Error::Backend {
+                        message: format!(
+                            "postgres: the task inserting single puts stopped before job '{}'",
+                            job.id
+                        ),
+                        source: None,
+                    }));
                 }
             }
         }
@@ -660,7 +750,7 @@ impl Engine {
             let batch: Vec<(Prepared, oneshot::Sender<Result<()>>)> = {
                 let mut puts = self.puts.lock();
                 if puts.queued.is_empty() {
-                    puts.inserting = false;
+                    puts.inserting -= 1;
                     ending.done = true;
                     return;
                 }

@@ -204,11 +204,15 @@ impl Statements {
     pub(crate) fn new(schema: &str) -> Self {
         let s = schema;
         let cols = JOB_COLUMNS;
-        // Who may write a stored job (amboy's atomic query): nobody holds an unexpired lock on
-        // it, or this queue ($me) does and the writer's count is at most one ahead of the
-        // stored one. Judged on the database's clock.
-        let fence = "(j.lock_ts IS NULL OR j.lock_ts <= now() - $lock_timeout::interval \
-                     OR (j.owner = $me AND j.mod_count IN (v.count, v.count - 1)))";
+        // Who may write a stored job (amboy's atomic query): this queue ($me) holds its lock
+        // and the writer's count is at most one ahead of the stored one, or nobody holds an
+        // unexpired lock on it. Judged on the database's clock.
+        // A completed job (state 2) is final: only its owner's write under its lock passes,
+        // however old the lock, so that a worker still running a job that management
+        // completed cannot write it back even after the lock timed out.
+        let fence = "(j.owner = $me AND j.mod_count IN (v.count, v.count - 1) \
+                     OR j.state <> 2 AND (j.lock_ts IS NULL \
+                       OR j.lock_ts <= now() - $lock_timeout::interval))";
         let build = |sql: String| -> Arc<str> {
             Arc::from(
                 sql.replace("{s}", s)
