@@ -347,6 +347,28 @@ pub async fn complete_job_fences_out_the_owner(backend: Backend) {
     if managed.stores_copies {
         assert!(after.status.errors.is_empty(), "{:?}", after.status.errors);
     }
+    // A retrying job: the retry handler, holding a copy, locks it and saves it to build the
+    // next attempt; once management completed the job, that save fails.
+    if let Some(queue) = managed.queue.as_retryable() {
+        let copy = queue.get_attempt("retrying", 0).await.expect("the attempt");
+        managed
+            .manager
+            .complete_job("retrying")
+            .await
+            .expect("complete");
+        let owner: Arc<str> = Arc::from(managed.queue.id());
+        let locked = copy.base().lock(&owner, managed.queue.info().lock_timeout);
+        let saved = match locked {
+            Ok(()) => managed.queue.save(&copy).await,
+            Err(error) => Err(error),
+        };
+        assert!(saved.is_err(), "the handler's save after the completion");
+        let after = info(&managed.queue, "retrying").await;
+        assert!(
+            after.status.completed && !after.retry.needs_retry,
+            "{after:?}"
+        );
+    }
     managed.queue.close().await;
 }
 
@@ -489,6 +511,33 @@ pub async fn requeue_a_failed_job(backend: Backend) {
     for id in ["done", "pending-1", "running"] {
         let error = manager.requeue_job(id).await.expect_err("not failed");
         assert!(matches!(error, Error::InvalidJob { .. }), "{id}: {error:?}");
+    }
+    // A job put without retries, failing twice: each time enqueued again as its next attempt,
+    // the latest attempt being the job.
+    managed.queue.put(Noop::new("plain")).await.expect("put");
+    for attempt in 0..2u32 {
+        let job = tokio::time::timeout(Duration::from_secs(10), managed.queue.next())
+            .await
+            .expect("dispatched")
+            .expect("next");
+        assert_eq!(
+            (job.id(), job.base().retry_info().current_attempt),
+            ("plain", attempt)
+        );
+        job.base().add_error("it broke again");
+        managed.queue.complete(&job).await.expect("complete");
+        let again = manager.requeue_job("plain").await.expect("requeue");
+        assert_eq!(again.retry.current_attempt, attempt + 1);
+        let latest = managed.queue.get("plain").await.expect("the job");
+        assert_eq!(latest.base().retry_info().current_attempt, attempt + 1);
+        assert!(!latest.base().status().completed);
+        let detail = manager.job("plain").await.expect("its record");
+        let attempts: Vec<u32> = detail
+            .attempts
+            .iter()
+            .map(|info| info.retry.current_attempt)
+            .collect();
+        assert_eq!(attempts, (0..=attempt + 1).collect::<Vec<_>>());
     }
     managed.queue.close().await;
 }

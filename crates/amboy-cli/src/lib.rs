@@ -6,7 +6,7 @@
 //! Output is a table for people, or JSON with `--json`. Exit codes: 0 done; 1 the service
 //! refused the request or could not be reached (the reason on stderr); 2 bad usage; 3 no such
 //! job (or it is not running); 4 a wait ran out of time; 5 the job waited for finished with
-//! errors. `--service` and `--token` come from the flags or from `AMBOY_SERVICE` and
+//! errors or expired. `--service` and `--token` come from the flags or from `AMBOY_SERVICE` and
 //! `AMBOY_TOKEN`.
 //!
 //! Depends on the REST clients (`amboy-rest`) for the client commands, and on the queues,
@@ -296,7 +296,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Serve(args) = cli.command {
         return serve::serve(args, cli.token).await;
     }
-    let mut connection = Connection::new(&cli.service)?;
+    let mut connection =
+        Connection::new(&cli.service).map_err(|error| Failure::new(2, error.to_string()))?;
     if let Some(token) = &cli.token {
         connection = connection.with_token(token);
     }
@@ -589,7 +590,7 @@ async fn job(command: JobCommand, connection: Connection, out: &Output) -> Resul
             out.print(&status, || {
                 attempts_table(std::slice::from_ref(&status.job))
             });
-            if !status.job.status.errors.is_empty() {
+            if !status.job.status.errors.is_empty() || status.job.status.expired {
                 return Ok(5);
             }
         }

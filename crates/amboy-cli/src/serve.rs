@@ -38,11 +38,32 @@ pub(crate) struct ServeArgs {
     /// How long running jobs may take to finish once asked to stop.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     grace: Duration,
+    /// Listen beyond this machine without a token: anyone who reaches the port can then run
+    /// commands (the `shell` job).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Serves until SIGTERM or Ctrl-C; running jobs get `grace` to finish.
 pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<u8, Failure> {
     amboy_jobs::register_builtin_jobs();
+    // Bound before the queue starts: a port in use leaves no job claimed.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|error| Failure::new(1, format!("cannot listen on {}: {error}", args.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| Failure::new(1, format!("cannot read the address: {error}")))?;
+    if token.is_none() && !address.ip().is_loopback() && !args.insecure {
+        return Err(Failure::new(
+            2,
+            format!(
+                "refusing to serve on {address} without a token: anyone reaching it could run \
+                 commands as shell jobs; give --token (or AMBOY_TOKEN), listen on a loopback \
+                 address, or pass --insecure"
+            ),
+        ));
+    }
     // Before the queue starts, so that every job's metrics are recorded.
     let metrics = amboy_rest::install_prometheus()?;
     let pool = AbortablePool::new(args.workers.max(1));
@@ -68,12 +89,6 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<u8, 
         }
     };
     queue.start().await?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|error| Failure::new(1, format!("cannot listen on {}: {error}", args.listen)))?;
-    let address = listener
-        .local_addr()
-        .map_err(|error| Failure::new(1, format!("cannot read the address: {error}")))?;
     let store = match &args.database_url {
         Some(_) => format!("PostgreSQL schema '{}'", args.schema),
         None => "memory".to_owned(),
@@ -90,8 +105,23 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<u8, 
     if let Some(token) = token {
         service = service.token(token);
     }
-    let served = service.serve(listener, stop_signal()).await;
-    queue.shutdown(args.grace).await;
+    // At the signal, the service stops taking requests while the queue stops dispatching and
+    // gives its running jobs their grace, at the same time.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signalled = async move {
+        stop_signal().await;
+        let _ = stop.send(true);
+    };
+    let mut watch = stopped.clone();
+    let serving = service.serve(listener, async move {
+        let _ = watch.wait_for(|stop| *stop).await;
+    });
+    let mut watch = stopped;
+    let stopping = async {
+        let _ = watch.wait_for(|stop| *stop).await;
+        queue.shutdown(args.grace).await;
+    };
+    let (served, (), ()) = tokio::join!(serving, stopping, signalled);
     served.map_err(|error| Failure::new(1, format!("the service failed: {error}")))?;
     eprintln!("amboy: stopped");
     Ok(0)

@@ -373,6 +373,18 @@ impl Served {
 }
 
 #[test]
+fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
+    let output = std::process::Command::new(assert_cmd::cargo::cargo_bin("amboy"))
+        .env_remove("AMBOY_TOKEN")
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("it runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without a token"), "{stderr}");
+}
+
+#[test]
 fn serve_in_memory_runs_jobs_and_stops_on_sigterm() {
     let served = start_serve(&[]);
     let id = put_shell(&served.url, &["echo", "served"]);

@@ -113,6 +113,19 @@ impl GroupCache {
         Some(item.queue.clone())
     }
 
+    /// Every cached queue with its name, sorted by name, without refreshing their last access
+    /// (looking does not keep a queue from being pruned).
+    pub fn entries(&self) -> Vec<(String, Arc<dyn Queue>)> {
+        let mut entries: Vec<(String, Arc<dyn Queue>)> = self
+            .items
+            .lock()
+            .iter()
+            .map(|(name, item)| (name.clone(), item.queue.clone()))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
     /// The number of cached queues.
     pub fn len(&self) -> usize {
         self.items.lock().len()

@@ -181,6 +181,11 @@ pub trait QueueGroup: Send + Sync + 'static {
 
     /// The names of the queues.
     async fn queues(&self) -> Vec<String>;
+
+    /// The queues this process holds now (built and not pruned), by name, without building,
+    /// starting or refreshing any: what watching a group's running jobs looks at, so that
+    /// watching changes nothing.
+    fn local_queues(&self) -> Vec<(String, Arc<dyn Queue>)>;
 }
 
 impl std::fmt::Debug for dyn Queue {

@@ -239,6 +239,14 @@ impl QueueGroup for MockGroup {
     async fn queues(&self) -> Vec<String> {
         self.queues.lock().keys().cloned().collect()
     }
+
+    fn local_queues(&self) -> Vec<(String, Arc<dyn Queue>)> {
+        self.queues
+            .lock()
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.clone() as Arc<dyn Queue>))
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -137,6 +137,8 @@ impl QueueManager {
                     "it is retrying in a queue that does not retry",
                 ));
             };
+            // The retry handler may be building its next attempt from a copy: fence it out.
+            self.advance_twice(&job).await?;
             queue.complete_retrying(&job).await?;
             return Ok(true);
         }
@@ -144,15 +146,21 @@ impl QueueManager {
             return Ok(false);
         }
         if in_progress {
-            // Two writes, each advancing the count by one (the most a write may), so that the
-            // stored count ends three ahead of the worker's.
-            for _ in 0..2 {
-                job.base().metadata().status.modification_count += 1;
-                self.queue.save(&job).await?;
-            }
+            self.advance_twice(&job).await?;
         }
         self.queue.complete(&job).await?;
         Ok(true)
+    }
+
+    /// Two writes, each advancing the job's modification count by one (the most a write may),
+    /// so that with the completion that follows the stored count ends three ahead of what
+    /// its owner holds (amboy's `$inc: 3`): the owner's later writes fail.
+    async fn advance_twice(&self, job: &JobRef) -> Result<()> {
+        for _ in 0..2 {
+            job.base().metadata().status.modification_count += 1;
+            self.queue.save(job).await?;
+        }
+        Ok(())
     }
 }
 

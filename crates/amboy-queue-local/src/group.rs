@@ -214,6 +214,10 @@ impl QueueGroup for LocalQueueGroup {
         self.cache.len()
     }
 
+    fn local_queues(&self) -> Vec<(String, Arc<dyn Queue>)> {
+        self.cache.entries()
+    }
+
     async fn queues(&self) -> Vec<String> {
         self.cache.names()
     }

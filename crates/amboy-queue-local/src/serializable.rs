@@ -274,14 +274,17 @@ impl Store {
         }
     }
 
-    /// The key of the latest attempt of `id`, or its own key.
+    /// The key of the latest attempt of `id`, or its own key: a job put without retries and
+    /// enqueued again by management has its first attempt under its ID and the next ones as
+    /// retryable attempts, which come first.
     fn latest_key(&self, id: &str) -> Option<Arc<str>> {
-        if let Some((key, _)) = self.records.get_key_value(id) {
-            return Some(key.clone());
+        if let Some(attempt) = self.latest.get(id) {
+            let key = storage_key(id, true, *attempt);
+            if self.records.contains_key(&key) {
+                return Some(key);
+            }
         }
-        let attempt = *self.latest.get(id)?;
-        let key = storage_key(id, true, attempt);
-        self.records.contains_key(&key).then_some(key)
+        self.records.get_key_value(id).map(|(key, _)| key.clone())
     }
 
     /// The record under `key`.
@@ -1118,9 +1121,19 @@ impl RetryableQueue for Engine {
             let store = self.store.lock();
             let latest = store.latest.get(id).copied().unwrap_or(0);
             // Attempts the queue no longer retains are skipped, not a reason to stop.
-            (0..=latest)
+            let mut records: Vec<Record> = (0..=latest)
                 .filter_map(|attempt| store.record(&storage_key(id, true, attempt)))
-                .collect()
+                .collect();
+            // A job put without retries has no attempts (amboy's rule), unless management
+            // enqueued it again: then its first attempt, stored under its ID alone, comes
+            // first.
+            if !records.is_empty()
+                && let Some(plain) = store.record(id)
+                && !plain.retry_info.retryable
+            {
+                records.insert(0, plain);
+            }
+            records
         };
         if records.is_empty() {
             return Err(Error::job_not_found_because(id, "no retryable attempts"));

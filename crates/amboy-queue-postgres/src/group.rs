@@ -387,6 +387,10 @@ impl QueueGroup for PostgresQueueGroup {
         self.cache.len()
     }
 
+    fn local_queues(&self) -> Vec<(String, Arc<dyn Queue>)> {
+        self.cache.entries()
+    }
+
     /// The group names with active jobs in the database (amboy's); an unreachable database
     /// gives the names of the queues in the cache.
     async fn queues(&self) -> Vec<String> {

@@ -90,6 +90,19 @@ pub(crate) fn client_error(status: u16, body: ErrorBody, id: Option<&str>) -> Er
             detail: Some(body.message),
         },
         "duplicate_job" => Error::DuplicateJob { id: id() },
+        "duplicate_scope" => match quoted(&body.message).as_slice() {
+            [scope, holder, requester, ..] => Error::DuplicateScope {
+                scope: scope.to_string(),
+                holder: holder.to_string(),
+                requester: requester.to_string(),
+            },
+            _ => Error::DuplicateScope {
+                scope: String::new(),
+                holder: String::new(),
+                requester: id(),
+            },
+        },
+        "queue_full" => Error::QueueFull { id: id() },
         "invalid_job" if named => {
             let prefix = format!("invalid job '{}': ", id());
             Error::InvalidJob {
@@ -110,5 +123,49 @@ pub(crate) fn client_error(status: u16, body: ErrorBody, id: Option<&str>) -> Er
             ),
             source: None,
         },
+    }
+}
+
+/// The parts of `message` between single quotes, in order (amboy's messages quote the names
+/// they give).
+fn quoted(message: &str) -> Vec<&str> {
+    message.split('\'').skip(1).step_by(2).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str, message: &str) -> ErrorBody {
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_kinds_callers_branch_on_come_back() {
+        let scope = Error::DuplicateScope {
+            scope: "s".into(),
+            holder: "h".into(),
+            requester: "r".into(),
+        };
+        let sent = ApiError::from(scope.clone());
+        let back = client_error(sent.status.as_u16(), sent.body, Some("r"));
+        assert!(
+            back.is_duplicate_scope() && back.is_duplicate_job(),
+            "{back:?}"
+        );
+        assert_eq!(back.to_string(), scope.to_string());
+        let missing = client_error(404, body("job_not_found", "job 'x' not found"), Some("x"));
+        assert!(missing.is_job_not_found());
+        let duplicate = client_error(409, body("duplicate_job", "dup"), Some("x"));
+        assert!(duplicate.is_duplicate_job() && !duplicate.is_duplicate_scope());
+        let full = client_error(503, body("queue_full", "full"), Some("x"));
+        assert!(matches!(full, Error::QueueFull { .. }), "{full:?}");
+        let invalid = client_error(400, body("invalid_job", "invalid job 'x': bad"), Some("x"));
+        assert_eq!(invalid.to_string(), "invalid job 'x': bad");
+        let other = client_error(500, body("internal", "boom"), None);
+        assert!(other.to_string().contains("500") && other.to_string().contains("boom"));
     }
 }

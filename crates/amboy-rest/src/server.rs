@@ -65,6 +65,8 @@ struct AppState {
     pool: Option<Arc<dyn AbortableRunner>>,
     group: Option<Arc<dyn QueueGroup>>,
     token: Option<Arc<[u8]>>,
+    /// Cancelled when [`RestService::serve`] is told to stop: waits under way answer at once.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for RestService {
@@ -217,14 +219,19 @@ impl RestService {
     }
 
     /// Serves the service on `listener` until `shutdown` resolves, then stops taking
-    /// connections and returns once the requests under way are answered.
+    /// connections and returns once the requests under way are answered; waits under way
+    /// answer at once, 503 `unavailable` (the service is stopping).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let stopping = self.state.stopping.clone();
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.cancel();
+            })
             .await
     }
 }
@@ -234,10 +241,13 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
     let Some(token) = &state.token else {
         return next.run(request).await;
     };
+    // The scheme's name is case-insensitive (RFC 9110); the token is not.
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        .map(|value| value.as_bytes())
+        .filter(|value| value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|value| &value[7..]);
     match given {
         Some(given) if bool::from(given.ct_eq(token)) => next.run(request).await,
         _ => {
@@ -367,6 +377,20 @@ fn wait_timeout(query: &WaitQuery) -> Result<Duration> {
     Ok(timeout)
 }
 
+/// `wait`, unless the service is told to stop first: then 503 `unavailable` at once, so that
+/// a long wait does not hold a stopping service up.
+async fn until_stopping<T>(state: &AppState, wait: impl Future<Output = T>) -> Result<T> {
+    tokio::select! {
+        biased;
+        _ = state.stopping.cancelled() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service is stopping",
+        )),
+        done = wait => Ok(done),
+    }
+}
+
 fn timed_out(what: &str, timeout: Duration) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
@@ -411,7 +435,8 @@ async fn wait_all(
 ) -> Result<Json<StatusResponse>> {
     let timeout = wait_timeout(&query(params)?)?;
     let queue = queue(&state);
-    match tokio::time::timeout(timeout, amboy_core::wait_interval(&**queue, WAIT_INTERVAL)).await {
+    let waited = tokio::time::timeout(timeout, amboy_core::wait_interval(&**queue, WAIT_INTERVAL));
+    match until_stopping(&state, waited).await? {
         Ok(waited) => waited?,
         Err(_) => return Err(timed_out("the queue's jobs did not all finish", timeout)),
     }
@@ -470,7 +495,8 @@ async fn wait_job(
     let queue = queue(&state);
     // A job that does not exist is a 404 at once, not a wait.
     queue.get(&id).await?;
-    match tokio::time::timeout(timeout, wait_job_interval(&**queue, &id, WAIT_INTERVAL)).await {
+    let waited = tokio::time::timeout(timeout, wait_job_interval(&**queue, &id, WAIT_INTERVAL));
+    match until_stopping(&state, waited).await? {
         Ok(outcome) => {
             outcome?;
         }
@@ -678,19 +704,18 @@ async fn pool_abort(
     Ok(Json(running(id, None, "aborted")))
 }
 
-/// The group's queues whose runners are abortable pools, by name.
+/// The queues of the group this process holds whose runners are abortable pools, by name:
+/// looked at without building, starting or refreshing any (watching changes nothing).
 async fn group_pools(state: &AppState) -> Result<Vec<(String, Arc<dyn amboy_core::Runner>)>> {
     let group = state.group.as_ref().expect("routed only with a group");
-    let mut pools = Vec::new();
-    for name in group.queues().await {
-        let queue = group.get(&name, &[]).await?;
-        if let Some(runner) = queue.runner()
-            && runner.as_abortable().is_some()
-        {
-            pools.push((name, runner));
-        }
-    }
-    Ok(pools)
+    Ok(group
+        .local_queues()
+        .into_iter()
+        .filter_map(|(name, queue)| {
+            let runner = queue.runner()?;
+            runner.as_abortable().is_some().then_some((name, runner))
+        })
+        .collect())
 }
 
 async fn group_list(State(state): State<AppState>) -> Result<Json<Vec<RunningJob>>> {
