@@ -13,7 +13,9 @@ use crate::{GroupedId, JobDetail, JobPage, JobQuery, JobTypeCount, StatusFilter}
 /// "Complete" means what amboy means: the job is marked completed, ends any retrying phase (it
 /// will not run again), is no longer in progress, and any owner's lock on it is invalidated, so
 /// that the worker that was running it can no longer write it. Completing a pending job takes
-/// it out of line.
+/// it out of line. Completing a running job releases its scopes at once but does not stop the
+/// run: it goes on until its queue notices the lost lock (queues that store copies: at the
+/// next heartbeat) or it ends; abort it through its pool when that matters.
 ///
 /// Implementations: [`QueueManager`](crate::QueueManager) over any queue, and
 /// `amboy_queue_postgres::PostgresManager`, which answers with SQL on the queue's tables.

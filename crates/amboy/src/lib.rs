@@ -23,7 +23,7 @@
 //! | `logger` | `logger` | `amboy-logger` | the queue-backed log sender as a `tracing` layer |
 //! | `rest` | `rest` | `amboy-rest` | the REST service (axum) and its clients (reqwest) |
 //!
-//! `full` enables every feature but `metrics` (recording costs each job a few hundred
+//! `full` enables every feature but `metrics` (recording costs each job about 800
 //! instructions; enable it by itself).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
