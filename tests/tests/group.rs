@@ -996,6 +996,12 @@ async fn cache_prune_keeps_a_queue_fetched_while_it_was_judged() {
         .expect("the job put meanwhile runs")
         .unwrap();
     assert_eq!(outcome, amboy::JobOutcome::Completed);
+    // The job's status says completed a moment before the queue's counts do: wait for the
+    // counts, which are what pruning judges.
+    timeout(PROMPTLY, amboy::wait(&*racing))
+        .await
+        .expect("the queue's stats complete")
+        .unwrap();
 
     // Untouched and complete, the next prune takes it.
     cache.prune().await.expect("prune");
