@@ -328,3 +328,40 @@ async fn a_job_another_process_runs_is_completed_and_its_run_cancelled() {
     assert!(stored.attempts[0].status.errors.is_empty(), "{stored:?}");
     queue.close().await;
 }
+
+/// On the serializable queue, a job that management completed stays completed even when the
+/// worker that ran it writes long after the lock timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_job_stays_final_past_the_lock_timeout_in_memory() {
+    use amboy::local::SerializableQueueOptions;
+    let queue = LimitedSizeSerializableQueue::with_options(SerializableQueueOptions {
+        lock_timeout: Duration::from_millis(20),
+        ..SerializableQueueOptions::new(8)
+    })
+    .expect("options");
+    let queue: Arc<dyn Queue> = idle_local(queue).await;
+    queue.put(Noop::new("slow")).await.expect("put");
+    let running = tokio::time::timeout(LIMIT, queue.next())
+        .await
+        .expect("in time")
+        .expect("next");
+    let manager = QueueManager::new(queue.clone());
+    manager.complete_job("slow").await.expect("complete");
+    // The lock times out (20 ms) while the worker still runs.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    running.base().add_error("written by the worker long after");
+    let error = queue.complete(&running).await.expect_err("final");
+    assert!(error.is_job_not_found(), "{error}");
+    let stored = queue.get("slow").await.expect("the job");
+    let status = stored.base().status();
+    assert!(status.completed && status.errors.is_empty(), "{status:?}");
+    queue.close().await;
+}
+
+async fn idle_local(queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    queue
+}

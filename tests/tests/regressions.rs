@@ -220,7 +220,13 @@ async fn serializable_save_keeps_the_queue_state_of_the_record() {
     let current = queue.get("zz-p").await.unwrap();
     queue.complete(&current).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
-    queue.save(&stale).await.unwrap();
+    // A completed record is final: a stale copy's save is refused even once the lock timed
+    // out (it used to be accepted, keeping the record's state).
+    let refused = queue
+        .save(&stale)
+        .await
+        .expect_err("a completed record is final");
+    assert!(refused.is_job_not_found(), "{refused}");
     let stats = queue.stats().await.unwrap();
     assert_eq!(
         (stats.completed, stats.pending, stats.total),

@@ -214,9 +214,12 @@ fn info_of(record: &JobInterchange) -> JobInfo {
 impl Store {
     /// Whether a copy whose status is `copy` may overwrite the stored record (amboy's atomic
     /// query): the stored lock expired or was never taken, or this queue holds it and the copy
-    /// is at most one lock ahead.
+    /// is at most one lock ahead. A record `finished` for good (completed and not retrying) is
+    /// final: only the second rule applies, however old its lock, so that a worker still
+    /// running a job that management completed cannot write it back once the lock timed out.
     fn lock_allows(
         stored: &JobStatusInfo,
+        finished: bool,
         copy: &JobStatusInfo,
         owner: &str,
         timeout: Duration,
@@ -225,7 +228,7 @@ impl Store {
         let expired = stored
             .modification_time
             .is_none_or(|time| (now - time).to_std().unwrap_or_default() >= timeout);
-        if expired {
+        if expired && !finished {
             return true;
         }
         stored.owner.as_deref() == Some(owner)
@@ -694,6 +697,7 @@ impl Engine {
         let copy = job.base().metadata().status.clone();
         if !Store::lock_allows(
             &record.status,
+            record.status.completed && !is_retrying(record),
             &copy,
             &self.id,
             self.options.lock_timeout,

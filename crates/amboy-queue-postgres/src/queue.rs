@@ -274,6 +274,23 @@ fn per_job(error: sqlx::Error, doing: &'static str) -> impl Fn(&str) -> Error {
     }
 }
 
+/// The results of a batch, every job's decided.
+fn finished(results: Vec<Option<Result<()>>>) -> Vec<Result<()>> {
+    results
+        .into_iter()
+        .map(|result| result.expect("every job has a result"))
+        .collect()
+}
+
+/// Keeps the items of `column` that are not `repeated` (a mask of the same length).
+fn drop_repeated<T>(column: &mut Vec<T>, repeated: &[bool]) {
+    let mut index = 0;
+    column.retain(|_| {
+        index += 1;
+        !repeated[index - 1]
+    });
+}
+
 /// The (ID, attempt) keys that a statement's rows name in their first two columns.
 fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String, i32)> {
     rows.iter()
@@ -285,6 +302,62 @@ fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String,
 pub(crate) fn jittered(base: Duration) -> Duration {
     let micros = base.as_micros().max(1) as u64;
     Duration::from_micros(micros / 2 + fastrand::u64(0..=micros / 2))
+}
+
+/// A task inserting the queued single puts of its engine, [`INSERT_CHUNK`] per statement, until
+/// none is left. Should it end early (a panic, a runtime shutting down), it gives its place
+/// back, and if no other task is inserting, the puts still queued fail rather than wait.
+struct Inserter {
+    engine: Arc<Engine>,
+    done: bool,
+}
+
+impl Inserter {
+    async fn run(mut self) {
+        loop {
+            let batch: Vec<(Prepared, oneshot::Sender<Result<()>>)> = {
+                let mut puts = self.engine.puts.lock();
+                if puts.queued.is_empty() {
+                    puts.inserting -= 1;
+                    self.done = true;
+                    return;
+                }
+                let take = puts.queued.len().min(INSERT_CHUNK);
+                puts.queued.drain(..take).collect()
+            };
+            let (jobs, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().unzip();
+            let results = self.engine.insert_each(jobs).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+impl Drop for Inserter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let orphans = {
+            let mut puts = self.engine.puts.lock();
+            puts.inserting -= 1;
+            if puts.inserting == 0 {
+                std::mem::take(&mut puts.queued)
+            } else {
+                Vec::new()
+            }
+        };
+        for (job, reply) in orphans {
+            let _ = reply.send(Err(Error::Backend {
+                message: format!(
+                    "postgres: the task inserting single puts stopped before job '{}'",
+                    job.id
+                ),
+                source: None,
+            }));
+        }
+    }
 }
 
 impl PostgresQueue {
@@ -541,15 +614,13 @@ impl Engine {
     }
 
     /// Inserts plain jobs in one statement; one result per job, in order. A job whose key an
-    /// earlier job of the batch has is a duplicate before the statement runs. Should the
-    /// statement fail for another reason than a duplicate (one job's ID too long for the
-    /// index, say), each job is inserted on its own, so that one job's fault is its own.
+    /// earlier job of the batch has is a duplicate before the statement runs (the statement
+    /// would store one row for both, and report it stored for each). Should the statement
+    /// fail through one row's fault (an ID too long for the index, say), each job is inserted
+    /// on its own, so that the fault is that job's alone.
     async fn insert_each(&self, batch: Vec<Prepared>) -> Vec<Result<()>> {
         let n = batch.len();
         let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
-        // Where each job inserted goes in `results`.
-        let mut slots = Vec::with_capacity(n);
-        let mut seen = std::collections::HashSet::with_capacity(n);
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
         let mut states = Vec::with_capacity(n);
@@ -560,12 +631,7 @@ impl Engine {
         let mut scopes = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
         let mut counts = Vec::with_capacity(n);
-        for (slot, job) in batch.into_iter().enumerate() {
-            if !seen.insert((job.id.clone(), job.attempt)) {
-                results[slot] = Some(Err(Error::duplicate_job(job.id)));
-                continue;
-            }
-            slots.push(slot);
+        for job in batch {
             counts.push(job.count);
             scopes.push(json_list(&job.scopes));
             ids.push(job.id);
@@ -576,6 +642,36 @@ impl Engine {
             waits.push(job.wait_until);
             deadlines.push(job.dispatch_by);
             bodies.push(job.body);
+        }
+        let repeated: Vec<bool> = {
+            let mut seen = std::collections::HashSet::with_capacity(n);
+            ids.iter()
+                .zip(&attempts)
+                .map(|(id, attempt)| !seen.insert((id.as_str(), *attempt)))
+                .collect()
+        };
+        // Where each job inserted goes in `results`.
+        let mut slots: Vec<usize> = (0..n).collect();
+        if repeated.contains(&true) {
+            for (slot, id) in ids.iter().enumerate() {
+                if repeated[slot] {
+                    results[slot] = Some(Err(Error::duplicate_job(id)));
+                }
+            }
+            drop_repeated(&mut slots, &repeated);
+            drop_repeated(&mut ids, &repeated);
+            drop_repeated(&mut attempts, &repeated);
+            drop_repeated(&mut states, &repeated);
+            drop_repeated(&mut types, &repeated);
+            drop_repeated(&mut priorities, &repeated);
+            drop_repeated(&mut waits, &repeated);
+            drop_repeated(&mut deadlines, &repeated);
+            drop_repeated(&mut scopes, &repeated);
+            drop_repeated(&mut bodies, &repeated);
+            drop_repeated(&mut counts, &repeated);
+        }
+        if ids.is_empty() {
+            return finished(results);
         }
         let insert = |sql: &Arc<str>, rows: std::ops::Range<usize>| {
             sqlx::query(AssertSqlSafe(sql.clone()))
@@ -595,62 +691,53 @@ impl Engine {
         let all = 0..ids.len();
         // None of them exists yet, as a rule: one plain insert. A duplicate fails it whole;
         // then the statement that skips and names duplicates runs.
-        let stored: std::collections::HashSet<(String, i32)> = if ids.is_empty() {
-            Default::default()
-        } else {
-            match insert(&self.sql.insert_new, all.clone())
-                .execute(&self.pool)
-                .await
-            {
-                Ok(_) => ids.iter().cloned().zip(attempts.iter().copied()).collect(),
-                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                    match insert(&self.sql.insert_many, all.clone())
-                        .fetch_all(&self.pool)
-                        .await
-                    {
-                        Ok(rows) => keys_of(&rows),
-                        Err(error) => {
-                            return self
-                                .one_by_one(error, (&ids, &types), results, &slots, &insert)
-                                .await;
-                        }
-                    }
+        let failed = match insert(&self.sql.insert_new, all.clone())
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => {
+                self.ready.notify_one();
+                amboy_core::metrics::record_puts(&self.id, types.iter().map(String::as_str));
+                for slot in &slots {
+                    results[*slot] = Some(Ok(()));
                 }
-                Err(error) => {
-                    return self
-                        .one_by_one(error, (&ids, &types), results, &slots, &insert)
-                        .await;
+                return finished(results);
+            }
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                match insert(&self.sql.insert_many, all)
+                    .fetch_all(&self.pool)
+                    .await
+                {
+                    Ok(rows) => {
+                        let stored = keys_of(&rows);
+                        if !stored.is_empty() {
+                            self.ready.notify_one();
+                        }
+                        let mut stored_types = Vec::new();
+                        for (row, slot) in slots.iter().enumerate() {
+                            let key = (ids[row].clone(), attempts[row]);
+                            results[*slot] = Some(if stored.contains(&key) {
+                                stored_types.push(types[row].as_str());
+                                Ok(())
+                            } else {
+                                Err(Error::duplicate_job(key.0))
+                            });
+                        }
+                        amboy_core::metrics::record_puts(&self.id, stored_types);
+                        return finished(results);
+                    }
+                    Err(error) => error,
                 }
             }
+            Err(error) => error,
         };
-        if !stored.is_empty() {
-            self.ready.notify_one();
-        }
-        if amboy_core::metrics::ENABLED {
-            let stored_types = ids
-                .iter()
-                .zip(&attempts)
-                .zip(&types)
-                .filter(|((id, attempt), _)| stored.contains(&((*id).clone(), **attempt)))
-                .map(|(_, job_type)| job_type.as_str());
-            amboy_core::metrics::record_puts(&self.id, stored_types);
-        }
-        for (row, slot) in slots.iter().enumerate() {
-            let key = (ids[row].clone(), attempts[row]);
-            results[*slot] = Some(if stored.contains(&key) {
-                Ok(())
-            } else {
-                Err(Error::duplicate_job(key.0))
-            });
-        }
-        results
-            .into_iter()
-            .map(|result| result.expect("every job has a result"))
-            .collect()
+        self.one_by_one(failed, (&ids, &types), results, &slots, &insert)
+            .await
     }
 
-    /// After a batch's statement failed with `error`: each job on its own (a batch of one
-    /// has its error).
+    /// After a batch's statement failed with `error`: each job on its own when the error is
+    /// one row's fault (bad data, a constraint, a limit: SQLSTATE classes 22, 23 and 54) and
+    /// the batch has several; otherwise (a lost connection, say) the error is every job's.
     async fn one_by_one<'q, F>(
         &self,
         error: sqlx::Error,
@@ -665,29 +752,33 @@ impl Engine {
             std::ops::Range<usize>,
         ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     {
-        if ids.len() == 1 {
-            results[slots[0]] = Some(Err(per_job(error, "insert")(&ids[0])));
-        } else {
+        let one_rows_fault = matches!(&error, sqlx::Error::Database(database)
+        if database.code().is_some_and(|code| {
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+        }));
+        if ids.len() == 1 || !one_rows_fault {
+            let failed = per_job(error, "insert");
             for (row, slot) in slots.iter().enumerate() {
-                let result = match insert(&self.sql.insert_many, row..row + 1)
-                    .fetch_all(&self.pool)
-                    .await
-                {
-                    Ok(rows) if rows.is_empty() => Err(Error::duplicate_job(&ids[row])),
-                    Ok(_) => {
-                        self.ready.notify_one();
-                        amboy_core::metrics::jobs_put(&self.id, &types[row], 1);
-                        Ok(())
-                    }
-                    Err(error) => Err(per_job(error, "insert")(&ids[row])),
-                };
-                results[*slot] = Some(result);
+                results[*slot] = Some(Err(failed(&ids[row])));
             }
+            return finished(results);
         }
-        results
-            .into_iter()
-            .map(|result| result.expect("every job has a result"))
-            .collect()
+        for (row, slot) in slots.iter().enumerate() {
+            let result = match insert(&self.sql.insert_many, row..row + 1)
+                .fetch_all(&self.pool)
+                .await
+            {
+                Ok(rows) if rows.is_empty() => Err(Error::duplicate_job(&ids[row])),
+                Ok(_) => {
+                    self.ready.notify_one();
+                    amboy_core::metrics::jobs_put(&self.id, &types[row], 1);
+                    Ok(())
+                }
+                Err(error) => Err(per_job(error, "insert")(&ids[row])),
+            };
+            results[*slot] = Some(result);
+        }
+        finished(results)
     }
 
     /// Puts one plain job, inserted with the single puts made meanwhile in one statement (a
@@ -708,61 +799,20 @@ impl Engine {
             start
         };
         if start {
-            tokio::spawn(self.arc().insert_queued());
-        }
-        result.await.unwrap_or_else(|_| Err(Error::Closed("queue")))
-    }
-
-    /// Inserts the queued single puts, [`INSERT_CHUNK`] per statement, until none is left.
-    async fn insert_queued(self: Arc<Self>) {
-        /// Should the task end early (a panic), the puts queued fail and the next put starts
-        /// a task again, rather than waiting for this one.
-        struct Ending {
-            engine: Arc<Engine>,
-            done: bool,
-        }
-        impl Drop for Ending {
-            fn drop(&mut self) {
-                if self.done {
-                    return;
-                }
-                let queued = {
-                    let mut puts = self.engine.puts.lock();
-                    puts.inserting -= 1;
-                    std::mem::take(&mut puts.queued)
-                };
-                for (job, reply) in queued {
-                    let _ = reply.send(Err(Error::Backend {
-                        message: format!(
-                            "postgres: the task inserting single puts stopped before job '{}'",
-                            job.id
-                        ),
-                        source: None,
-                    }));
-                }
-            }
-        }
-        let mut ending = Ending {
-            engine: self.clone(),
-            done: false,
-        };
-        loop {
-            let batch: Vec<(Prepared, oneshot::Sender<Result<()>>)> = {
-                let mut puts = self.puts.lock();
-                if puts.queued.is_empty() {
-                    puts.inserting -= 1;
-                    ending.done = true;
-                    return;
-                }
-                let take = puts.queued.len().min(INSERT_CHUNK);
-                puts.queued.drain(..take).collect()
+            // Made before the task is spawned, so that a task dropped before it ever ran
+            // still gives its place back.
+            let inserter = Inserter {
+                engine: self.arc(),
+                done: false,
             };
-            let (jobs, replies): (Vec<Prepared>, Vec<_>) = batch.into_iter().unzip();
-            let results = self.insert_each(jobs).await;
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
+            tokio::spawn(inserter.run());
         }
+        result.await.unwrap_or_else(|_| {
+            Err(Error::Backend {
+                message: "postgres: the task inserting single puts stopped before answering".into(),
+                source: None,
+            })
+        })
     }
 
     /// Inserts one job on `conn` with its edges checked and its enqueue scopes taken, in a
@@ -2065,14 +2115,15 @@ impl RetryableQueue for Engine {
             .map_err(backend("read a job's attempts"))?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            let job = StoredJob::read(&row)
-                .map_err(backend("read a job"))?
-                .job()?;
-            if job.retry_info().retryable {
-                jobs.push(job);
-            }
+            jobs.push(
+                StoredJob::read(&row)
+                    .map_err(backend("read a job"))?
+                    .job()?,
+            );
         }
-        if jobs.is_empty() {
+        // A job put without retries has no attempts (amboy's rule), unless management enqueued
+        // it again: its later attempts are retryable, and then its first one counts too.
+        if !jobs.iter().any(|job| job.retry_info().retryable) {
             return Err(Error::job_not_found_because(id, "no retryable attempts"));
         }
         Ok(jobs)

@@ -91,7 +91,7 @@ fn operation(method: &str, path: &str) -> Value {
         ("get", "/v1/job/wait/{id}") => (
             "Waits until a job finished.",
             schema("JobStatusResponse"),
-            &["400", "404", "408"],
+            &["400", "404", "408", "503"],
         ),
         ("get", "/v1/management/status/{filter}") => (
             "How many jobs of each type (and group) pass the filter.",

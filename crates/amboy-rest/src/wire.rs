@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// | `locked` | 409 | another owner holds the job's lock |
 /// | `payload_too_large` | 413 | the body is over the service's limit |
 /// | `queue_full` | 503 | the queue is at capacity |
-/// | `unavailable` | 503 | the queue is closed, not started, or its store is unreachable |
+/// | `unavailable` | 503 | the queue is closed, not started, or its store is unreachable; or a wait was cut short because the service is stopping |
 /// | `internal` | 500 | anything else |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
