@@ -638,7 +638,8 @@ async fn the_pool_service_lists_checks_and_aborts_running_jobs() {
     queue.close().await;
 }
 
-/// The group service finds running jobs in every queue of the group, naming their group.
+/// The group service finds running jobs in every queue of the group this process holds,
+/// naming their group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_service_covers_every_queue_of_the_group() {
     let group = LocalQueueGroup::new(LocalQueueGroupOptions {

@@ -132,7 +132,7 @@ fn operation(method: &str, path: &str) -> Value {
             &[],
         ),
         ("get", "/v1/group/jobs/list") => (
-            "The jobs running in every queue of the group.",
+            "The jobs running in the group's queues this process holds.",
             array_of(schema("RunningJob")),
             &[],
         ),

@@ -42,7 +42,7 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// | queue | [`queue`](Self::queue) | `GET /v1/status`, `GET /v1/status/wait`, `POST /v1/job/create`, `GET /v1/job/{id}`, `GET /v1/job/status/{id}`, `GET /v1/job/wait/{id}` |
 /// | management | [`manager`](Self::manager) | under `/v1/management`: `GET /status/{filter}`, `GET /id/status/{filter}/type/{type}`, `POST /jobs/mark_complete/id/{id}`, `POST /jobs/mark_complete/status/{filter}` (and `/type/{type}`, `/pattern/{pattern}`), `GET /jobs`, `GET /job/{id}`, `POST /jobs/requeue/id/{id}` |
 /// | abortable pool | [`pool`](Self::pool) | under `/v1/pool`: `GET /jobs/list`, `DELETE /jobs/abort`, `GET /job/{id}`, `DELETE /job/{id}` |
-/// | queue group | [`group`](Self::group) | under `/v1/group`: the pool routes, over every queue of the group |
+/// | queue group | [`group`](Self::group) | under `/v1/group`: the pool routes, over the group's queues this process holds |
 ///
 /// `GET /v1/openapi.json` describes them all. Every failure answers with an
 /// [`ErrorBody`](crate::ErrorBody) (`{"code", "message"}`) and the status its code gives; a
