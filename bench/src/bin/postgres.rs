@@ -354,7 +354,7 @@ async fn burn_down_once(jobs: usize, processes: usize, workers: usize) -> BurnDo
     let (completed, span): (i64, f64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FILTER (WHERE state = 2), \
              extract(epoch FROM max(finished) \
-                 - min((body->'time_info'->>'start')::timestamptz))::float8 \
+                 - min((body::json->'time_info'->>'start')::timestamptz))::float8 \
          FROM {schema}.jobs"
     )))
     .fetch_one(queue.pool())

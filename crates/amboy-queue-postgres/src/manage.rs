@@ -370,7 +370,7 @@ impl Manager for PostgresManager {
         if let Some(job_type) = &query.job_type {
             sql.push(" AND j.job_type = ").push_bind(job_type.clone());
         }
-        let created = "(j.body->'time_info'->>'created')::timestamptz";
+        let created = "(j.body::json->'time_info'->>'created')::timestamptz";
         if let Some(after) = query.created_after {
             sql.push(format!(" AND {created} >= ")).push_bind(after);
         }

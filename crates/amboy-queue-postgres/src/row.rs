@@ -18,7 +18,7 @@ use crate::schema::{COMPLETED, EXPIRED, RETRYING, RUNNING, SET_ASIDE};
 /// hold, its ID and type and where it stands (state, owner, modification count; the
 /// modification time too when the write sets the lock's time), and with fields at their
 /// default value left out. A no-op job's body is about a third of its envelope: less to encode,
-/// send, parse (the column is `json`), store and log.
+/// send, store and log.
 #[derive(Serialize)]
 struct BodyOut<'a> {
     #[serde(skip_serializing_if = "is_default")]

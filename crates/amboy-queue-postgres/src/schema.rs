@@ -43,7 +43,7 @@ CREATE TABLE {s}.jobs (
     edges text[],
     scopes text[],
     failure text,
-    body json NOT NULL,
+    body text NOT NULL,
     PRIMARY KEY (queue_group, id, attempt)
 );
 CREATE INDEX jobs_pending ON {s}.jobs (queue_group, priority DESC, ready_at) WHERE state = 0;
@@ -237,7 +237,7 @@ impl Statements {
                    AS v(id, attempt, count, state, body, scoped, keep, addr)), \
              done AS ( \
                UPDATE {s}.jobs j SET state = v.state, owner = $2, \
-                   mod_count = v.count + 1, lock_ts = now(), body = v.body::json, \
+                   mod_count = v.count + 1, lock_ts = now(), body = v.body, \
                    finished = CASE WHEN v.state = 2 THEN now() END \
                FROM v \
                WHERE {find} AND j.state <> 4 AND {fence} \
@@ -260,7 +260,7 @@ impl Statements {
                coalesce(v.wait_until, now()), v.dispatch_by, \
                CASE WHEN v.scopes IS NULL THEN NULL \
                     ELSE ARRAY(SELECT json_array_elements_text(v.scopes::json)) END, \
-               v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body::json \
+               v.count, CASE WHEN v.state IN (2, 4) THEN now() END, v.body \
              FROM unnest($3::text[], $4::int[], $5::smallint[], $6::text[], $7::int[], \
                $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[]) \
                AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, scopes, \
@@ -288,7 +288,7 @@ impl Statements {
                 "INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
                      ready_at, dispatch_by, scopes, edges, failure, mod_count, finished, body) \
                  VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $8, $9, $10, $11, $13, \
-                     CASE WHEN $4 IN (2, 4) THEN now() END, $12::json) \
+                     CASE WHEN $4 IN (2, 4) THEN now() END, $12) \
                  ON CONFLICT DO NOTHING RETURNING id"
                     .into(),
             ),
@@ -400,7 +400,7 @@ impl Statements {
             save: build(
                 "UPDATE {s}.jobs j SET owner = $7, mod_count = v.count, \
                      lock_ts = CASE WHEN $7::text IS NULL THEN NULL ELSE now() END, \
-                     scopes = $9, body = $8::json \
+                     scopes = $9, body = $8 \
                  FROM (SELECT $6::bigint AS count) v \
                  WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state <> 4 \
                    AND {fence} \
