@@ -1270,3 +1270,68 @@ async fn a_basic_handler_takes_a_job_without_waiting_or_says_it_is_full() {
     }
     assert_eq!(handler.pending(), 1);
 }
+
+/// A runner that records, when it starts, whether its queue's retry handler runs already.
+#[derive(Default)]
+struct ProbeRunner {
+    queue: std::sync::Mutex<Option<Arc<dyn Queue>>>,
+    handler_ran_first: std::sync::atomic::AtomicBool,
+    started: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl amboy::Runner for ProbeRunner {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn set_queue(&self, queue: Arc<dyn Queue>) -> amboy::Result<()> {
+        *self.queue.lock().expect("not poisoned") = Some(queue);
+        Ok(())
+    }
+
+    async fn start(&self) -> amboy::Result<()> {
+        let queue = self
+            .queue
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .expect("a queue");
+        let running = queue
+            .as_retryable()
+            .and_then(|queue| queue.retry_handler())
+            .is_some_and(|handler| handler.started());
+        self.handler_ran_first.store(running, Ordering::SeqCst);
+        self.started.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.started.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The retry handler runs before the workers start: a job that asks to retry as soon as the
+/// queue starts is handed over at once, not a lock timeout later by the stale-retrying monitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_handler_starts_before_the_workers() {
+    let serializable = LimitedSizeSerializableQueue::new(8);
+    let postgres = amboy_tests::postgres::queue(amboy_tests::postgres::options());
+    let queues: [Arc<dyn RetryableQueue>; 2] = [serializable, postgres];
+    for queue in queues {
+        queue
+            .set_retry_handler(
+                BasicRetryHandler::new(RetryHandlerOptions::default()).expect("valid"),
+            )
+            .expect("a handler");
+        let probe = Arc::new(ProbeRunner::default());
+        queue.set_runner(probe.clone()).expect("a runner");
+        queue.start().await.expect("start");
+        assert!(
+            probe.handler_ran_first.load(Ordering::SeqCst),
+            "{}: the handler runs when the workers start",
+            queue.id()
+        );
+        queue.close().await;
+    }
+}

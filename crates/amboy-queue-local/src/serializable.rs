@@ -1041,9 +1041,21 @@ impl Queue for Engine {
 
     async fn start(&self) -> Result<()> {
         let runner = self.lifecycle.begin(&self.id)?;
+        // The retry handler starts before the workers: a job that ran and asked to retry
+        // before the handler was running would wait for the stale-retrying monitor, a lock
+        // timeout later.
+        let handler = self.retry_handler();
+        if let Some(handler) = &handler {
+            handler.start().await?;
+        }
         // The background tasks start once the runner has: a runner that cannot start leaves
         // the queue as it was, ready to start again.
-        self.lifecycle.start_runner(&runner).await?;
+        if let Err(error) = self.lifecycle.start_runner(&runner).await {
+            if let Some(handler) = &handler {
+                handler.close().await;
+            }
+            return Err(error);
+        }
         let store: Arc<dyn LockStore> = self.arc();
         self.dispatcher.start_heartbeat(Arc::downgrade(&store));
         let timer = Self::run_timer(
@@ -1058,9 +1070,6 @@ impl Queue for Engine {
         );
         self.lifecycle.spawn(timer);
         self.lifecycle.spawn(monitor);
-        if let Some(handler) = self.retry_handler() {
-            handler.start().await?;
-        }
         Ok(())
     }
 

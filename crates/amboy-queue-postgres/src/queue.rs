@@ -2043,13 +2043,21 @@ impl Queue for Engine {
         self.lifecycle.spawn(engine.clone().maintenance());
         let store: Arc<dyn LockStore> = engine;
         self.dispatcher.start_heartbeat(Arc::downgrade(&store));
-        if let Err(error) = self.lifecycle.start_runner(&runner).await {
+        // The retry handler starts before the workers: a job that ran and asked to retry
+        // before the handler was running would wait for maintenance, a lock timeout later.
+        let handler = self.retry_handler.lock().clone();
+        if let Some(handler) = &handler
+            && let Err(error) = handler.start().await
+        {
             self.stop_now();
             return Err(error);
         }
-        let handler = self.retry_handler.lock().clone();
-        if let Some(handler) = handler {
-            handler.start().await?;
+        if let Err(error) = self.lifecycle.start_runner(&runner).await {
+            if let Some(handler) = &handler {
+                handler.close().await;
+            }
+            self.stop_now();
+            return Err(error);
         }
         Ok(())
     }
