@@ -25,8 +25,11 @@ use crate::wire::{
     CompletedResponse, CreateResponse, JobStatusResponse, RunningJob, StatusResponse,
 };
 
-/// How often a wait looks at the queue (amboy's `WaitInterval`).
+/// How often a wait looks at the queue (amboy's `WaitInterval`); a wait for every job looks
+/// less often as it goes on, up to [`MAX_WAIT_PAUSE`].
 const WAIT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest pause of a wait for every job.
+const MAX_WAIT_PAUSE: Duration = Duration::from_secs(1);
 /// A wait's timeout when the request names none (amboy's).
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// The longest wait a request may ask for.
@@ -377,6 +380,18 @@ fn wait_timeout(query: &WaitQuery) -> Result<Duration> {
     Ok(timeout)
 }
 
+/// Waits until the queue's stats are complete, looking every 100 ms at first, then less and
+/// less often, up to once a second: a queue's stats may be a count of a whole table (on
+/// PostgreSQL), and a wait may last an hour.
+async fn until_complete(queue: &dyn Queue) -> amboy_core::Result<()> {
+    let mut pause = WAIT_INTERVAL;
+    while !queue.stats().await?.is_complete() {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_WAIT_PAUSE);
+    }
+    Ok(())
+}
+
 /// `wait`, unless the service is told to stop first: then 503 `unavailable` at once, so that
 /// a long wait does not hold a stopping service up.
 async fn until_stopping<T>(state: &AppState, wait: impl Future<Output = T>) -> Result<T> {
@@ -435,7 +450,7 @@ async fn wait_all(
 ) -> Result<Json<StatusResponse>> {
     let timeout = wait_timeout(&query(params)?)?;
     let queue = queue(&state);
-    let waited = tokio::time::timeout(timeout, amboy_core::wait_interval(&**queue, WAIT_INTERVAL));
+    let waited = tokio::time::timeout(timeout, until_complete(&**queue));
     match until_stopping(&state, waited).await? {
         Ok(waited) => waited?,
         Err(_) => return Err(timed_out("the queue's jobs did not all finish", timeout)),
