@@ -49,6 +49,11 @@ impl std::fmt::Debug for Managed {
 /// How a backend builds a managed queue.
 pub type Backend = fn() -> BoxFuture<'static, Managed>;
 
+/// The lock timeout the managers under test judge staleness with: shorter than [`AGED_BY`],
+/// while the queues' own (10 minutes) is longer, so that a queue does not claim the aged job
+/// again.
+pub const MANAGER_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How much older [`Managed::age`] makes a lock than the manager's lock timeout.
 pub const AGED_BY: Duration = Duration::from_secs(5 * 60);
 
@@ -63,6 +68,26 @@ pub fn age_in_place(
             job.base().metadata().status.modification_time =
                 Some(Utc::now() - TimeDelta::from_std(AGED_BY).unwrap());
             queue.save(&job).await.expect("save the aged job");
+        })
+    })
+}
+
+/// Makes a job's lock [`AGED_BY`] old on the database's clock, in the PostgreSQL queue's
+/// schema `schema`.
+pub fn age_in_postgres(
+    pool: sqlx::PgPool,
+    schema: &str,
+) -> Box<dyn Fn(JobRef) -> BoxFuture<'static, ()> + Send + Sync> {
+    let sql = format!("UPDATE {schema}.jobs SET lock_ts = now() - $2::interval WHERE id = $1");
+    Box::new(move |job: JobRef| {
+        let (pool, sql) = (pool.clone(), sql.clone());
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job.id())
+                .bind(AGED_BY)
+                .execute(&pool)
+                .await
+                .expect("age the job");
         })
     })
 }

@@ -14,10 +14,10 @@ use amboy::management::JobQuery;
 use amboy::management::{Manager, QueueManager, StatusFilter};
 use amboy::postgres::{PostgresManager, PostgresQueue};
 use amboy::registry::JobInterchange;
-use amboy::{Base, JobRef, Queue};
+use amboy::{Base, Queue};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::Noop;
-use amboy_tests::management::{self as scenarios, Managed, age_in_place};
+use amboy_tests::management::{self as scenarios, MANAGER_LOCK_TIMEOUT, Managed, age_in_place};
 use amboy_tests::postgres;
 use chrono::{TimeDelta, Utc};
 use futures::future::BoxFuture;
@@ -33,31 +33,6 @@ async fn local(queue: Arc<dyn Queue>, stores_copies: bool) -> Managed {
         queue,
         stores_copies,
     }
-}
-
-/// The lock timeout the managers judge staleness with: shorter than [`scenarios::AGED_BY`],
-/// while the queues' own (10 minutes) is longer, so that a queue does not claim the aged job
-/// again.
-const MANAGER_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Ages a job's lock by [`scenarios::AGED_BY`] on the database's clock.
-fn age_in_postgres(
-    queue: &PostgresQueue,
-) -> Box<dyn Fn(JobRef) -> BoxFuture<'static, ()> + Send + Sync> {
-    let pool = queue.pool().clone();
-    let schema = queue.options().schema.clone();
-    Box::new(move |job: JobRef| {
-        let pool = pool.clone();
-        let sql = format!("UPDATE {schema}.jobs SET lock_ts = now() - $2::interval WHERE id = $1");
-        Box::pin(async move {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(job.id())
-                .bind(scenarios::AGED_BY)
-                .execute(&pool)
-                .await
-                .expect("age the job");
-        })
-    })
 }
 
 async fn postgres_queue() -> Arc<PostgresQueue> {
@@ -94,7 +69,7 @@ fn postgres_manager() -> BoxFuture<'static, Managed> {
             manager: Arc::new(
                 PostgresManager::for_queue(&queue).with_lock_timeout(MANAGER_LOCK_TIMEOUT),
             ),
-            age: age_in_postgres(&queue),
+            age: scenarios::age_in_postgres(queue.pool().clone(), &queue.options().schema),
             queue,
             stores_copies: true,
         }

@@ -18,7 +18,7 @@ use amboy::runner::{AbortablePool, LocalWorkers};
 use amboy::{Base, Queue, QueueGroup};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::{Gated, Noop};
-use amboy_tests::management::{self as scenarios, Managed, age_in_place};
+use amboy_tests::management::{self as scenarios, MANAGER_LOCK_TIMEOUT, Managed, age_in_place};
 use amboy_tests::postgres;
 use futures::future::BoxFuture;
 use reqwest::{Method, StatusCode};
@@ -117,8 +117,6 @@ async fn idle_queue(queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
 // The management scenarios, through the service
 // -------------------------------------------------------------------------------------------
 
-const MANAGER_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// A queue managed through the service: the scenarios' manager is the management client.
 async fn remote(queue: Arc<dyn Queue>, manager: Arc<dyn Manager>, stores_copies: bool) -> Managed {
     let served = serve(RestService::new().queue(queue.clone()).manager(manager)).await;
@@ -153,23 +151,10 @@ fn through_rest_postgres() -> BoxFuture<'static, Managed> {
     Box::pin(async {
         let queue = postgres::queue(postgres::options());
         let manager = PostgresManager::for_queue(&queue).with_lock_timeout(MANAGER_LOCK_TIMEOUT);
-        let pool = queue.pool().clone();
-        let schema = queue.options().schema.clone();
+        let age = scenarios::age_in_postgres(queue.pool().clone(), &queue.options().schema);
         let queue = idle_queue(queue).await;
         let mut managed = remote(queue, Arc::new(manager), true).await;
-        managed.age = Box::new(move |job| {
-            let pool = pool.clone();
-            let sql =
-                format!("UPDATE {schema}.jobs SET lock_ts = now() - $2::interval WHERE id = $1");
-            Box::pin(async move {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(job.id())
-                    .bind(scenarios::AGED_BY)
-                    .execute(&pool)
-                    .await
-                    .expect("age the job");
-            })
-        });
+        managed.age = age;
         managed
     })
 }
@@ -638,11 +623,9 @@ async fn the_pool_service_lists_checks_and_aborts_running_jobs() {
     queue.close().await;
 }
 
-/// The group service finds running jobs in every queue of the group this process holds,
-/// naming their group.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_group_service_covers_every_queue_of_the_group() {
-    let group = LocalQueueGroup::new(LocalQueueGroupOptions {
+/// A group whose queues are run by abortable pools of one worker.
+fn abortable_group() -> Arc<LocalQueueGroup> {
+    LocalQueueGroup::new(LocalQueueGroupOptions {
         default_queue: LocalGroupQueueOptions::new(|| {
             let queue = LimitedSizeQueue::new(16);
             queue.set_runner(AbortablePool::new(1)).expect("a runner");
@@ -650,7 +633,14 @@ async fn the_group_service_covers_every_queue_of_the_group() {
         }),
         ttl: Duration::ZERO,
     })
-    .expect("a group");
+    .expect("a group")
+}
+
+/// The group service finds running jobs in every queue of the group this process holds,
+/// naming their group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_service_covers_every_queue_of_the_group() {
+    let group = abortable_group();
     for (name, id) in [("tenant-a", "a-stuck"), ("tenant-b", "b-stuck")] {
         let queue = group.get(name, &[]).await.expect("a queue");
         queue
@@ -697,15 +687,7 @@ async fn the_group_service_covers_every_queue_of_the_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_the_routes_served() {
     let queue = idle_queue(LimitedSizeQueue::new(16)).await;
-    let group = LocalQueueGroup::new(LocalQueueGroupOptions {
-        default_queue: LocalGroupQueueOptions::new(|| {
-            let queue = LimitedSizeQueue::new(16);
-            queue.set_runner(AbortablePool::new(1)).expect("a runner");
-            queue
-        }),
-        ttl: Duration::ZERO,
-    })
-    .expect("a group");
+    let group = abortable_group();
     let served = serve(
         RestService::new()
             .queue(queue.clone())
