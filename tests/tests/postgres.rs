@@ -633,6 +633,110 @@ async fn finished_jobs_older_than_the_retention_are_deleted() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_of_zero_deletes_jobs_as_they_complete() {
+    let options = options().retention(Some(Duration::ZERO));
+    let queue = idle(options.clone()).await;
+    queue.put(noop("done")).await.expect("put");
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("retried").with_retryable(true),
+        }))
+        .await
+        .expect("put");
+    queue.put(noop("taken-over")).await.expect("put");
+    queue
+        .put(scoped("holder", &["lane"], false))
+        .await
+        .expect("put");
+    // Lower priorities: handed out once the jobs above completed.
+    queue
+        .put(waiting_on("after", "done", -1))
+        .await
+        .expect("put");
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("second")
+                .with_scopes(["lane"])
+                .with_priority(-2),
+        }))
+        .await
+        .expect("put");
+    let mut taken = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let job = next(&queue).await;
+        taken.insert(job.id().to_owned(), job);
+    }
+    let mut ids: Vec<&String> = taken.keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["done", "holder", "retried", "taken-over"]);
+
+    // A completion deletes the job: nothing of it is left.
+    queue.complete(&taken["done"]).await.expect("complete");
+    let gone = queue.get("done").await.expect_err("deleted");
+    assert!(gone.is_job_not_found(), "{gone}");
+    // A job that asks to retry is not finished: it stays, retrying.
+    taken["retried"].base().metadata().retry_info.needs_retry = true;
+    queue.complete(&taken["retried"]).await.expect("complete");
+    let retrying = queue.get("retried").await.expect("kept while retrying");
+    assert!(
+        retrying.retry_info().should_retry(),
+        "{:?}",
+        retrying.retry_info()
+    );
+    // A completion that lost its lock deletes nothing.
+    let schema = &options.schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
+             lock_ts = now() WHERE id = 'taken-over'"
+        ),
+    )
+    .await;
+    let refused = queue
+        .complete(&taken["taken-over"])
+        .await
+        .expect_err("refused");
+    assert!(refused.is_job_not_found(), "{refused}");
+    let kept = queue.get("taken-over").await.expect("still stored");
+    assert_eq!(kept.status().owner.as_deref(), Some("other"));
+    // The deleted edge counts as done: its dependent runs. The scope the deleted holder held
+    // is free: the job that needs it runs.
+    queue.complete(&taken["holder"]).await.expect("complete");
+    let mut rest = vec![
+        next(&queue).await.id().to_owned(),
+        next(&queue).await.id().to_owned(),
+    ];
+    rest.sort();
+    assert_eq!(rest, ["after", "second"]);
+    // Stored: the retrying job (counted completed, as amboy does) and three running.
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(
+        (stats.total, stats.completed, stats.running, stats.retrying),
+        (4, 1, 3, 1),
+        "{stats}"
+    );
+    // The retry: the finished attempt is deleted as its next one is put.
+    let next_attempt: JobRef = Arc::new(Noop {
+        base: Base::with_id("retried").with_retryable(true),
+    });
+    next_attempt.base().metadata().retry_info.current_attempt = 1;
+    queue
+        .as_retryable()
+        .expect("retryable")
+        .complete_retrying_and_put(&taken["retried"], next_attempt)
+        .await
+        .expect("retried");
+    let attempts: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT attempt FROM {schema}.jobs WHERE id = 'retried' ORDER BY attempt"
+    )))
+    .fetch_all(queue.pool())
+    .await
+    .expect("attempts");
+    assert_eq!(attempts, [1], "the finished attempt was deleted");
+}
+
 /// A job waiting on `edge`, with the given priority.
 fn waiting_on(id: &str, edge: &str, priority: i32) -> JobRef {
     let manager = MockDependency::new(State::Ready);

@@ -10,9 +10,13 @@
 //!   call at a time, into a queue nobody runs: jobs per second.
 //! * `postgres/burn_down`: `jobs` pending no-op jobs run by 1 process × 8, 32 and 64 workers,
 //!   and by 2 processes × 32 (the second is this binary started with `--child`, on the same
-//!   schema). `jobs_per_sec` counts from the first claim to the last completion, both on the
-//!   database's clock (the earliest `start` the jobs recorded, the latest `finished`);
-//!   `wall_jobs_per_sec` from starting the queues to the parent seeing every job completed.
+//!   schema), keeping every completed job (the default, `"completed": "kept"`); then by 1 × 64
+//!   and 2 × 32 with a retention of zero, completions deleting their jobs as the peers do
+//!   (`"completed": "deleted"`). `jobs_per_sec` counts from the first claim to the last
+//!   completion, both on the database's clock (the earliest `start` the jobs recorded, the
+//!   latest `finished`) when the jobs are kept, and is `wall_jobs_per_sec` when they are
+//!   deleted (nothing is left to read the times from): from starting the queues to the parent
+//!   seeing every job's completion committed.
 //! * `postgres/pickup_latency`: idle workers (8, in their own queue); another queue on the same
 //!   schema puts one job every 10 ms for 10 s (as another process would, so the wake-up goes
 //!   through `LISTEN`/`NOTIFY`). Each job records when it started; the put time is read just
@@ -26,13 +30,13 @@
 //! `JOBS=jobs REPS=runs` through its own `run.sh` (`AMBOY_BENCH_PEERS_DIR`, default
 //! `../shared/peers` beside the workspace; the Rust peer builds into `target/peers`), prints
 //! their lines, and one `postgres/vs_peer` line per peer: our best burn-down case over their
-//! median burn-down, our `put_many` over their median SQL enqueue. A peer that cannot run gets a
-//! line saying why, and the benchmark goes on.
+//! median burn-down (for each of the two retentions), our `put_many` over their median SQL
+//! enqueue. A peer that cannot run gets a line saying why, and the benchmark goes on.
 //!
 //! Arguments: `[jobs]` (default 100,000), `[filter]`, a substring of the cases to run
 //! (`put_many`, `burn_down`, `pickup`, `bytes`, `peers`; default: all), and `[shapes]`, the
-//! burn-down cases as a comma-separated list of `<processes>x<workers>` (default
-//! `1x8,1x32,1x64,2x32`).
+//! burn-down cases as a comma-separated list of `<processes>x<workers>`, with the suffix `d` for
+//! a retention of zero (default `1x8,1x32,1x64,2x32,1x64d,2x32d`).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -56,7 +60,7 @@ const PUT_BATCH: usize = 10_000;
 /// Jobs pending in the bytes-per-job case.
 const MEMORY_JOBS: usize = 1_000_000;
 /// The burn-down cases: processes × workers.
-const BURN_DOWN: &str = "1x8,1x32,1x64,2x32";
+const BURN_DOWN: &str = "1x8,1x32,1x64,2x32,1x64d,2x32d";
 /// Idle workers of the pickup-latency case.
 const PICKUP_WORKERS: usize = 8;
 /// One put every this long, for this long, in the pickup-latency case.
@@ -130,9 +134,13 @@ fn queue_on(schema: &str) -> Arc<PostgresQueue> {
     PostgresQueue::new(PostgresQueueOptions::with_url(url()).schema(schema)).expect("options")
 }
 
-/// A queue on `schema` run by `workers` local workers, not started.
-fn worker_queue(schema: &str, workers: usize) -> Arc<PostgresQueue> {
-    let queue = queue_on(schema);
+/// A queue on `schema` run by `workers` local workers, not started; with `delete`, a retention
+/// of zero (completions delete their jobs).
+fn worker_queue(schema: &str, workers: usize, delete: bool) -> Arc<PostgresQueue> {
+    let options = PostgresQueueOptions::with_url(url())
+        .schema(schema)
+        .retention(delete.then_some(Duration::ZERO));
+    let queue = PostgresQueue::new(options).expect("options");
     queue
         .set_runner(LocalWorkers::new(workers))
         .expect("runner");
@@ -190,9 +198,10 @@ struct Child {
 
 impl Child {
     /// Starts this binary as a worker process on `schema` and waits until it is ready.
-    fn start(schema: &str, workers: usize) -> Child {
+    fn start(schema: &str, workers: usize, delete: bool) -> Child {
         let mut process = Command::new(std::env::current_exe().expect("current exe"))
             .args(["--child", schema, &workers.to_string()])
+            .args(delete.then_some("delete"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -251,11 +260,15 @@ impl Child {
 
 /// The child's side: a queue on the schema it is given, started on "go", closed on "stop".
 fn child(args: &[String]) {
-    let schema = args.first().expect("--child <schema> <workers>").clone();
+    let schema = args
+        .first()
+        .expect("--child <schema> <workers> [delete]")
+        .clone();
     let workers: usize = args
         .get(1)
         .and_then(|n| n.parse().ok())
-        .expect("--child <schema> <workers>");
+        .expect("--child <schema> <workers> [delete]");
+    let delete = args.get(2).is_some_and(|arg| arg == "delete");
     let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lines() {
@@ -266,7 +279,7 @@ fn child(args: &[String]) {
         }
     });
     amboy_bench::runtime().block_on(async move {
-        let queue = worker_queue(&schema, workers);
+        let queue = worker_queue(&schema, workers, delete);
         queue.migrate().await.expect("migrate");
         println!("ready");
         while let Some(line) = lines.recv().await {
@@ -305,10 +318,47 @@ struct BurnDown {
     wall_rate: f64,
 }
 
-/// One burn-down run of `jobs` jobs by `processes` processes × `workers` workers.
-async fn burn_down_once(jobs: usize, processes: usize, workers: usize) -> BurnDown {
+/// A burn-down case: processes × workers, and whether completions delete their jobs.
+#[derive(Clone, Copy)]
+struct Shape {
+    processes: usize,
+    workers: usize,
+    delete: bool,
+}
+
+impl Shape {
+    /// `<processes>x<workers>`, with `d` after it for a retention of zero.
+    fn parse(text: &str) -> Shape {
+        let text = text.trim();
+        let (text, delete) = match text.strip_suffix('d') {
+            Some(kept) => (kept, true),
+            None => (text, false),
+        };
+        let (processes, workers) = text
+            .split_once('x')
+            .expect("shapes: <processes>x<workers>[d],...");
+        Shape {
+            processes: processes.parse().expect("processes: a number"),
+            workers: workers.parse().expect("workers: a number"),
+            delete,
+        }
+    }
+
+    fn name(self) -> String {
+        let suffix = if self.delete { "d" } else { "" };
+        format!("{}x{}{suffix}", self.processes, self.workers)
+    }
+}
+
+/// One burn-down run of `jobs` jobs by `shape`'s processes and workers.
+async fn burn_down_once(jobs: usize, shape: Shape) -> BurnDown {
+    let Shape {
+        processes,
+        workers,
+        delete,
+    } = shape;
     let schema = fresh_schema();
-    let queue = worker_queue(&schema, workers);
+    let queue = worker_queue(&schema, workers, delete);
     queue.migrate().await.expect("migrate");
     fill(&queue, jobs, noop).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {schema}.jobs")))
@@ -316,7 +366,7 @@ async fn burn_down_once(jobs: usize, processes: usize, workers: usize) -> BurnDo
         .await
         .expect("vacuum");
     let mut children: Vec<Child> = (1..processes)
-        .map(|_| Child::start(&schema, workers))
+        .map(|_| Child::start(&schema, workers, delete))
         .collect();
     RAN.store(0, Ordering::Relaxed);
     let started = Instant::now();
@@ -351,21 +401,30 @@ async fn burn_down_once(jobs: usize, processes: usize, workers: usize) -> BurnDo
     let wall = started.elapsed().as_secs_f64();
     let ran = RAN.load(Ordering::Relaxed) + children.into_iter().map(Child::stop).sum::<usize>();
     queue.close().await;
-    let (completed, span): (i64, f64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FILTER (WHERE state = 2), \
-             extract(epoch FROM max(finished) \
-                 - min((body::json->'time_info'->>'start')::timestamptz))::float8 \
-         FROM {schema}.jobs"
-    )))
-    .fetch_one(queue.pool())
-    .await
-    .expect("read the run's span");
-    assert_eq!(completed as usize, jobs, "every job completed");
+    let (stored, completed, span): (i64, i64, Option<f64>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE state = 2), \
+                 extract(epoch FROM max(finished) \
+                     - min((body::json->'time_info'->>'start')::timestamptz))::float8 \
+             FROM {schema}.jobs"
+        )))
+        .fetch_one(queue.pool())
+        .await
+        .expect("read the run's span");
     assert_eq!(ran, jobs, "every job ran once");
     drop_schema(&queue, &schema).await;
+    let wall_rate = jobs as f64 / wall;
+    if delete {
+        assert_eq!(stored, 0, "every completion deleted its job");
+        return BurnDown {
+            rate: wall_rate,
+            wall_rate,
+        };
+    }
+    assert_eq!(completed as usize, jobs, "every job completed");
     BurnDown {
-        rate: jobs as f64 / span,
-        wall_rate: jobs as f64 / wall,
+        rate: jobs as f64 / span.expect("the jobs' times"),
+        wall_rate,
     }
 }
 
@@ -373,7 +432,7 @@ async fn burn_down_once(jobs: usize, processes: usize, workers: usize) -> BurnDo
 /// `PICKUP_FOR` by a queue of its own while `PICKUP_WORKERS` idle workers wait.
 async fn pickup_latencies() -> Vec<f64> {
     let schema = fresh_schema();
-    let consumer = worker_queue(&schema, PICKUP_WORKERS);
+    let consumer = worker_queue(&schema, PICKUP_WORKERS, false);
     let producer = queue_on(&schema);
     producer.migrate().await.expect("migrate");
     consumer.start().await.expect("start");
@@ -505,8 +564,9 @@ fn ratio(ours: f64, theirs: f64) -> Value {
     json!((ours / theirs * 100.0).round() / 100.0)
 }
 
-/// Runs the peers and prints their lines and our ratios to them.
-fn peers(jobs: usize, reps: usize, put_many: Option<f64>, burn_down: Option<(String, f64)>) {
+/// Runs the peers and prints their lines and our ratios to them: `burn_down` holds our best
+/// case keeping completed jobs and our best deleting them.
+fn peers(jobs: usize, reps: usize, put_many: Option<f64>, burn_down: [Option<(String, f64)>; 2]) {
     let dir = std::env::var("AMBOY_BENCH_PEERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("../shared/peers"));
@@ -536,10 +596,12 @@ fn peers(jobs: usize, reps: usize, put_many: Option<f64>, burn_down: Option<(Str
                     "peer_burn_down_jobs_per_sec": run.round(),
                     "peer_enqueue_jobs_per_sec": enqueue.map(f64::round),
                 });
-                if let Some((case, ours)) = &burn_down {
-                    line["burn_down"] = json!(case);
-                    line["burn_down_jobs_per_sec"] = json!(ours.round());
-                    line["burn_down_ratio"] = ratio(*ours, run);
+                for (best, prefix) in burn_down.iter().zip(["burn_down", "burn_down_deleting"]) {
+                    if let Some((case, ours)) = best {
+                        line[prefix] = json!(case);
+                        line[format!("{prefix}_jobs_per_sec")] = json!(ours.round());
+                        line[format!("{prefix}_ratio")] = ratio(*ours, run);
+                    }
                 }
                 if let (Some(ours), Some(theirs)) = (put_many, enqueue) {
                     line["put_many_jobs_per_sec"] = json!(ours.round());
@@ -558,20 +620,11 @@ fn main() {
     }
     let jobs: usize = args.first().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let filter = args.get(1).cloned().unwrap_or_default();
-    let shapes: Vec<(usize, usize)> = args
+    let shapes: Vec<Shape> = args
         .get(2)
         .map_or(BURN_DOWN, String::as_str)
         .split(',')
-        .map(|shape| {
-            let (processes, workers) = shape
-                .trim()
-                .split_once('x')
-                .expect("shapes: <processes>x<workers>,...");
-            (
-                processes.parse().expect("processes: a number"),
-                workers.parse().expect("workers: a number"),
-            )
-        })
+        .map(Shape::parse)
         .collect();
     let wanted = |case: &str| case.contains(filter.as_str());
     let runs = runs();
@@ -597,13 +650,13 @@ fn main() {
             );
             put_many = Some(rate);
         }
-        let mut best: Option<(String, f64)> = None;
+        let mut best: [Option<(String, f64)>; 2] = [None, None];
         if wanted("postgres/burn_down") {
-            for &(processes, workers) in &shapes {
+            for &shape in &shapes {
                 let mut rates = Vec::new();
                 let mut walls = Vec::new();
                 for _ in 0..runs {
-                    let run = burn_down_once(jobs, processes, workers).await;
+                    let run = burn_down_once(jobs, shape).await;
                     rates.push(run.rate);
                     walls.push(run.wall_rate);
                 }
@@ -611,13 +664,16 @@ fn main() {
                 println!(
                     "{}",
                     json!({
-                        "case": "postgres/burn_down", "processes": processes,
-                        "workers": workers, "jobs": jobs, "jobs_per_sec": rate.round(),
+                        "case": "postgres/burn_down", "processes": shape.processes,
+                        "workers": shape.workers,
+                        "completed": if shape.delete { "deleted" } else { "kept" },
+                        "jobs": jobs, "jobs_per_sec": rate.round(),
                         "runs": rounded(&rates), "wall_jobs_per_sec": median(&walls).round(),
                     })
                 );
+                let best = &mut best[usize::from(shape.delete)];
                 if best.as_ref().is_none_or(|(_, best)| rate > *best) {
-                    best = Some((format!("{processes}x{workers}"), rate));
+                    *best = Some((shape.name(), rate));
                 }
             }
         }

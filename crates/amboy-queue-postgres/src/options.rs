@@ -21,7 +21,7 @@ use crate::schema::validate_schema_name;
 /// | `claim_batch` | 512 | the most jobs one claim takes (a claim takes what the workers waiting or completing a job want, and what workers take within 100 ms at their recent pace; the buffer is filled up once half empty) |
 /// | `complete_batch` | 256 | the most completions written in one statement |
 /// | `maintenance_interval` | 1 s | how often deadlines, unresolvable dependencies, stale retrying jobs and retention are looked at |
-/// | `retention` | none | delete finished jobs this long after they finished; none keeps them |
+/// | `retention` | none | delete finished jobs this long after they finished; none keeps them; zero deletes a job in the statement that completes it |
 ///
 /// The pool the queue opens from `url` sets `plan_cache_mode = force_generic_plan` on its
 /// connections: PostgreSQL would otherwise plan the claims and completions anew at every call
@@ -56,6 +56,16 @@ pub struct PostgresQueueOptions {
     /// How often the queue's maintenance runs.
     pub maintenance_interval: Duration,
     /// How long finished jobs are kept; `None` keeps them.
+    ///
+    /// `Some(Duration::ZERO)` keeps nothing: the statement that completes a job deletes it
+    /// (under the same fence as a completion that keeps it, releasing its scopes), so
+    /// `get`, `results` and `job_info` no longer find it and the queue's stats count it no
+    /// more, as graphile-worker and most job queues do. A job retrying is not finished and
+    /// stays until its retry completes; expired and set-aside jobs are kept until the next
+    /// maintenance pass (a job waiting on one is failed first). A job whose edge was deleted
+    /// counts the edge as done, but a job put with an edge already deleted is refused (the
+    /// edge is unknown). Completions then write no body, and the burn-down benchmark runs
+    /// about a quarter faster.
     pub retention: Option<Duration>,
 }
 

@@ -396,7 +396,7 @@ impl PostgresQueue {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
             id,
             channel,
-            sql: Statements::new(&options.schema),
+            sql: Statements::new(&options.schema, options.retention == Some(Duration::ZERO)),
             pool,
             options,
             schema_ready: OnceCell::new(),
@@ -1406,9 +1406,14 @@ impl Engine {
             )
         };
         let (attempt, count, state, scoped) = row_base;
-        let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
-        truncate_errors(&mut envelope.status.errors);
-        let body = encode_body(&envelope, false)?;
+        let body = if state == COMPLETED && self.deletes_completed() {
+            // The completion deletes the row: nothing reads its body.
+            String::new()
+        } else {
+            let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
+            truncate_errors(&mut envelope.status.errors);
+            encode_body(&envelope, false)?
+        };
         let row = CompletionRow {
             id: job.id().to_owned(),
             attempt,
@@ -1432,6 +1437,11 @@ impl Engine {
             }
             None => self.complete_rows(vec![row]).await.remove(0),
         }
+    }
+
+    /// Whether completions delete the jobs they complete (a retention of zero).
+    fn deletes_completed(&self) -> bool {
+        self.options.retention == Some(Duration::ZERO)
     }
 
     /// Writes completions; one result per row, in order. Rows whose address is known are
@@ -2151,12 +2161,16 @@ impl RetryableQueue for Engine {
                 meta.effective_enqueue_scopes(),
             )
         };
-        let mut envelope = JobInterchange::from_job(&**to_complete).map_err(Error::from)?;
-        envelope.status.completed = true;
-        envelope.status.in_progress = false;
-        envelope.status.modification_count = count as u64 + 1;
-        truncate_errors(&mut envelope.status.errors);
-        let body = encode_body(&envelope, false)?;
+        let body = if self.deletes_completed() {
+            String::new()
+        } else {
+            let mut envelope = JobInterchange::from_job(&**to_complete).map_err(Error::from)?;
+            envelope.status.completed = true;
+            envelope.status.in_progress = false;
+            envelope.status.modification_count = count as u64 + 1;
+            truncate_errors(&mut envelope.status.errors);
+            encode_body(&envelope, false)?
+        };
         let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
         let mut tx = conn.begin().await.map_err(backend("begin a retry"))?;
         let completed = sqlx::query(AssertSqlSafe(self.sql.complete_many.clone()))

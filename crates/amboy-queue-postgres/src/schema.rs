@@ -201,7 +201,9 @@ impl Statements {
         sql
     }
 
-    pub(crate) fn new(schema: &str) -> Self {
+    /// The statements of a queue on `schema`. With `delete_completed` (a retention of zero),
+    /// a completion deletes the jobs it completes rather than keeping them finished.
+    pub(crate) fn new(schema: &str, delete_completed: bool) -> Self {
         let s = schema;
         let cols = JOB_COLUMNS;
         // Who may write a stored job (amboy's atomic query): this queue ($me) holds its lock
@@ -229,19 +231,34 @@ impl Statements {
         // in the same statement; one notification wakes workers when scopes were freed or jobs
         // wait on these. `{find}` says how rows are found: by key, or at their address checked
         // against the key (a row that moved since is not found there; it is then written by
-        // key).
+        // key). `{done}` writes the rows: an update, or with a retention of zero an update of
+        // the retrying ones and a delete of the completed ones (under the same fence), whose
+        // body the caller then leaves empty.
         let by_key = "j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt";
+        let update = "UPDATE {s}.jobs j SET state = v.state, owner = $2, \
+                   mod_count = v.count + 1, lock_ts = now(), body = v.body, \
+                   finished = CASE WHEN v.state = 2 THEN now() END \
+               FROM v \
+               WHERE {find} AND j.state <> 4 AND {fence} {only} \
+               RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents";
+        let done = if delete_completed {
+            format!(
+                "kept AS ({}), \
+                 gone AS ( \
+                   DELETE FROM {{s}}.jobs j USING v \
+                   WHERE {{find}} AND j.state <> 4 AND v.state = 2 AND {{fence}} \
+                   RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents), \
+                 done AS ((SELECT * FROM kept) UNION ALL (SELECT * FROM gone))",
+                update.replace("{only}", "AND v.state <> 2")
+            )
+        } else {
+            format!("done AS ({})", update.replace("{only}", ""))
+        };
         let complete = "WITH v AS ( \
                SELECT * FROM unnest($5::text[], $6::int[], $7::bigint[], $8::smallint[], \
                    $9::text[], $10::bool[], $11::text[], $12::text[]::tid[]) \
                    AS v(id, attempt, count, state, body, scoped, keep, addr)), \
-             done AS ( \
-               UPDATE {s}.jobs j SET state = v.state, owner = $2, \
-                   mod_count = v.count + 1, lock_ts = now(), body = v.body, \
-                   finished = CASE WHEN v.state = 2 THEN now() END \
-               FROM v \
-               WHERE {find} AND j.state <> 4 AND {fence} \
-               RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents), \
+             {done}, \
              freed AS ( \
                DELETE FROM {s}.scopes h USING done d \
                WHERE d.scoped AND h.queue_group = $1 AND h.job_id = d.id \
@@ -407,9 +424,11 @@ impl Statements {
                  RETURNING j.state, j.ctid::text"
                     .into(),
             ),
-            complete_many: build(complete.replace("{find}", by_key)),
+            complete_many: build(complete.replace("{done}", &done).replace("{find}", by_key)),
             complete_at: build(
-                complete.replace("{find}", &format!("j.ctid = v.addr AND {by_key}")),
+                complete
+                    .replace("{done}", &done)
+                    .replace("{find}", &format!("j.ctid = v.addr AND {by_key}")),
             ),
             // Hands the scopes of attempt $3 of job $2 to attempt $4.
             move_scopes: build(
@@ -515,7 +534,12 @@ mod tests {
 
     #[test]
     fn statements_name_the_schema_and_no_placeholder_is_left() {
-        let statements = Statements::new("my_schema");
+        for delete_completed in [false, true] {
+            statements_are_complete(&Statements::new("my_schema", delete_completed));
+        }
+    }
+
+    fn statements_are_complete(statements: &Statements) {
         let claim = statements.claim(64);
         assert!(
             claim.contains("LIMIT 64") && !claim.contains("{limit}"),
