@@ -60,7 +60,8 @@ pub struct PostgresQueueOptions {
     /// `Some(Duration::ZERO)` keeps nothing: the statement that completes a job deletes it
     /// (under the same fence as a completion that keeps it, releasing its scopes), so
     /// `get`, `results` and `job_info` no longer find it and the queue's stats count it no
-    /// more, as graphile-worker and most job queues do. A job retrying is not finished and
+    /// more, as graphile-worker and most job queues do (a `wait_job` for it ends with
+    /// `JobOutcome::NotFound` once it completed). A job retrying is not finished and
     /// stays until its retry completes; expired and set-aside jobs are kept until the next
     /// maintenance pass (a job waiting on one is failed first). A job whose edge was deleted
     /// counts the edge as done, but a job put with an edge already deleted is refused (the
