@@ -188,6 +188,20 @@ async fn next_skips_jobs_another_owner_holds() {
     assert_eq!((stats.running, stats.pending), (30, 0), "{stats}");
 }
 
+/// Another owner ('other') takes the job over, its count five ahead, as a process that found
+/// the lock expired would.
+async fn take_over(queue: &PostgresQueue, id: &str) {
+    let schema = &queue.options().schema;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
+         lock_ts = now() WHERE id = $1"
+    )))
+    .bind(id)
+    .execute(queue.pool())
+    .await
+    .expect("taken over");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_lost_its_lock_can_no_longer_write_the_job() {
     let queue = idle(options()).await;
@@ -198,15 +212,7 @@ async fn a_worker_that_lost_its_lock_can_no_longer_write_the_job() {
         .run_token(&CancellationToken::new())
         .expect("a watched run");
     // Another process took the job over (its lock expired, say).
-    let schema = &queue.options().schema;
-    sql(
-        queue.pool(),
-        format!(
-            "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
-             lock_ts = now() WHERE id = 'taken-over'"
-        ),
-    )
-    .await;
+    take_over(&queue, "taken-over").await;
     // The heartbeat finds out: the lock is lost and the run interrupted.
     assert_eq!(queue.dispatcher().refresh_locks(&*queue).await, 0);
     assert!(run.is_cancelled(), "the run is interrupted");
@@ -685,15 +691,7 @@ async fn a_retention_of_zero_deletes_jobs_as_they_complete() {
         retrying.retry_info()
     );
     // A completion that lost its lock deletes nothing.
-    let schema = &options.schema;
-    sql(
-        queue.pool(),
-        format!(
-            "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
-             lock_ts = now() WHERE id = 'taken-over'"
-        ),
-    )
-    .await;
+    take_over(&queue, "taken-over").await;
     let refused = queue
         .complete(&taken["taken-over"])
         .await
@@ -729,7 +727,8 @@ async fn a_retention_of_zero_deletes_jobs_as_they_complete() {
         .await
         .expect("retried");
     let attempts: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT attempt FROM {schema}.jobs WHERE id = 'retried' ORDER BY attempt"
+        "SELECT attempt FROM {}.jobs WHERE id = 'retried' ORDER BY attempt",
+        options.schema
     )))
     .fetch_all(queue.pool())
     .await
