@@ -2240,3 +2240,103 @@ impl Drop for PostgresQueue {
 }
 
 amboy_core::delegate_retryable_queue!(PostgresQueue, engine);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain job ready to insert.
+    fn prepared(id: &str) -> Prepared {
+        Prepared {
+            id: id.to_owned(),
+            attempt: 0,
+            state: PENDING,
+            job_type: "noop".to_owned(),
+            priority: 0,
+            wait_until: None,
+            dispatch_by: None,
+            scopes: Vec::new(),
+            enqueue_scopes: Vec::new(),
+            edges: Vec::new(),
+            count: 0,
+            body: "{}".to_owned(),
+        }
+    }
+
+    /// A queue on a server nobody listens on: nothing here reaches it.
+    fn unreachable_queue() -> Arc<PostgresQueue> {
+        PostgresQueue::new(PostgresQueueOptions::with_url(
+            "postgres://127.0.0.1:9/none",
+        ))
+        .expect("options")
+    }
+
+    /// Queues a single put as `put_plain` does, with `inserting` tasks counted; its answer.
+    fn queue_put(engine: &Engine, id: &str, inserting: usize) -> oneshot::Receiver<Result<()>> {
+        let (reply, answer) = oneshot::channel();
+        let mut puts = engine.puts.lock();
+        puts.queued.push((prepared(id), reply));
+        puts.inserting = inserting;
+        answer
+    }
+
+    #[test]
+    fn a_put_whose_inserting_task_never_ran_fails_when_the_runtime_shuts_down() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        // The inserting task is spawned as `put_plain` spawns it, and the runtime shuts down
+        // before it is ever polled: `block_on` returns as soon as its own future is ready.
+        let (queue, mut answer) = runtime.block_on(async {
+            let queue = unreachable_queue();
+            let answer = queue_put(&queue.engine, "orphan", 1);
+            let inserter = Inserter {
+                engine: queue.engine.clone(),
+                done: false,
+            };
+            tokio::spawn(inserter.run());
+            (queue, answer)
+        });
+        assert!(
+            answer.try_recv().is_err(),
+            "not answered while the task may run"
+        );
+        drop(runtime);
+        let error = answer
+            .try_recv()
+            .expect("answered when the task was dropped")
+            .expect_err("the put failed");
+        assert!(
+            error.to_string().contains("stopped before job 'orphan'"),
+            "{error}"
+        );
+        let puts = queue.engine.puts.lock();
+        assert_eq!((puts.inserting, puts.queued.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_inserting_task_that_ends_early_leaves_the_queued_puts_to_the_others() {
+        let queue = unreachable_queue();
+        let engine = queue.engine.clone();
+        let mut answer = queue_put(&engine, "waiting", 2);
+        // One of two inserting tasks ends without inserting: the other takes the put.
+        drop(Inserter {
+            engine: engine.clone(),
+            done: false,
+        });
+        assert_eq!(engine.puts.lock().inserting, 1);
+        assert!(
+            answer.try_recv().is_err(),
+            "still queued for the other task"
+        );
+        // The last one ends too: the put fails rather than wait for nobody.
+        drop(Inserter {
+            engine: engine.clone(),
+            done: false,
+        });
+        let error = answer.await.expect("answered").expect_err("failed");
+        assert!(error.to_string().contains("'waiting'"), "{error}");
+        assert_eq!(engine.puts.lock().inserting, 0);
+    }
+}
