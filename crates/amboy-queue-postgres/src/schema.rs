@@ -565,6 +565,9 @@ mod tests {
                 "{cols}",
                 "{fence}",
                 "{limit}",
+                "{find}",
+                "{done}",
+                "{only}",
                 "$me",
                 "$lock_timeout",
             ] {
@@ -578,9 +581,14 @@ mod tests {
             &statements.complete_many,
             &statements.complete_at,
         ] {
-            assert!(
-                sql.contains("j.owner = $2 AND j.mod_count IN (v.count, v.count - 1)"),
-                "{sql}"
+            let fence = "j.owner = $2 AND j.mod_count IN (v.count, v.count - 1)";
+            let writes = sql.matches("UPDATE my_schema.jobs").count()
+                + sql.matches("DELETE FROM my_schema.jobs").count();
+            assert!(writes > 0, "{sql}");
+            assert_eq!(
+                sql.matches(fence).count(),
+                writes,
+                "each write fenced: {sql}"
             );
         }
     }
