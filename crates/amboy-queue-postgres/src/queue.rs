@@ -1456,8 +1456,9 @@ impl Engine {
         if !addressed.is_empty()
             && let Ok(written) = self.write_rows(&self.sql.complete_at, &addressed).await
         {
+            let mut written = written.into_iter();
             for (row, result) in rows.iter().zip(&mut results) {
-                if row.addr.is_some() && written.contains(&(row.id.clone(), row.attempt)) {
+                if row.addr.is_some() && written.next() == Some(true) {
                     *result = Some(Ok(()));
                 }
             }
@@ -1475,8 +1476,8 @@ impl Engine {
                 .filter(|(_, result)| result.is_none());
             match self.write_rows(&self.sql.complete_many, &rest).await {
                 Ok(written) => {
-                    for (row, result) in unwritten {
-                        *result = Some(if written.contains(&(row.id.clone(), row.attempt)) {
+                    for ((row, result), written) in unwritten.zip(written) {
+                        *result = Some(if written {
                             Ok(())
                         } else {
                             Err(Error::job_not_found_because(
@@ -1500,7 +1501,7 @@ impl Engine {
             .collect()
     }
 
-    /// Runs a completion statement for `rows`; the (ID, attempt) of the rows it wrote.
+    /// Runs a completion statement for `rows`; whether it wrote each, in order.
     ///
     /// A statement cut off with its connection is run again on another one: its jobs would
     /// otherwise stay running, their locks no longer refreshed, and run again once the locks
@@ -1510,7 +1511,7 @@ impl Engine {
         &self,
         sql: &Arc<str>,
         rows: &[&CompletionRow],
-    ) -> std::result::Result<std::collections::HashSet<(String, i32)>, sqlx::Error> {
+    ) -> std::result::Result<Vec<bool>, sqlx::Error> {
         let n = rows.len();
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
@@ -1563,7 +1564,20 @@ impl Engine {
                     backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
                 }
                 Err(error) => return Err(error),
-                Ok(written) => return Ok(keys_of(&written)),
+                Ok(written) => {
+                    let mut wrote = vec![false; n];
+                    for row in &written {
+                        // The place in the arrays, from 1.
+                        let place: i64 = row.try_get(0)?;
+                        if let Some(wrote) = usize::try_from(place - 1)
+                            .ok()
+                            .and_then(|index| wrote.get_mut(index))
+                        {
+                            *wrote = true;
+                        }
+                    }
+                    return Ok(wrote);
+                }
             }
         }
     }

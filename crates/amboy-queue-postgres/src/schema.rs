@@ -233,21 +233,22 @@ impl Statements {
         // against the key (a row that moved since is not found there; it is then written by
         // key). `{done}` writes the rows: an update, or with a retention of zero an update of
         // the retrying ones and a delete of the completed ones (under the same fence), whose
-        // body the caller then leaves empty.
+        // body the caller then leaves empty. It returns the place (from 1) of each row written
+        // in the arrays.
         let by_key = "j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt";
         let update = "UPDATE {s}.jobs j SET state = v.state, owner = $2, \
                    mod_count = v.count + 1, lock_ts = now(), body = v.body, \
                    finished = CASE WHEN v.state = 2 THEN now() END \
                FROM v \
                WHERE {find} AND j.state <> 4 AND {fence} {only} \
-               RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents";
+               RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents, v.n";
         let done = if delete_completed {
             format!(
                 "kept AS ({}), \
                  gone AS ( \
                    DELETE FROM {{s}}.jobs j USING v \
                    WHERE {{find}} AND j.state <> 4 AND v.state = 2 AND {{fence}} \
-                   RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents), \
+                   RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents, v.n), \
                  done AS ((SELECT * FROM kept) UNION ALL (SELECT * FROM gone))",
                 update.replace("{only}", "AND v.state <> 2")
             )
@@ -257,7 +258,7 @@ impl Statements {
         let complete = "WITH v AS ( \
                SELECT * FROM unnest($5::text[], $6::int[], $7::bigint[], $8::smallint[], \
                    $9::text[], $10::bool[], $11::text[], $12::text[]::tid[]) \
-                   AS v(id, attempt, count, state, body, scoped, keep, addr)), \
+                   WITH ORDINALITY AS v(id, attempt, count, state, body, scoped, keep, addr, n)), \
              {done}, \
              freed AS ( \
                DELETE FROM {s}.scopes h USING done d \
@@ -269,7 +270,7 @@ impl Statements {
              wake AS ( \
                SELECT pg_notify($4, $1) \
                WHERE EXISTS (SELECT 1 FROM freed) OR EXISTS (SELECT 1 FROM done WHERE dependents)) \
-             SELECT id, attempt, (SELECT count(*) FROM wake) FROM done";
+             SELECT n, (SELECT count(*) FROM wake) FROM done";
         // $1 group; $3.. one array per column: the insert of `insert_many` and `insert_new`.
         let insert = "INSERT INTO {s}.jobs (queue_group, id, attempt, state, job_type, priority, \
                ready_at, dispatch_by, scopes, mod_count, finished, body) \
