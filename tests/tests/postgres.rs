@@ -3,10 +3,14 @@
 //! batched puts, bad stored jobs, transactional put, migrations, notifications, dependencies
 //! and retention. Each test works in a schema of its own.
 
+use std::str::FromStr as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
 use amboy::dependency::{Manager, MockDependency, State};
+use amboy::postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use amboy::postgres::sqlx::{self, PgPool};
 use amboy::postgres::{PostgresQueue, PostgresQueueOptions};
 use amboy::registry::JobInterchange;
@@ -16,6 +20,7 @@ use amboy_tests::jobs::Noop;
 use amboy_tests::postgres::{options, queue};
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 
 /// Long enough for anything that should happen to happen; a test fails, not hangs.
@@ -230,6 +235,108 @@ async fn a_worker_that_lost_its_lock_can_no_longer_write_the_job() {
     let stored = queue.get("taken-over").await.expect("stored");
     assert_eq!(stored.status().owner.as_deref(), Some("other"));
     assert!(stored.status().in_progress && !stored.status().completed);
+}
+
+/// A TCP proxy to the test server that, once armed, swallows the first reply holding the
+/// command tag `UPDATE 1` (in an idle queue, a claim of one job) and cuts that connection: the
+/// statement committed (PostgreSQL sends the tag with the commit's reply), its reply never
+/// arrives.
+struct ReplyCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl ReplyCutter {
+    async fn start() -> ReplyCutter {
+        let server = PgConnectOptions::from_str(&amboy_tests::postgres::url()).expect("the URL");
+        let upstream = format!("{}:{}", server.get_host(), server.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (armed_, cuts_) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, armed, cuts) = (upstream.clone(), armed_.clone(), cuts_.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let requests = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    });
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let reply = &buffer[..n];
+                        if reply.windows(9).any(|tag| tag == b"UPDATE 1\0")
+                            && armed.swap(false, SeqCst)
+                        {
+                            cuts.fetch_add(1, SeqCst);
+                            break;
+                        }
+                        if client_write.write_all(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Both connections close as their halves drop.
+                    requests.abort();
+                });
+            }
+        });
+        ReplyCutter { port, armed, cuts }
+    }
+
+    /// A pool connecting through the proxy.
+    fn pool(&self) -> PgPool {
+        let connect = PgConnectOptions::from_str(&amboy_tests::postgres::url())
+            .expect("the URL")
+            .host("127.0.0.1")
+            .port(self.port);
+        PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(connect)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_was_lost_gives_its_jobs_back_at_once() {
+    let cutter = ReplyCutter::start().await;
+    let mut options = options().lock_timeout(Duration::from_secs(3600));
+    options.pool = Some(cutter.pool());
+    let queue = idle(options).await;
+    // The claim of this job commits, and its connection breaks before the reply arrives.
+    cutter.armed.store(true, SeqCst);
+    queue.put(noop("lost-reply")).await.expect("put");
+    // The waiting call gets the claim's error (a runner backs off, then asks again). The lock
+    // would last an hour: the job comes back because the queue gave it back.
+    let job = tokio::time::timeout(LIMIT, async {
+        loop {
+            match queue.next().await {
+                Ok(job) => break job,
+                Err(error) => assert!(!error.is_closed(), "{error}"),
+            }
+        }
+    })
+    .await
+    .expect("the job in time");
+    assert_eq!(job.id(), "lost-reply");
+    assert_eq!(cutter.cuts.load(SeqCst), 1, "a reply was cut");
+    let stored = queue.get("lost-reply").await.expect("stored");
+    assert_eq!(
+        stored.status().modification_count,
+        3,
+        "claimed, given back, claimed again: {:?}",
+        stored.status()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1171,13 +1171,24 @@ impl Engine {
     /// aside or given back rather than handed over).
     async fn claim(&self, want: usize) -> Result<usize> {
         self.ensure_schema().await?;
-        let rows = sqlx::query(AssertSqlSafe(self.sql.claim(want)))
+        // Marks the claimed rows, so that they can be found should the reply be lost.
+        let token = fastrand::i64(1..);
+        let rows = match sqlx::query(AssertSqlSafe(self.sql.claim(want)))
             .bind(self.group())
             .bind(&*self.id)
             .bind(self.options.lock_timeout)
+            .bind(token)
             .fetch_all(&self.pool)
             .await
-            .map_err(backend("claim jobs"))?;
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                if connection_lost(&error) {
+                    self.release_lost_claim(token);
+                }
+                return Err(backend("claim jobs")(error));
+            }
+        };
         let claimed = rows.len();
         for row in rows {
             let stored = StoredJob::read(&row).map_err(backend("read a claimed job"))?;
@@ -1332,6 +1343,53 @@ impl Engine {
         if let Err(error) = self.release(job, None).await {
             tracing::warn!(queue_id = %self.id, job_id = job.id(), error = %error, "could not give a claimed job back; it is claimed again after the lock timeout");
         }
+    }
+
+    /// Gives back the jobs of claim `token`, whose connection broke before its reply came: the
+    /// claim may have committed, and its jobs, which nobody here holds or heart-beats, would
+    /// otherwise wait for the lock timeout. Retried with backoff until the database answers
+    /// (within the lock timeout, while the queue is open).
+    fn release_lost_claim(&self, token: i64) {
+        let engine = self.arc();
+        self.lifecycle.spawn(async move {
+            let lifetime = engine.lifecycle.lifetime().clone();
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                let released: std::result::Result<(i64, i64), sqlx::Error> =
+                    sqlx::query_as(AssertSqlSafe(engine.sql.release_claim.clone()))
+                        .bind(engine.group())
+                        .bind(&*engine.id)
+                        .bind(token)
+                        .bind(&engine.channel)
+                        .fetch_one(&engine.pool)
+                        .await;
+                match released {
+                    Ok((released, _)) => {
+                        if released > 0 {
+                            tracing::warn!(queue_id = %engine.id, released, "gave back the jobs of a claim whose reply was lost");
+                            engine.ready.notify_one();
+                        }
+                        return;
+                    }
+                    Err(error)
+                        if started.elapsed() < engine.options.lock_timeout
+                            && !lifetime.is_cancelled() =>
+                    {
+                        tracing::debug!(queue_id = %engine.id, error = %error, "could not yet give back the jobs of a claim whose reply was lost");
+                        tokio::select! {
+                            _ = lifetime.cancelled() => return,
+                            _ = tokio::time::sleep(jittered(backoff)) => {}
+                        }
+                        backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
+                    }
+                    Err(error) => {
+                        tracing::warn!(queue_id = %engine.id, error = %error, "could not give back the jobs of a claim whose reply was lost; they are claimed again after the lock timeout");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Gives back buffered jobs nobody is about to take (a worker claimed ahead for stopped

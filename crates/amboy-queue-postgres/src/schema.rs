@@ -37,6 +37,7 @@ CREATE TABLE {s}.jobs (
     dispatch_by timestamptz,
     owner text,
     mod_count bigint NOT NULL DEFAULT 0,
+    claim bigint,
     lock_ts timestamptz,
     finished timestamptz,
     dependents boolean NOT NULL DEFAULT false,
@@ -166,6 +167,7 @@ pub(crate) struct Statements {
     /// The claim statements made so far, by their limit.
     claims: Mutex<Vec<(usize, Arc<str>)>>,
     pub(crate) release: Arc<str>,
+    pub(crate) release_claim: Arc<str>,
     pub(crate) set_aside: Arc<str>,
     pub(crate) heartbeat: Arc<str>,
     pub(crate) save: Arc<str>,
@@ -350,7 +352,8 @@ impl Statements {
                  ORDER BY j.attempt"
                     .into(),
             ),
-            // $1 group, $2 owner, $3 lock timeout; {limit} how many. Jobs whose owner stopped
+            // $1 group, $2 owner, $3 lock timeout, $4 the claim's token; {limit} how many.
+            // Jobs whose owner stopped
             // refreshing their lock come first, then pending jobs that are due, not past their
             // deadline, whose edges all completed and whose scopes are free, by priority then
             // age. Rows another claimer holds are skipped, not waited for. An edge is the
@@ -382,7 +385,7 @@ impl Statements {
                    ORDER BY j.priority DESC, j.ready_at LIMIT {limit} FOR UPDATE SKIP LOCKED), \
                  picked AS ((SELECT * FROM stale) UNION ALL (SELECT * FROM pending) LIMIT {limit}) \
                  UPDATE {s}.jobs j SET state = 1, owner = $2, mod_count = j.mod_count + 1, \
-                     lock_ts = now() \
+                     lock_ts = now(), claim = $4 \
                  FROM picked p WHERE j.ctid = p.addr \
                  RETURNING {cols}, j.scopes, j.ctid::text"
                     .into(),
@@ -393,6 +396,18 @@ impl Statements {
                      lock_ts = now(), ready_at = greatest(j.ready_at, coalesce($6, now())) \
                  WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state = 1 \
                    AND j.owner = $2 AND j.mod_count IN ($3, $3 - 1)"
+                    .into(),
+            ),
+            // $1 group, $2 owner, $3 a claim's token, $4 channel: gives back the jobs of a claim
+            // whose reply never came (its connection broke), which nobody here holds; how many.
+            release_claim: build(
+                "WITH freed AS ( \
+                   UPDATE {s}.jobs j SET state = 0, owner = NULL, claim = NULL, \
+                       mod_count = j.mod_count + 1, lock_ts = now() \
+                   WHERE j.queue_group = $1 AND j.state = 1 AND j.owner = $2 AND j.claim = $3 \
+                   RETURNING 1), \
+                 wake AS (SELECT pg_notify($4, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
+                 SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM wake)"
                     .into(),
             ),
             // A claimed job that cannot be decoded, or whose dependency can never be met.
