@@ -28,6 +28,13 @@ fn echo(id: &str) -> ShellJob {
 }
 
 /// The group's decoded copy of member `id`, as a shell job.
+/// A member that starts sleeping processes, writing their IDs to `pids`.
+fn sleeper(pids: &std::path::Path) -> ShellJob {
+    ShellJob::new("sh", ["-c", &common::sleeper_script(pids)])
+        .with_id("sleeper")
+        .with_inherited_env()
+}
+
 fn member(group: &GroupJob, id: &str) -> ShellJob {
     let job = group
         .job(id)
@@ -216,13 +223,7 @@ async fn the_groups_max_time_stops_its_members() {
     let dir = TempDir::new("group-limit");
     let pids = dir.path().join("pids");
     let mut group = GroupJob::new("group-limit").with_max_time(Duration::from_secs(2));
-    group
-        .add(
-            &ShellJob::new("sh", ["-c", &common::sleeper_script(&pids)])
-                .with_id("sleeper")
-                .with_inherited_env(),
-        )
-        .unwrap();
+    group.add(&sleeper(&pids)).unwrap();
 
     let started = Instant::now();
     let error = run_job(&group).await.expect_err("stopped at max_time");
@@ -239,13 +240,7 @@ async fn cancelling_the_group_cancels_its_members() {
     let dir = TempDir::new("group-cancel");
     let pids = dir.path().join("pids");
     let mut group = GroupJob::new("group-cancel");
-    group
-        .add(
-            &ShellJob::new("sh", ["-c", &common::sleeper_script(&pids)])
-                .with_id("sleeper")
-                .with_inherited_env(),
-        )
-        .unwrap();
+    group.add(&sleeper(&pids)).unwrap();
     let ctx = JobContext::new();
     let token = ctx.token().clone();
 

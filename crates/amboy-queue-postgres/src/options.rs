@@ -135,6 +135,11 @@ impl PostgresQueueOptions {
         self
     }
 
+    /// Whether completions delete the jobs they complete (a retention of zero).
+    pub(crate) fn deletes_completed(&self) -> bool {
+        self.retention == Some(Duration::ZERO)
+    }
+
     /// Checks the options: a pool or a URL, a valid schema name, non-zero timings and
     /// batches.
     pub fn validate(&self) -> Result<()> {

@@ -396,7 +396,7 @@ impl PostgresQueue {
             dispatcher: Arc::new(Dispatcher::new(id.clone(), options.lock_timeout)),
             id,
             channel,
-            sql: Statements::new(&options.schema, options.retention == Some(Duration::ZERO)),
+            sql: Statements::new(&options.schema, options.deletes_completed()),
             pool,
             options,
             schema_ready: OnceCell::new(),
@@ -1352,44 +1352,61 @@ impl Engine {
     fn release_lost_claim(&self, token: i64) {
         let engine = self.arc();
         self.lifecycle.spawn(async move {
-            let lifetime = engine.lifecycle.lifetime().clone();
-            let started = tokio::time::Instant::now();
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                let released: std::result::Result<(i64, i64), sqlx::Error> =
-                    sqlx::query_as(AssertSqlSafe(engine.sql.release_claim.clone()))
+            let released = engine
+                .retried("give back the jobs of a claim whose reply was lost", |_| true, || {
+                    sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(engine.sql.release_claim.clone()))
                         .bind(engine.group())
                         .bind(&*engine.id)
                         .bind(token)
                         .bind(&engine.channel)
                         .fetch_one(&engine.pool)
-                        .await;
-                match released {
-                    Ok((released, _)) => {
-                        if released > 0 {
-                            tracing::warn!(queue_id = %engine.id, released, "gave back the jobs of a claim whose reply was lost");
-                            engine.ready.notify_one();
-                        }
-                        return;
-                    }
-                    Err(error)
-                        if started.elapsed() < engine.options.lock_timeout
-                            && !lifetime.is_cancelled() =>
-                    {
-                        tracing::debug!(queue_id = %engine.id, error = %error, "could not yet give back the jobs of a claim whose reply was lost");
-                        tokio::select! {
-                            _ = lifetime.cancelled() => return,
-                            _ = tokio::time::sleep(jittered(backoff)) => {}
-                        }
-                        backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
-                    }
-                    Err(error) => {
-                        tracing::warn!(queue_id = %engine.id, error = %error, "could not give back the jobs of a claim whose reply was lost; they are claimed again after the lock timeout");
-                        return;
-                    }
+                })
+                .await;
+            match released {
+                Ok((0, _)) => {}
+                Ok((released, _)) => {
+                    tracing::warn!(queue_id = %engine.id, released, "gave back the jobs of a claim whose reply was lost");
+                    engine.ready.notify_one();
+                }
+                Err(error) => {
+                    tracing::warn!(queue_id = %engine.id, error = %error, "could not give back the jobs of a claim whose reply was lost; they are claimed again after the lock timeout");
                 }
             }
         });
+    }
+
+    /// Runs `attempt` until it succeeds, fails with an error `retry` refuses, the lock timeout
+    /// has passed since the first try or the queue closed; between tries it waits, jittered,
+    /// 10 ms doubling up to a second. `doing` says what, in the log.
+    async fn retried<T, F>(
+        &self,
+        doing: &str,
+        retry: fn(&sqlx::Error) -> bool,
+        mut attempt: impl FnMut() -> F,
+    ) -> std::result::Result<T, sqlx::Error>
+    where
+        F: Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        let lifetime = self.lifecycle.lifetime();
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match attempt().await {
+                Err(error)
+                    if retry(&error)
+                        && started.elapsed() < self.options.lock_timeout
+                        && !lifetime.is_cancelled() =>
+                {
+                    tracing::warn!(queue_id = %self.id, error = %error, "could not {doing}; trying again");
+                    tokio::select! {
+                        _ = lifetime.cancelled() => {}
+                        _ = tokio::time::sleep(jittered(backoff)) => {}
+                    }
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Gives back buffered jobs nobody is about to take (a worker claimed ahead for stopped
@@ -1464,7 +1481,7 @@ impl Engine {
             )
         };
         let (attempt, count, state, scoped) = row_base;
-        let body = if state == COMPLETED && self.deletes_completed() {
+        let body = if state == COMPLETED && self.options.deletes_completed() {
             // The completion deletes the row: nothing reads its body.
             String::new()
         } else {
@@ -1495,11 +1512,6 @@ impl Engine {
             }
             None => self.complete_rows(vec![row]).await.remove(0),
         }
-    }
-
-    /// Whether completions delete the jobs they complete (a retention of zero).
-    fn deletes_completed(&self) -> bool {
-        self.options.retention == Some(Duration::ZERO)
     }
 
     /// Writes completions; one result per row, in order. Rows whose address is known are
@@ -1589,55 +1601,40 @@ impl Engine {
             keeps.push(row.keep.as_deref());
             addrs.push(row.addr.as_deref());
         }
-        let lifetime = self.lifecycle.lifetime();
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let done = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(self.group())
-                .bind(&*self.id)
-                .bind(self.options.lock_timeout)
-                .bind(&self.channel)
-                .bind(&ids)
-                .bind(&attempts)
-                .bind(&counts)
-                .bind(&states)
-                .bind(&bodies)
-                .bind(&scoped)
-                .bind(&keeps)
-                .bind(&addrs)
-                .fetch_all(&self.pool)
-                .await;
-            match done {
-                Err(error)
-                    if connection_lost(&error)
-                        && started.elapsed() < self.options.lock_timeout
-                        && !lifetime.is_cancelled() =>
-                {
-                    tracing::warn!(queue_id = %self.id, error = %error, "lost the connection while completing jobs; writing them again");
-                    tokio::select! {
-                        _ = lifetime.cancelled() => {}
-                        _ = tokio::time::sleep(jittered(backoff)) => {}
-                    }
-                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(1));
-                }
-                Err(error) => return Err(error),
-                Ok(written) => {
-                    let mut wrote = vec![false; n];
-                    for row in &written {
-                        // The place in the arrays, from 1.
-                        let place: i64 = row.try_get(0)?;
-                        if let Some(wrote) = usize::try_from(place - 1)
-                            .ok()
-                            .and_then(|index| wrote.get_mut(index))
-                        {
-                            *wrote = true;
-                        }
-                    }
-                    return Ok(wrote);
-                }
+        let written = self
+            .retried(
+                "write completions (the connection was lost)",
+                connection_lost,
+                || {
+                    sqlx::query(AssertSqlSafe(sql.clone()))
+                        .bind(self.group())
+                        .bind(&*self.id)
+                        .bind(self.options.lock_timeout)
+                        .bind(&self.channel)
+                        .bind(&ids)
+                        .bind(&attempts)
+                        .bind(&counts)
+                        .bind(&states)
+                        .bind(&bodies)
+                        .bind(&scoped)
+                        .bind(&keeps)
+                        .bind(&addrs)
+                        .fetch_all(&self.pool)
+                },
+            )
+            .await?;
+        let mut wrote = vec![false; n];
+        for row in &written {
+            // The place in the arrays, from 1.
+            let place: i64 = row.try_get(0)?;
+            if let Some(wrote) = usize::try_from(place - 1)
+                .ok()
+                .and_then(|index| wrote.get_mut(index))
+            {
+                *wrote = true;
             }
         }
+        Ok(wrote)
     }
 
     /// The completer: writes the completions gathered while earlier statements ran, a batch
@@ -2233,7 +2230,7 @@ impl RetryableQueue for Engine {
                 meta.effective_enqueue_scopes(),
             )
         };
-        let body = if self.deletes_completed() {
+        let body = if self.options.deletes_completed() {
             String::new()
         } else {
             let mut envelope = JobInterchange::from_job(&**to_complete).map_err(Error::from)?;
