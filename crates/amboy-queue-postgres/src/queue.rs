@@ -1162,9 +1162,12 @@ impl Engine {
         }
     }
 
-    /// How many claims may run at once: a fifth of the pool, one to three.
+    /// How many claims may run at once: half the pool, one to four. Under load a claim of a
+    /// few hundred jobs takes a while, sharing the server's cores with the completions; with
+    /// only two at once they, not the server, bounded a burn-down (about 51k jobs per second
+    /// here, against 58k with four).
     fn claims_in_flight(&self) -> usize {
-        (self.pool.options().get_max_connections() as usize / 5).clamp(1, 3)
+        (self.pool.options().get_max_connections() as usize / 2).clamp(1, 4)
     }
 
     /// Claims up to `want` jobs; returns how many rows it claimed (some may have been set

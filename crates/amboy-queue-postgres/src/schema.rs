@@ -24,7 +24,10 @@ pub(crate) const SET_ASIDE: i16 = 5;
 const MIGRATIONS: &[&str] = &[
     // 1: jobs, their held scopes, the indexes of claiming and reporting. Names compare
     // bytewise (`COLLATE "C"`): keys are identifiers, not prose, and the keys' indexes are
-    // walked on every claim and completion.
+    // walked on every claim and completion. The primary key does not deduplicate: its keys
+    // are unique, and the only duplicates it sees are the versions each claim and completion
+    // write, which deduplication merges into posting lists only for them to die soon after
+    // (turning it off made claiming and completing about 15 % cheaper on the server).
     r#"
 CREATE TABLE {s}.jobs (
     queue_group text COLLATE "C" NOT NULL,
@@ -45,7 +48,7 @@ CREATE TABLE {s}.jobs (
     scopes text[],
     failure text,
     body text NOT NULL,
-    PRIMARY KEY (queue_group, id, attempt)
+    PRIMARY KEY (queue_group, id, attempt) WITH (deduplicate_items = off)
 );
 CREATE INDEX jobs_pending ON {s}.jobs (queue_group, priority DESC, ready_at) WHERE state = 0;
 CREATE INDEX jobs_running ON {s}.jobs (queue_group, lock_ts) WHERE state = 1;
