@@ -540,6 +540,75 @@ async fn a_stored_job_that_cannot_be_decoded_is_set_aside() {
     assert_eq!(stats.completed, 1, "{stats}");
 }
 
+/// A job whose own `Deserialize` panics: it can be put, but never read back.
+#[derive(Debug, serde::Serialize)]
+struct PanicsOnDecode {
+    base: Base,
+}
+
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("this job cannot be read back")
+    }
+}
+
+#[typetag::serde(name = "pg-test-panics-on-decode")]
+#[async_trait::async_trait]
+impl amboy::Job for PanicsOnDecode {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &amboy::JobContext) -> Result<(), amboy::JobError> {
+        Ok(())
+    }
+}
+
+/// A stored job whose decoding panics (its type's own `Deserialize`) is set aside like one
+/// that cannot be decoded: the panic does not take the claimer down with it, and reads of the
+/// job answer an error rather than panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_job_whose_decoding_panics_is_set_aside() {
+    let queue = idle(options()).await;
+    queue
+        .put(Arc::new(PanicsOnDecode {
+            base: Base::with_id("bomb"),
+        }))
+        .await
+        .expect("it encodes");
+    queue.put(noop("fine")).await.expect("put");
+    assert_eq!(
+        next(&queue).await.id(),
+        "fine",
+        "the bad job blocks nothing"
+    );
+    // The claimer lives on: a job put later is claimed too.
+    queue.put(noop("later")).await.expect("put");
+    assert_eq!(next(&queue).await.id(), "later");
+    let error = queue.get("bomb").await.expect_err("cannot be decoded");
+    assert!(
+        error.to_string().contains("bomb") && error.to_string().contains("panicked"),
+        "{error}"
+    );
+    let info = queue.job_info().await.collect::<Vec<_>>().await;
+    let bomb = info
+        .into_iter()
+        .map(|info| info.expect("info"))
+        .find(|info| info.id == "bomb")
+        .expect("listed");
+    assert!(bomb.status.completed, "{:?}", bomb.status);
+    assert!(
+        bomb.status
+            .errors
+            .iter()
+            .any(|e| e.contains("this job cannot be read back")),
+        "{:?}",
+        bomb.status.errors
+    );
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(stats.context.get("undecodable"), Some(&1.into()), "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());
@@ -713,6 +782,62 @@ async fn jobs_wait_for_their_edges_and_unknown_edges_are_refused() {
         passed.time_info()
     );
     assert!(passed.error().is_none(), "{:?}", passed.error());
+}
+
+/// A dependency manager whose `state` panics, asked on the claimer's thread or, when it says
+/// it does blocking I/O, on a blocking thread.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PanickingManager {
+    blocking: bool,
+}
+
+#[typetag::serde(name = "pg-test-panicking-manager")]
+impl Manager for PanickingManager {
+    fn state(&self) -> State {
+        panic!("this manager cannot tell")
+    }
+
+    fn edges(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn add_edge(&self, _id: &str) -> Result<(), amboy::dependency::DependencyError> {
+        Ok(())
+    }
+
+    fn does_blocking_io(&self) -> bool {
+        self.blocking
+    }
+}
+
+/// A dependency manager that panics when asked is a manager that cannot be satisfied: its job
+/// completes unrun with the reason, and the claimer goes on claiming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_manager_that_panics_fails_its_job_and_nothing_else() {
+    let queue = idle(options()).await;
+    for (id, blocking) in [("inline", false), ("blocking", true)] {
+        queue
+            .put(Arc::new(Noop {
+                base: Base::with_id(id).with_dependency(PanickingManager { blocking }),
+            }))
+            .await
+            .expect("put");
+    }
+    queue.put(noop("fine")).await.expect("put");
+    assert_eq!(next(&queue).await.id(), "fine");
+    queue.put(noop("later")).await.expect("put");
+    assert_eq!(next(&queue).await.id(), "later", "the claimer goes on");
+    for id in ["inline", "blocking"] {
+        let job = queue.get(id).await.expect("stored");
+        assert!(job.status().completed, "{id}: {:?}", job.status());
+        assert!(job.time_info().start.is_none(), "{id} never ran");
+        let error = job.error().expect("the reason").to_string();
+        assert!(
+            error.contains("dependency unresolved: its manager panicked")
+                && error.contains("this manager cannot tell"),
+            "{id}: {error}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

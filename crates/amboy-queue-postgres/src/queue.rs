@@ -1258,13 +1258,32 @@ impl Engine {
         }
         let manager = job.base().metadata().dependency.clone();
         if let Some(manager) = manager {
-            let state = if manager.does_blocking_io() {
-                let asked = manager.clone();
-                tokio::task::spawn_blocking(move || asked.state())
-                    .await
-                    .unwrap_or(State::Unresolved)
+            // The manager is the job type's own code: should it panic, it cannot be satisfied,
+            // and the claimer goes on.
+            let asked = manager.clone();
+            let ask = move || {
+                let state = asked.state();
+                let reason = match state {
+                    State::Unresolved => asked.state_reason(),
+                    _ => None,
+                };
+                (state, reason)
+            };
+            let panicked = |panic: Box<dyn std::any::Any + Send>| {
+                let reason = format!(
+                    "its manager panicked: {}",
+                    amboy_core::panic_message(&*panic)
+                );
+                (State::Unresolved, Some(reason))
+            };
+            let (state, reason) = if manager.does_blocking_io() {
+                match tokio::task::spawn_blocking(ask).await {
+                    Ok(answer) => answer,
+                    Err(error) if error.is_panic() => panicked(error.into_panic()),
+                    Err(_) => (State::Unresolved, None),
+                }
             } else {
-                manager.state()
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(panicked)
             };
             match state {
                 State::Ready => {}
@@ -1280,9 +1299,8 @@ impl Engine {
                     return None;
                 }
                 State::Unresolved => {
-                    let reason = manager
-                        .state_reason()
-                        .unwrap_or_else(|| "the manager cannot be satisfied".to_owned());
+                    let reason =
+                        reason.unwrap_or_else(|| "the manager cannot be satisfied".to_owned());
                     job.add_error(&format_args!("dependency unresolved: {reason}"));
                     let _ = self.finish(&job, false).await;
                     return None;

@@ -62,14 +62,15 @@ pub fn build_job(
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let job =
+    let job = decoded(|| {
         Box::<dyn Job>::deserialize(TaggedDeserializer::new(JOB_KEYS, type_name, &mut body_de))
-            .map_err(|error| RegistryError::MalformedJob {
-                id: id.to_owned(),
-                type_name: type_name.to_owned(),
-                version,
-                reason: error.to_string(),
-            })?;
+    })
+    .map_err(|reason| RegistryError::MalformedJob {
+        id: id.to_owned(),
+        type_name: type_name.to_owned(),
+        version,
+        reason,
+    })?;
     let registered = job.version();
     if registered != version {
         return Err(RegistryError::VersionMismatch {
@@ -97,15 +98,17 @@ pub fn build_dependency(
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let manager = Box::<dyn Manager>::deserialize(TaggedDeserializer::new(
-        DEPENDENCY_KEYS,
-        type_name,
-        &mut body_de,
-    ))
-    .map_err(|error| RegistryError::MalformedDependency {
+    let manager = decoded(|| {
+        Box::<dyn Manager>::deserialize(TaggedDeserializer::new(
+            DEPENDENCY_KEYS,
+            type_name,
+            &mut body_de,
+        ))
+    })
+    .map_err(|reason| RegistryError::MalformedDependency {
         id: id.to_owned(),
         type_name: type_name.to_owned(),
-        reason: error.to_string(),
+        reason,
     })?;
     let registered = manager.version();
     if registered != version {
@@ -117,6 +120,19 @@ pub fn build_dependency(
         });
     }
     Ok(Arc::from(manager))
+}
+
+/// Runs `decode`, which runs the registered type's own code (its `Deserialize`): an error, or
+/// a panic, is the reason the value cannot be decoded. A panic is that value's fault, not its
+/// reader's end (a queue's claimer, say, would otherwise stop claiming for good).
+fn decoded<T, E: fmt::Display>(decode: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(panic) => Err(format!(
+            "decoding it panicked: {}",
+            amboy_core::panic_message(&*panic)
+        )),
+    }
 }
 
 /// Asks typetag for its registered names by deserializing a tag no type is registered under.
@@ -261,5 +277,78 @@ mod tests {
         );
         let err = build_dependency("j", "nope", 0, &body).unwrap_err();
         assert!(matches!(err, RegistryError::UnknownDependencyType { .. }));
+    }
+
+    /// A job type whose `Deserialize` panics.
+    #[derive(Debug, serde::Serialize)]
+    struct Bomb {
+        base: amboy_core::Base,
+    }
+
+    impl<'de> Deserialize<'de> for Bomb {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            panic!("no way back")
+        }
+    }
+
+    #[typetag::serde(name = "registry-test-bomb")]
+    #[async_trait::async_trait]
+    impl Job for Bomb {
+        fn base(&self) -> &amboy_core::Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &amboy_core::JobContext) -> Result<(), amboy_core::JobError> {
+            Ok(())
+        }
+    }
+
+    /// A dependency manager whose `Deserialize` panics.
+    #[derive(Debug, serde::Serialize)]
+    struct BombManager;
+
+    impl<'de> Deserialize<'de> for BombManager {
+        fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            panic!("no manager either")
+        }
+    }
+
+    #[typetag::serde(name = "registry-test-bomb-manager")]
+    impl Manager for BombManager {
+        fn state(&self) -> amboy_dependency::State {
+            amboy_dependency::State::Ready
+        }
+
+        fn edges(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn add_edge(&self, _id: &str) -> Result<(), amboy_dependency::DependencyError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_while_decoding_is_the_values_error() {
+        let body = RawValue::from_string("{}".into()).unwrap();
+        let err = build_job("j", "registry-test-bomb", 0, &body).unwrap_err();
+        assert!(matches!(err, RegistryError::MalformedJob { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("'j'")
+                && err
+                    .to_string()
+                    .contains("decoding it panicked: no way back"),
+            "{err}"
+        );
+        let err = build_dependency("j", "registry-test-bomb-manager", 0, &body).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::MalformedDependency { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("decoding it panicked: no manager either"),
+            "{err}"
+        );
     }
 }
