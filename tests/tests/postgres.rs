@@ -50,6 +50,18 @@ async fn sql(pool: &PgPool, statement: String) {
         .expect("the statement runs");
 }
 
+/// What `job_info` lists for job `id`.
+async fn listed(queue: &PostgresQueue, id: &str) -> amboy::JobInfo {
+    queue
+        .job_info()
+        .await
+        .map(|info| info.expect("info"))
+        .filter(|info| std::future::ready(info.id == id))
+        .next()
+        .await
+        .expect("listed")
+}
+
 fn noop(id: impl AsRef<str>) -> JobRef {
     Noop::new(id)
 }
@@ -517,12 +529,7 @@ async fn a_stored_job_that_cannot_be_decoded_is_set_aside() {
         "fine",
         "the bad job blocks nothing"
     );
-    let info = amboy::futures::StreamExt::collect::<Vec<_>>(queue.job_info().await).await;
-    let alien = info
-        .into_iter()
-        .map(|info| info.expect("info"))
-        .find(|info| info.id == "alien")
-        .expect("listed");
+    let alien = listed(&queue, "alien").await;
     assert!(alien.status.completed, "{:?}", alien.status);
     assert!(
         alien
@@ -590,12 +597,7 @@ async fn a_stored_job_whose_decoding_panics_is_set_aside() {
         error.to_string().contains("bomb") && error.to_string().contains("panicked"),
         "{error}"
     );
-    let info = queue.job_info().await.collect::<Vec<_>>().await;
-    let bomb = info
-        .into_iter()
-        .map(|info| info.expect("info"))
-        .find(|info| info.id == "bomb")
-        .expect("listed");
+    let bomb = listed(&queue, "bomb").await;
     assert!(bomb.status.completed, "{:?}", bomb.status);
     assert!(
         bomb.status
