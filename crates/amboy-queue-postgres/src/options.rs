@@ -14,6 +14,7 @@ use crate::schema::validate_schema_name;
 /// |---|---|---|
 /// | `pool` | none | a pool of the application's own (either `pool` or `url`) |
 /// | `url` | none | connect with this URL instead (a pool of `max_connections`, opened lazily) |
+/// | `max_connections` | 10 | the size of the pool opened from `url`; a pool's size sets how many statements a queue runs at once: claims up to half of it, completions and inserts up to a third each (one to four of each) |
 /// | `schema` | `amboy` | the schema holding the tables, created and upgraded by migrations |
 /// | `group` | `""` | the queue's name in the shared tables: queues of different groups share the tables and nothing else (amboy's `GroupName`) |
 /// | `lock_timeout` | 10 min | how long a job's lock lasts without a heartbeat; then another process may take the job over |
