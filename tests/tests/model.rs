@@ -2685,6 +2685,11 @@ mod concurrent {
                 lock(&self.by_id).insert(instance.id.clone(), instance.clone());
             }
             let outcome = tokio::time::timeout(PUT_WAIT, self.queue.put(job)).await;
+            // Accepted before settled: a task that took the job meanwhile and sees it settled
+            // must see it accepted too.
+            if matches!(outcome, Ok(Ok(()))) {
+                instance.accepted.store(true, Ordering::SeqCst);
+            }
             instance.settled.store(true, Ordering::SeqCst);
             match outcome {
                 // Waited for room: not put.
@@ -2697,7 +2702,6 @@ mod concurrent {
                     None
                 }
                 Ok(Ok(())) => {
-                    instance.accepted.store(true, Ordering::SeqCst);
                     let mut ids = lock(&self.ids);
                     if !ids.contains(&instance.id) {
                         ids.push(instance.id.clone());

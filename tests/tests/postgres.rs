@@ -547,6 +547,102 @@ async fn a_stored_job_that_cannot_be_decoded_is_set_aside() {
     assert_eq!(stats.completed, 1, "{stats}");
 }
 
+/// A job set aside when claimed is finished and holds no scope: its enqueue scope is free for
+/// the next job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_set_aside_frees_its_scopes() {
+    let queue = idle(options()).await;
+    queue
+        .put(scoped("alien", &["s1"], true))
+        .await
+        .expect("put");
+    // Its type is gone from the processes (a deploy dropped it).
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!("UPDATE {schema}.jobs SET job_type = 'no-such-type' WHERE id = 'alien'"),
+    )
+    .await;
+    let error = queue
+        .put(scoped("early", &["s1"], true))
+        .await
+        .expect_err("the scope is held");
+    assert!(error.is_duplicate_scope(), "{error}");
+    queue.put(noop("fine")).await.expect("put");
+    // The claim that hands out `fine` sets `alien` aside first.
+    assert_eq!(next(&queue).await.id(), "fine");
+    queue
+        .put(scoped("rival", &["s1"], true))
+        .await
+        .expect("the scope is free again");
+    assert_eq!(next(&queue).await.id(), "rival");
+}
+
+/// A job its dependency manager blocks goes back to pending without the dispatch scopes it
+/// took, so that a job needing them runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_job_does_not_keep_its_dispatch_scopes() {
+    let queue = idle(options()).await;
+    let blocked = Base::with_id("blocked")
+        .with_scopes(["s1"])
+        .with_dependency(MockDependency::new(State::Blocked));
+    queue
+        .put(Arc::new(Noop { base: blocked }))
+        .await
+        .expect("put");
+    queue
+        .put(scoped("other", &["s1"], false))
+        .await
+        .expect("put");
+    assert_eq!(next(&queue).await.id(), "other");
+}
+
+/// Maintenance fails a pending job only for an edge whose latest attempt expired or was set
+/// aside: an edge expired at attempt 0 and pending again at attempt 1 is still to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_judges_an_edge_by_its_latest_attempt() {
+    let queue = idle(options()).await;
+    queue.put(noop("again")).await.expect("put");
+    queue.put(noop("gone")).await.expect("put");
+    let waits = |id: &str, edge: &str| -> JobRef {
+        let manager = MockDependency::new(State::Ready);
+        manager.add_edge(edge).expect("edge");
+        Arc::new(Noop {
+            base: Base::with_id(id).with_dependency(manager),
+        })
+    };
+    queue.put(waits("on-again", "again")).await.expect("put");
+    queue.put(waits("on-gone", "gone")).await.expect("put");
+    // Both edges expire; `again` is put again as attempt 1 (not due for an hour).
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 4, finished = now() WHERE id IN ('again', 'gone'); \
+             INSERT INTO {schema}.jobs (queue_group, id, attempt, state, job_type, priority, \
+                 ready_at, mod_count, body) \
+             SELECT queue_group, id, 1, 0, job_type, priority, now() + interval '1 hour', 0, body \
+             FROM {schema}.jobs WHERE id = 'again'"
+        ),
+    )
+    .await;
+    // A maintenance pass fails the job whose only edge expired ...
+    tokio::time::timeout(LIMIT, async {
+        while !queue
+            .get("on-gone")
+            .await
+            .is_ok_and(|job| job.status().completed)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("failed by maintenance");
+    // ... and, in the same pass, leaves the other pending.
+    let pending = queue.get("on-again").await.expect("stored");
+    assert!(!pending.status().completed, "{:?}", pending.error());
+}
+
 /// A job whose own `Deserialize` panics: it can be put, but never read back.
 #[derive(Debug, serde::Serialize)]
 struct PanicsOnDecode {

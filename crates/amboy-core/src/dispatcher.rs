@@ -173,12 +173,14 @@ impl Dispatcher {
     /// The second half of [`dispatch`](Self::dispatch): keeps the lock of a marked copy alive
     /// until it completes or is released, or its `max_time` passes, and lets the heartbeat
     /// interrupt its run should the lock be lost. Replaces a copy of the same attempt tracked
-    /// before (whose lock was taken over).
+    /// before, whose lock was taken over (its lock expired, and this process claimed the job
+    /// again before its heartbeat noticed): that copy's run is interrupted, as a copy that
+    /// lost its lock to another process is.
     pub fn track(&self, job: &JobRef, max_time: Duration) {
         let now = Instant::now();
         let deadline = (!max_time.is_zero()).then(|| now + max_time);
         job.base().watch_run();
-        self.dispatched.insert(
+        let replaced = self.dispatched.insert(
             key_of(job),
             Dispatched {
                 job: job.clone(),
@@ -186,6 +188,14 @@ impl Dispatcher {
                 refreshed: now,
             },
         );
+        if let Some(replaced) = replaced
+            && !Arc::ptr_eq(&replaced.job, job)
+        {
+            replaced
+                .job
+                .add_error(&"lost the lock: the job was taken over");
+            replaced.job.base().interrupt();
+        }
     }
 
     /// Gives a dispatched copy back without running it: stops refreshing its lock and unlocks
@@ -491,5 +501,33 @@ mod tests {
         assert!(dispatcher.is_dispatched("c", 0));
         assert_eq!(jobs[2].status().modification_count, 1);
         assert_eq!(jobs[0].status().modification_count, 2);
+    }
+
+    /// A process that claims again a job whose lock expired (before its heartbeat noticed)
+    /// tracks the new copy: the old copy's run is interrupted, not left running unwatched.
+    #[tokio::test]
+    async fn tracking_a_new_copy_interrupts_the_copy_it_replaces() {
+        let dispatcher = Dispatcher::new(Arc::from("me"), Duration::from_secs(60));
+        let parent = CancellationToken::new();
+        let old = job("a");
+        dispatcher.track(&old, Duration::ZERO);
+        let old_run = old.base().run_token(&parent).expect("watched");
+        // Tracking the same copy again is no take-over.
+        dispatcher.track(&old, Duration::ZERO);
+        assert!(!old_run.is_cancelled());
+        assert!(old.error().is_none());
+
+        let new = job("a");
+        dispatcher.track(&new, Duration::ZERO);
+        let new_run = new.base().run_token(&parent).expect("watched");
+        assert!(old_run.is_cancelled(), "the replaced copy's run is stopped");
+        assert!(
+            old.error().unwrap().message().contains("taken over"),
+            "{:?}",
+            old.error()
+        );
+        assert!(!new_run.is_cancelled());
+        assert!(new.error().is_none());
+        assert!(dispatcher.is_dispatched("a", 0));
     }
 }

@@ -1233,6 +1233,7 @@ impl Engine {
                     .bind(stored.attempt)
                     .bind(SET_ASIDE)
                     .bind(reason)
+                    .bind(&self.channel)
                     .execute(&self.pool)
                     .await;
                 return None;
@@ -1250,8 +1251,6 @@ impl Engine {
                 // Taken by another job since the claim looked: back to pending at once, and
                 // claimed again once the scope is free.
                 tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "dispatch scope taken; job given back");
-                self.release_scopes_of(&job, stored.attempt, &job.enqueue_scopes())
-                    .await;
                 let _ = self.release(&job, None).await;
                 return None;
             }
@@ -1316,7 +1315,9 @@ impl Engine {
         Some(job)
     }
 
-    /// Gives a claimed job back, pending, due no earlier than `not_before`.
+    /// Gives a claimed job back, pending, due no earlier than `not_before`, with the dispatch
+    /// scopes it took released, under the fence (one statement: a copy that lost its lock
+    /// frees nothing its new owner holds).
     async fn release(&self, job: &JobRef, not_before: Option<DateTime<Utc>>) -> Result<()> {
         let (count, attempt) = {
             let meta = job.base().metadata();
@@ -1332,35 +1333,18 @@ impl Engine {
             .bind(job.id())
             .bind(attempt)
             .bind(not_before)
+            .bind(job.enqueue_scopes())
+            .bind(&self.channel)
             .execute(&self.pool)
             .await
             .map_err(backend("give a job back"))?;
         Ok(())
     }
 
-    /// Releases the dispatch scopes attempt `attempt` of `job` holds, keeping `keep`.
-    async fn release_scopes_of(&self, job: &JobRef, attempt: i32, keep: &[String]) {
-        let sql = format!(
-            "DELETE FROM {}.scopes WHERE queue_group = $1 AND job_id = $2 AND attempt = $3 \
-             AND NOT scope = ANY($4)",
-            self.options.schema
-        );
-        let _ = sqlx::query(AssertSqlSafe(sql))
-            .bind(self.group())
-            .bind(job.id())
-            .bind(attempt)
-            .bind(keep)
-            .execute(&self.pool)
-            .await;
-    }
-
     /// Gives back a claimed job that will not run here: its lock no longer refreshed, its
     /// dispatch scopes released, pending again.
     async fn give_back(&self, job: &JobRef) {
         self.dispatcher.forget(job);
-        let attempt = job.base().metadata().retry_info.current_attempt as i32;
-        self.release_scopes_of(job, attempt, &job.enqueue_scopes())
-            .await;
         if let Err(error) = self.release(job, None).await {
             tracing::warn!(queue_id = %self.id, job_id = job.id(), error = %error, "could not give a claimed job back; it is claimed again after the lock timeout");
         }

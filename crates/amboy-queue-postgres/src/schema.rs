@@ -393,12 +393,25 @@ impl Statements {
                  RETURNING {cols}, j.scopes, j.ctid::text"
                     .into(),
             ),
-            // Gives a claimed job back: pending again, due no earlier than $6.
+            // Gives a claimed job back, under the fence: pending again, due no earlier than $6,
+            // its dispatch scopes released (the enqueue scopes $7 it keeps), in one statement,
+            // so that a copy that lost its lock frees nothing the new owner holds; one
+            // notification ($8) wakes the workers. How many jobs and scopes it freed.
             release: build(
-                "UPDATE {s}.jobs j SET state = 0, owner = NULL, mod_count = j.mod_count + 1, \
-                     lock_ts = now(), ready_at = greatest(j.ready_at, coalesce($6, now())) \
-                 WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state = 1 \
-                   AND j.owner = $2 AND j.mod_count IN ($3, $3 - 1)"
+                "WITH back AS ( \
+                   UPDATE {s}.jobs j SET state = 0, owner = NULL, mod_count = j.mod_count + 1, \
+                       lock_ts = now(), ready_at = greatest(j.ready_at, coalesce($6, now())) \
+                   WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 AND j.state = 1 \
+                     AND j.owner = $2 AND j.mod_count IN ($3, $3 - 1) \
+                   RETURNING j.id, j.attempt), \
+                 freed AS ( \
+                   DELETE FROM {s}.scopes h USING back b \
+                   WHERE h.queue_group = $1 AND h.job_id = b.id AND h.attempt = b.attempt \
+                     AND NOT h.scope = ANY($7) \
+                   RETURNING 1), \
+                 wake AS (SELECT pg_notify($8, $1) WHERE EXISTS (SELECT 1 FROM back)) \
+                 SELECT (SELECT count(*) FROM back), (SELECT count(*) FROM freed), \
+                     (SELECT count(*) FROM wake)"
                     .into(),
             ),
             // $1 group, $2 owner, $3 a claim's token, $4 channel: gives back the jobs of a claim
@@ -413,12 +426,22 @@ impl Statements {
                  SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM wake)"
                     .into(),
             ),
-            // A claimed job that cannot be decoded, or whose dependency can never be met.
+            // A claimed job that cannot be decoded, or whose dependency can never be met: it
+            // is finished, and holds no scope any more; one notification ($8) wakes the
+            // workers waiting for those.
             set_aside: build(
-                "UPDATE {s}.jobs j SET state = $6, owner = NULL, mod_count = j.mod_count + 1, \
-                     lock_ts = now(), finished = now(), failure = $7 \
-                 WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 \
-                   AND j.owner = $2 AND j.mod_count = $3"
+                "WITH gone AS ( \
+                   UPDATE {s}.jobs j SET state = $6, owner = NULL, mod_count = j.mod_count + 1, \
+                       lock_ts = now(), finished = now(), failure = $7 \
+                   WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 \
+                     AND j.owner = $2 AND j.mod_count = $3 \
+                   RETURNING j.id, j.attempt), \
+                 freed AS ( \
+                   DELETE FROM {s}.scopes h USING gone g \
+                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
+                   RETURNING 1), \
+                 wake AS (SELECT pg_notify($8, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
+                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)"
                     .into(),
             ),
             // $1 group, $2 owner, $3 lock timeout; the refreshed jobs and their counts.
@@ -486,15 +509,15 @@ impl Statements {
                  SELECT job_type, count(*) FROM gone GROUP BY job_type"
                     .into(),
             ),
-            // Pending jobs with an edge that expired or was set aside can never run: they
-            // complete with the reason.
+            // Pending jobs with an edge whose latest attempt expired or was set aside can never
+            // run: they complete with the reason.
             fail_dependents: build(
                 "WITH bad AS ( \
                    SELECT j.id, j.attempt, min(u.id) AS edge \
                    FROM {s}.jobs j CROSS JOIN LATERAL unnest(j.edges) AS u(id) \
                    WHERE j.queue_group = $1 AND j.state = 0 AND j.edges IS NOT NULL \
-                     AND EXISTS (SELECT 1 FROM {s}.jobs d WHERE d.queue_group = $1 \
-                       AND d.id = u.id AND d.state IN (4, 5)) \
+                     AND (SELECT d.state FROM {s}.jobs d WHERE d.queue_group = $1 \
+                       AND d.id = u.id ORDER BY d.attempt DESC LIMIT 1) IN (4, 5) \
                    GROUP BY j.id, j.attempt), \
                  failed AS ( \
                    UPDATE {s}.jobs j SET state = 2, mod_count = j.mod_count + 1, \
