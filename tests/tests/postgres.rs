@@ -351,6 +351,56 @@ async fn a_claim_whose_reply_was_lost_gives_its_jobs_back_at_once() {
     );
 }
 
+/// A heartbeat that committed but whose reply was lost is sent again, rather than taken back
+/// in memory: the worker's copy keeps the count the database holds, and its completion is
+/// accepted. (Taken back, the copy was one count behind the row until the next heartbeat, and
+/// a completion meanwhile was refused: the job ran again after the lock timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_whose_reply_was_lost_is_sent_again() {
+    let cutter = ReplyCutter::start().await;
+    // Heartbeats every two seconds.
+    let mut options = options().lock_timeout(Duration::from_secs(8));
+    options.pool = Some(cutter.pool());
+    let queue = idle(options).await;
+    queue.put(noop("beating")).await.expect("put");
+    let job = next(&queue).await;
+    // The first heartbeat's statement commits, and its connection breaks before the reply.
+    cutter.armed.store(true, SeqCst);
+    tokio::time::timeout(LIMIT, async {
+        while cutter.cuts.load(SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a heartbeat's reply was cut");
+    // Well before the next heartbeat, the copy holds the count stored.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let schema = &queue.options().schema;
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT mod_count FROM {schema}.jobs WHERE id = 'beating'"
+    )))
+    .fetch_one(queue.pool())
+    .await
+    .expect("the row");
+    assert_eq!(
+        job.status().modification_count as i64,
+        stored,
+        "the copy's count is the row's"
+    );
+    queue
+        .complete(&job)
+        .await
+        .expect("the completion is accepted");
+    assert!(
+        queue
+            .get("beating")
+            .await
+            .expect("stored")
+            .status()
+            .completed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_with_a_stale_modification_count_fails() {
     let queue = idle(options()).await;

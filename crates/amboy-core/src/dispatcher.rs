@@ -349,12 +349,21 @@ impl Dispatcher {
             .is_some_and(|tracked| tracked.refreshed.elapsed() >= self.lock_timeout);
         if !error.is_job_not_found() && !lapsed {
             // Not stored, but not refused either: the store still holds the previous lock, which
-            // the next refresh extends.
+            // the next refresh extends. The copy's count goes back to match, unless it moved on
+            // since the refresh marked it (it was finished, released or saved meanwhile): its
+            // count is then that write's, and stays.
             let mut meta = job.base().metadata();
-            (
-                meta.status.modification_time,
-                meta.status.modification_count,
-            ) = before;
+            let unchanged = meta.status.modification_count == before.1 + 1
+                && self
+                    .dispatched
+                    .get(key)
+                    .is_some_and(|tracked| Arc::ptr_eq(&tracked.job, job));
+            if unchanged {
+                (
+                    meta.status.modification_time,
+                    meta.status.modification_count,
+                ) = before;
+            }
             tracing::warn!(job_id = job.id(), error = %error, "lock heartbeat failed; trying again");
             return;
         }
@@ -501,6 +510,51 @@ mod tests {
         assert!(dispatcher.is_dispatched("c", 0));
         assert_eq!(jobs[2].status().modification_count, 1);
         assert_eq!(jobs[0].status().modification_count, 2);
+    }
+
+    /// Holds each save until released, then fails it as an unreachable store would.
+    #[derive(Default)]
+    struct Gate {
+        entered: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl LockStore for Gate {
+        async fn save_locks(&self, jobs: &[JobRef]) -> Vec<Result<()>> {
+            self.entered.notify_one();
+            self.release.notified().await;
+            jobs.iter()
+                .map(|_| Err(Error::invalid("unreachable")))
+                .collect()
+        }
+    }
+
+    /// A heartbeat that fails after the job was finished meanwhile leaves the count the
+    /// finish wrote: only a copy the heartbeat still refreshes gets its count taken back.
+    #[tokio::test]
+    async fn a_failed_heartbeat_does_not_take_back_a_finished_jobs_count() {
+        let dispatcher = Arc::new(Dispatcher::new(Arc::from("me"), Duration::from_secs(60)));
+        let finished = job("a");
+        dispatcher.dispatch(&finished).unwrap();
+        let store = Arc::new(Gate::default());
+        let refresh = tokio::spawn({
+            let (dispatcher, store) = (dispatcher.clone(), store.clone());
+            async move { dispatcher.refresh_locks(&*store).await }
+        });
+        // The heartbeat marked the copy (count 1 → 2) and its save is under way ...
+        store.entered.notified().await;
+        assert_eq!(finished.status().modification_count, 2);
+        // ... when the job finishes: untracked, its count moved on by the completion.
+        assert!(dispatcher.forget(&finished));
+        finished.base().metadata().status.modification_count += 1;
+        store.release.notify_one();
+        assert_eq!(refresh.await.unwrap(), 0);
+        assert_eq!(
+            finished.status().modification_count,
+            3,
+            "the completion's count stays"
+        );
     }
 
     /// A process that claims again a job whose lock expired (before its heartbeat noticed)

@@ -1740,14 +1740,20 @@ impl LockStore for Engine {
             attempts.push(meta.retry_info.current_attempt as i32);
             counts.push(meta.status.modification_count as i64);
         }
-        let refreshed = sqlx::query(AssertSqlSafe(self.sql.heartbeat.clone()))
-            .bind(self.group())
-            .bind(&*self.id)
-            .bind(self.options.lock_timeout)
-            .bind(&ids)
-            .bind(&attempts)
-            .bind(&counts)
-            .fetch_all(&self.pool)
+        // A heartbeat whose connection broke may have committed: the stored counts may be the
+        // new ones, which the dispatcher would take back. It is sent again until an answer
+        // comes (the fence lets the same counts be written twice).
+        let refreshed = self
+            .retried("refresh locks", connection_lost, || {
+                sqlx::query(AssertSqlSafe(self.sql.heartbeat.clone()))
+                    .bind(self.group())
+                    .bind(&*self.id)
+                    .bind(self.options.lock_timeout)
+                    .bind(&ids)
+                    .bind(&attempts)
+                    .bind(&counts)
+                    .fetch_all(&self.pool)
+            })
             .await;
         match refreshed {
             Err(error) => {
