@@ -14,7 +14,7 @@ use amboy::postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use amboy::postgres::sqlx::{self, PgPool};
 use amboy::postgres::{PostgresQueue, PostgresQueueOptions};
 use amboy::registry::JobInterchange;
-use amboy::{Base, Error, JobRef, Queue};
+use amboy::{Base, Error, JobRef, Queue, RetryableQueue as _};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::Noop;
 use amboy_tests::postgres::{options, queue};
@@ -691,6 +691,95 @@ async fn maintenance_judges_an_edge_by_its_latest_attempt() {
     // ... and, in the same pass, leaves the other pending.
     let pending = queue.get("on-again").await.expect("stored");
     assert!(!pending.status().completed, "{:?}", pending.error());
+}
+
+/// A retry handler that records the jobs handed to it.
+#[derive(Default)]
+struct Recorder {
+    jobs: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl amboy::RetryHandler for Recorder {
+    fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    async fn start(&self) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        true
+    }
+
+    async fn put(&self, job: JobRef) -> amboy::Result<()> {
+        self.jobs.lock().unwrap().push(job.id().to_owned());
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
+
+/// A retrying job whose retry nobody processed and that cannot be decoded any more is set
+/// aside by maintenance, as a claimed one is: left retrying, it would come first among the
+/// stale retrying jobs at every pass for ever. The others go to the retry handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
+    let queue = queue(options());
+    let recorder = Arc::new(Recorder::default());
+    queue
+        .set_retry_handler(recorder.clone())
+        .expect("a new queue takes a handler");
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.put(scoped("bad", &["s1"], true)).await.expect("put");
+    queue.put(noop("good")).await.expect("put");
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
+                 lock_ts = now() - interval '1 day' \
+             WHERE id IN ('bad', 'good'); \
+             UPDATE {schema}.jobs SET job_type = 'no-such-type' WHERE id = 'bad'"
+        ),
+    )
+    .await;
+    queue.start().await.expect("start");
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let state: i16 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT state FROM {schema}.jobs WHERE id = 'bad'"
+            )))
+            .fetch_one(queue.pool())
+            .await
+            .expect("the row");
+            if state == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("set aside by maintenance");
+    assert!(recorder.jobs.lock().unwrap().contains(&"good".to_owned()));
+    assert!(!recorder.jobs.lock().unwrap().contains(&"bad".to_owned()));
+    let bad = listed(&queue, "bad").await;
+    assert!(
+        bad.status
+            .errors
+            .iter()
+            .any(|e| e.contains("set aside without retrying") && e.contains("no-such-type")),
+        "{:?}",
+        bad.status.errors
+    );
+    // It holds no scope any more.
+    queue
+        .put(scoped("rival", &["s1"], true))
+        .await
+        .expect("the scope is free");
 }
 
 /// A job whose own `Deserialize` panics: it can be put, but never read back.

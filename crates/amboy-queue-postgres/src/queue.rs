@@ -1968,7 +1968,21 @@ impl Engine {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "stale retrying job cannot be decoded");
+                        // Set aside as a claimed job that cannot be decoded is: left retrying,
+                        // it would come first in this list at every pass, for ever.
+                        tracing::error!(queue_id = %self.id, job_id = %stored.id, error = %error, "set aside a stale retrying job that cannot be decoded");
+                        sqlx::query(AssertSqlSafe(self.sql.set_aside_retrying.clone()))
+                            .bind(self.group())
+                            .bind(&stored.id)
+                            .bind(stored.attempt)
+                            .bind(stored.mod_count)
+                            .bind(format!(
+                                "set aside without retrying: the stored job cannot be decoded: {error}"
+                            ))
+                            .bind(&self.channel)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(backend("set aside a stale retrying job"))?;
                     }
                 }
             }

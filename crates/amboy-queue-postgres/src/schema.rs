@@ -172,6 +172,7 @@ pub(crate) struct Statements {
     pub(crate) release: Arc<str>,
     pub(crate) release_claim: Arc<str>,
     pub(crate) set_aside: Arc<str>,
+    pub(crate) set_aside_retrying: Arc<str>,
     pub(crate) heartbeat: Arc<str>,
     pub(crate) save: Arc<str>,
     pub(crate) complete_many: Arc<str>,
@@ -441,6 +442,24 @@ impl Statements {
                    WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
                    RETURNING 1), \
                  wake AS (SELECT pg_notify($8, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
+                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)"
+                    .into(),
+            ),
+            // A stale retrying job that cannot be decoded ($1 group, $2 ID, $3 attempt, $4 the
+            // count it was read with, $5 why), unless it changed since: set aside, its scopes
+            // freed, one notification ($6) waking the workers waiting for them.
+            set_aside_retrying: build(
+                "WITH gone AS ( \
+                   UPDATE {s}.jobs j SET state = 5, owner = NULL, mod_count = j.mod_count + 1, \
+                       lock_ts = now(), finished = now(), failure = $5 \
+                   WHERE j.queue_group = $1 AND j.id = $2 AND j.attempt = $3 AND j.state = 3 \
+                     AND j.mod_count = $4 \
+                   RETURNING j.id, j.attempt), \
+                 freed AS ( \
+                   DELETE FROM {s}.scopes h USING gone g \
+                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
+                   RETURNING 1), \
+                 wake AS (SELECT pg_notify($6, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
                  SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)"
                     .into(),
             ),
