@@ -289,6 +289,21 @@ impl Statements {
                $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[]) \
                AS v(id, attempt, state, job_type, priority, wait_until, dispatch_by, scopes, \
                     count, body)";
+        // Sets a job aside where `{which}`: finished, with state `{state}` and the reason
+        // `{failure}`, it holds no scope any more (released in the same statement); one
+        // notification on `{channel}` wakes the workers waiting for those. How many jobs it set
+        // aside, and whether it notified.
+        let set_aside = "WITH gone AS ( \
+               UPDATE {s}.jobs j SET state = {state}, owner = NULL, mod_count = j.mod_count + 1, \
+                   lock_ts = now(), finished = now(), failure = {failure} \
+               WHERE {which} \
+               RETURNING j.id, j.attempt), \
+             freed AS ( \
+               DELETE FROM {s}.scopes h USING gone g \
+               WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
+               RETURNING 1), \
+             wake AS (SELECT pg_notify({channel}, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)";
         Statements {
             claims: Mutex::new(Vec::new()),
             // $1 group, $2 channel; then one array per column. Rows that already exist are
@@ -427,41 +442,31 @@ impl Statements {
                  SELECT (SELECT count(*) FROM freed), (SELECT count(*) FROM wake)"
                     .into(),
             ),
-            // A claimed job that cannot be decoded, or whose dependency can never be met: it
-            // is finished, and holds no scope any more; one notification ($8) wakes the
-            // workers waiting for those.
+            // A claimed job that cannot be decoded, or whose dependency can never be met ($6
+            // the state, $7 why), under its claim's lock; $8 the channel.
             set_aside: build(
-                "WITH gone AS ( \
-                   UPDATE {s}.jobs j SET state = $6, owner = NULL, mod_count = j.mod_count + 1, \
-                       lock_ts = now(), finished = now(), failure = $7 \
-                   WHERE j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 \
-                     AND j.owner = $2 AND j.mod_count = $3 \
-                   RETURNING j.id, j.attempt), \
-                 freed AS ( \
-                   DELETE FROM {s}.scopes h USING gone g \
-                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
-                   RETURNING 1), \
-                 wake AS (SELECT pg_notify($8, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
-                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)"
-                    .into(),
+                set_aside
+                    .replace("{state}", "$6")
+                    .replace("{failure}", "$7")
+                    .replace("{channel}", "$8")
+                    .replace(
+                        "{which}",
+                        "j.queue_group = $1 AND j.id = $4 AND j.attempt = $5 \
+                 AND j.owner = $2 AND j.mod_count = $3",
+                    ),
             ),
             // A stale retrying job that cannot be decoded ($1 group, $2 ID, $3 attempt, $4 the
-            // count it was read with, $5 why), unless it changed since: set aside, its scopes
-            // freed, one notification ($6) waking the workers waiting for them.
+            // count it was read with, $5 why), unless it changed since; $6 the channel.
             set_aside_retrying: build(
-                "WITH gone AS ( \
-                   UPDATE {s}.jobs j SET state = 5, owner = NULL, mod_count = j.mod_count + 1, \
-                       lock_ts = now(), finished = now(), failure = $5 \
-                   WHERE j.queue_group = $1 AND j.id = $2 AND j.attempt = $3 AND j.state = 3 \
-                     AND j.mod_count = $4 \
-                   RETURNING j.id, j.attempt), \
-                 freed AS ( \
-                   DELETE FROM {s}.scopes h USING gone g \
-                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
-                   RETURNING 1), \
-                 wake AS (SELECT pg_notify($6, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
-                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM wake)"
-                    .into(),
+                set_aside
+                    .replace("{state}", "5")
+                    .replace("{failure}", "$5")
+                    .replace("{channel}", "$6")
+                    .replace(
+                        "{which}",
+                        "j.queue_group = $1 AND j.id = $2 AND j.attempt = $3 AND j.state = 3 \
+                 AND j.mod_count = $4",
+                    ),
             ),
             // $1 group, $2 owner, $3 lock timeout; the refreshed jobs and their counts.
             heartbeat: build(
