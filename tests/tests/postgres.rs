@@ -1022,10 +1022,10 @@ async fn jobs_wait_for_their_edges_and_unknown_edges_are_refused() {
 }
 
 /// A dependency manager whose `state` panics, asked on the claimer's thread or, when it says
-/// it does blocking I/O, on a blocking thread.
+/// it does blocking I/O, on a blocking thread; `None` panics when asked which.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct PanickingManager {
-    blocking: bool,
+    blocking: Option<bool>,
 }
 
 #[typetag::serde(name = "pg-test-panicking-manager")]
@@ -1043,7 +1043,7 @@ impl Manager for PanickingManager {
     }
 
     fn does_blocking_io(&self) -> bool {
-        self.blocking
+        self.blocking.expect("this manager cannot tell either")
     }
 }
 
@@ -1052,7 +1052,11 @@ impl Manager for PanickingManager {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dependency_manager_that_panics_fails_its_job_and_nothing_else() {
     let queue = idle(options()).await;
-    for (id, blocking) in [("inline", false), ("blocking", true)] {
+    for (id, blocking) in [
+        ("inline", Some(false)),
+        ("blocking", Some(true)),
+        ("unsure", None),
+    ] {
         queue
             .put(Arc::new(Noop {
                 base: Base::with_id(id).with_dependency(PanickingManager { blocking }),
@@ -1064,7 +1068,7 @@ async fn a_dependency_manager_that_panics_fails_its_job_and_nothing_else() {
     assert_eq!(next(&queue).await.id(), "fine");
     queue.put(noop("later")).await.expect("put");
     assert_eq!(next(&queue).await.id(), "later", "the claimer goes on");
-    for id in ["inline", "blocking"] {
+    for id in ["inline", "blocking", "unsure"] {
         let job = queue.get(id).await.expect("stored");
         assert!(job.status().completed, "{id}: {:?}", job.status());
         assert!(job.time_info().start.is_none(), "{id} never ran");

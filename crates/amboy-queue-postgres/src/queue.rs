@@ -1275,7 +1275,11 @@ impl Engine {
                 );
                 (State::Unresolved, Some(reason))
             };
-            let (state, reason) = if manager.does_blocking_io() {
+            let blocking = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                manager.does_blocking_io()
+            }))
+            .unwrap_or(false);
+            let (state, reason) = if blocking {
                 match tokio::task::spawn_blocking(ask).await {
                     Ok(answer) => answer,
                     Err(error) if error.is_panic() => panicked(error.into_panic()),
