@@ -27,7 +27,6 @@ fn echo(id: &str) -> ShellJob {
     ShellJob::new("echo", [id]).with_id(id)
 }
 
-/// The group's decoded copy of member `id`, as a shell job.
 /// A member that starts sleeping processes, writing their IDs to `pids`.
 fn sleeper(pids: &std::path::Path) -> ShellJob {
     ShellJob::new("sh", ["-c", &common::sleeper_script(pids)])
@@ -35,6 +34,7 @@ fn sleeper(pids: &std::path::Path) -> ShellJob {
         .with_inherited_env()
 }
 
+/// The group's decoded copy of member `id`, as a shell job.
 fn member(group: &GroupJob, id: &str) -> ShellJob {
     let job = group
         .job(id)

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use amboy_core::dependency::State;
+use amboy_core::dependency::{Manager, State};
 use amboy_core::{
     Dispatcher, Error, JobInfoStream, JobRef, JobStream, Lifecycle, LockStore, Queue, QueueInfo,
     QueueStats, Result, RetryHandler, RetryableQueue, Runner, collate_write_errors,
@@ -249,6 +249,39 @@ fn connection_lost(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// What a claimed job's dependency manager says: its state, and why when `Unresolved`. Asked
+/// on a blocking thread if it does blocking I/O. The manager is the job type's own code: should
+/// it panic, it cannot be satisfied (the panic is the reason), and the claimer goes on.
+async fn ask_manager(manager: Arc<dyn Manager>) -> (State, Option<String>) {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| {
+        let reason = format!(
+            "its manager panicked: {}",
+            amboy_core::panic_message(&*panic)
+        );
+        (State::Unresolved, Some(reason))
+    };
+    let blocking =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.does_blocking_io()))
+            .unwrap_or(false);
+    let ask = move || {
+        let state = manager.state();
+        let reason = match state {
+            State::Unresolved => manager.state_reason(),
+            _ => None,
+        };
+        (state, reason)
+    };
+    if blocking {
+        match tokio::task::spawn_blocking(ask).await {
+            Ok(answer) => answer,
+            Err(error) if error.is_panic() => panicked(error.into_panic()),
+            Err(_) => (State::Unresolved, None),
+        }
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(panicked)
     }
 }
 
@@ -1257,37 +1290,7 @@ impl Engine {
         }
         let manager = job.base().metadata().dependency.clone();
         if let Some(manager) = manager {
-            // The manager is the job type's own code: should it panic, it cannot be satisfied,
-            // and the claimer goes on.
-            let asked = manager.clone();
-            let ask = move || {
-                let state = asked.state();
-                let reason = match state {
-                    State::Unresolved => asked.state_reason(),
-                    _ => None,
-                };
-                (state, reason)
-            };
-            let panicked = |panic: Box<dyn std::any::Any + Send>| {
-                let reason = format!(
-                    "its manager panicked: {}",
-                    amboy_core::panic_message(&*panic)
-                );
-                (State::Unresolved, Some(reason))
-            };
-            let blocking = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                manager.does_blocking_io()
-            }))
-            .unwrap_or(false);
-            let (state, reason) = if blocking {
-                match tokio::task::spawn_blocking(ask).await {
-                    Ok(answer) => answer,
-                    Err(error) if error.is_panic() => panicked(error.into_panic()),
-                    Err(_) => (State::Unresolved, None),
-                }
-            } else {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(ask)).unwrap_or_else(panicked)
-            };
+            let (state, reason) = ask_manager(manager).await;
             match state {
                 State::Ready => {}
                 State::Blocked => {
