@@ -846,6 +846,124 @@ async fn a_stored_job_whose_decoding_panics_is_set_aside() {
     assert_eq!(stats.context.get("undecodable"), Some(&1.into()), "{stats}");
 }
 
+/// A job whose own `Serialize` panics once it is armed (by its run, say): it can be put, but
+/// its final state cannot be stored.
+#[derive(Debug, serde::Deserialize)]
+struct PanicsOnEncode {
+    base: Base,
+    #[serde(skip)]
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PanicsOnEncode {
+    fn new(base: Base) -> Arc<Self> {
+        Arc::new(PanicsOnEncode {
+            base,
+            armed: Default::default(),
+        })
+    }
+}
+
+impl serde::Serialize for PanicsOnEncode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        assert!(
+            !self.armed.load(std::sync::atomic::Ordering::SeqCst),
+            "this job cannot be written back"
+        );
+        #[derive(serde::Serialize)]
+        struct Fields<'a> {
+            base: &'a Base,
+        }
+        Fields { base: &self.base }.serialize(serializer)
+    }
+}
+
+#[typetag::serde(name = "pg-test-panics-on-encode")]
+#[async_trait::async_trait]
+impl amboy::Job for PanicsOnEncode {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &amboy::JobContext) -> Result<(), amboy::JobError> {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A job whose final state cannot be encoded (its type's `Serialize` panics) completes, failed
+/// with the reason, keeping the body it was stored with: the panic does not reach the worker
+/// completing it (whose other completions in writing it would drop), and the job does not stay
+/// running, to run again at every lock timeout. One that asked to retry does not retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_final_state_cannot_be_encoded_completes_failed() {
+    let queue = idle(options()).await;
+    queue
+        .put(PanicsOnEncode::new(
+            Base::with_id("bomb").with_scopes(["s1"]),
+        ))
+        .await
+        .expect("unarmed, it encodes");
+    queue
+        .put(PanicsOnEncode::new(
+            Base::with_id("retrier").with_retryable(true),
+        ))
+        .await
+        .expect("put");
+    for _ in 0..2 {
+        let job = next(&queue).await;
+        job.run(&amboy::JobContext::default())
+            .await
+            .expect("the run succeeds");
+        if job.id() == "retrier" {
+            job.base().metadata().retry_info.needs_retry = true;
+        }
+        queue.complete(&job).await.expect("completed");
+        assert!(
+            !job.base().metadata().retry_info.should_retry(),
+            "{}: the job asks no retry any more",
+            job.id()
+        );
+        assert!(
+            job.error()
+                .is_some_and(|e| e.to_string().contains("could not be stored")),
+            "{:?}",
+            job.error()
+        );
+    }
+    for id in ["bomb", "retrier"] {
+        let stored = queue.get(id).await.expect("the stored body decodes");
+        let status = stored.status();
+        assert!(status.completed && !status.in_progress, "{id}: {status:?}");
+        assert!(
+            status
+                .errors
+                .iter()
+                .any(|e| e.contains("could not be stored")
+                    && e.contains(&format!("'{id}'"))
+                    && e.contains("encoding it panicked: this job cannot be written back")),
+            "{id}: {:?}",
+            status.errors
+        );
+        assert!(
+            !stored.retry_info().should_retry(),
+            "{id}: {:?}",
+            stored.retry_info()
+        );
+    }
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(
+        (stats.completed, stats.running, stats.pending),
+        (2, 0, 0),
+        "{stats}"
+    );
+    // It holds no scope any more.
+    queue
+        .put(scoped("rival", &["s1"], true))
+        .await
+        .expect("the scope is free");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

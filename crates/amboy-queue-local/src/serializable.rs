@@ -201,6 +201,22 @@ fn encode(job: &JobRef) -> Result<JobInterchange> {
     JobInterchange::from_job(&**job).map_err(Error::from)
 }
 
+/// What a completion stores for a job whose final state cannot be encoded (its type's
+/// `Serialize` failed or panicked): the job ran, so it completes, failed with the reason and
+/// asking no retry, with the fields it was stored with. Left running, it would never finish.
+fn unencodable(store: &Store, key: &str, job: &JobRef, error: Error) -> Result<JobInterchange> {
+    let Some(stored) = store.records.get(key) else {
+        return Err(error);
+    };
+    tracing::error!(job_id = %job.id(), error = %error, "completing a job that cannot be encoded");
+    let mut meta = job.base().metadata();
+    meta.status
+        .errors
+        .push(format!("its final state could not be stored: {error}"));
+    meta.retry_info.needs_retry = false;
+    Ok((**stored).clone())
+}
+
 fn info_of(record: &JobInterchange) -> JobInfo {
     JobInfo {
         id: record.name.clone(),
@@ -947,8 +963,12 @@ impl Queue for Engine {
 
     async fn complete(&self, job: &JobRef) -> Result<()> {
         let key = key_of(job);
-        let envelope = encode(job)?;
+        let encoded = encode(job);
         let mut store = self.store.lock();
+        let envelope = match encoded {
+            Ok(envelope) => envelope,
+            Err(error) => unencodable(&store, &key, job, error)?,
+        };
         let scopes = self.complete_locked(&mut store, &key, job, envelope, true)?;
         // Released before the store's lock is: whoever sees the job complete finds its scopes
         // free (the store's lock is taken before the scope manager's everywhere).

@@ -627,6 +627,86 @@ async fn a_job_whose_fields_do_not_decode_is_set_aside() {
     queue.close().await;
 }
 
+/// Encodes until it has run; then its `Serialize` panics.
+#[derive(Deserialize)]
+struct Unwritable {
+    base: Base,
+    #[serde(skip)]
+    ran: std::sync::atomic::AtomicBool,
+}
+
+impl Serialize for Unwritable {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        assert!(
+            !self.ran.load(Ordering::SeqCst),
+            "this job cannot be written back"
+        );
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            base: &'a Base,
+        }
+        Fields { base: &self.base }.serialize(serializer)
+    }
+}
+
+#[typetag::serde(name = "hardening-unwritable")]
+#[async_trait::async_trait]
+impl Job for Unwritable {
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    async fn run(&self, _ctx: &JobContext) -> Result<(), JobError> {
+        self.ran.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A job whose final state cannot be encoded completes, failed with the reason, with the fields
+/// it was stored with; it does not stay running (its lock refreshed for ever), and a job asking
+/// to retry does not retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_final_state_cannot_be_encoded_completes_failed() {
+    let queue = serializable_queue(1).await;
+    for id in ["unwritable", "retrier"] {
+        queue
+            .put(Arc::new(Unwritable {
+                base: Base::with_id(id).with_retryable(id == "retrier"),
+                ran: Default::default(),
+            }))
+            .await
+            .expect("before it runs, it encodes");
+    }
+    queue.start().await.unwrap();
+    timeout(SOON, amboy_core::wait(&*queue))
+        .await
+        .expect("every job finishes")
+        .unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.running, stats.pending),
+        (2, 0, 0),
+        "{stats}"
+    );
+    for id in ["unwritable", "retrier"] {
+        let stored = queue.get(id).await.expect("its stored fields decode");
+        let status = stored.status();
+        assert!(status.completed && !status.in_progress, "{id}: {status:?}");
+        assert!(
+            status
+                .errors
+                .iter()
+                .any(|e| e.contains("could not be stored")
+                    && e.contains(&format!("'{id}'"))
+                    && e.contains("encoding it panicked: this job cannot be written back")),
+            "{id}: {:?}",
+            status.errors
+        );
+        assert!(!stored.retry_info().should_retry(), "{id}");
+    }
+    queue.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stored_at_another_version_is_set_aside() {
     let queue = serializable_queue(1).await;

@@ -145,11 +145,15 @@ struct CompletionRow {
     attempt: i32,
     count: i64,
     state: i16,
-    body: String,
+    /// The body to store; `None` leaves the stored one.
+    body: Option<String>,
     scoped: bool,
     keep: Option<String>,
     /// Where the row was last seen (`ctid`), if known.
     addr: Option<String>,
+    /// Why the queue failed the job (its final state could not be encoded), stored as the
+    /// row's failure.
+    failure: Option<String>,
 }
 
 /// A job prepared to be inserted.
@@ -1492,14 +1496,37 @@ impl Engine {
                 keep,
             )
         };
-        let (attempt, count, state, scoped) = row_base;
+        let (attempt, count, mut state, scoped) = row_base;
+        let mut keep = keep;
+        let mut failure = None;
         let body = if state == COMPLETED && self.options.deletes_completed() {
             // The completion deletes the row: nothing reads its body.
-            String::new()
+            Some(String::new())
         } else {
-            let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
-            truncate_errors(&mut envelope.status.errors);
-            encode_body(&envelope, false)?
+            match JobInterchange::from_job(&**job)
+                .map_err(Error::from)
+                .and_then(|mut envelope| {
+                    truncate_errors(&mut envelope.status.errors);
+                    encode_body(&envelope, false)
+                }) {
+                Ok(body) => Some(body),
+                Err(error) => {
+                    // The job ran, but its final state cannot be stored (its type's `Serialize`
+                    // failed or panicked). Left running, it would run again at every lock
+                    // timeout; it completes, failed, with the body it was stored with.
+                    let reason = format!("its final state could not be stored: {error}");
+                    tracing::error!(job_id = %job.id(), error = %error, "completing a job that cannot be encoded");
+                    {
+                        let mut meta = job.base().metadata();
+                        meta.status.errors.push(reason.clone());
+                        meta.retry_info.needs_retry = false;
+                    }
+                    state = COMPLETED;
+                    keep = None;
+                    failure = Some(reason);
+                    self.options.deletes_completed().then(String::new)
+                }
+            }
         };
         let row = CompletionRow {
             id: job.id().to_owned(),
@@ -1512,6 +1539,7 @@ impl Engine {
                 .as_deref()
                 .map(|keep| serde_json::to_string(keep).expect("a list of strings encodes")),
             addr: ctid_of(job.base().metadata().locator()),
+            failure,
         };
         let sender = self.completions.lock().clone();
         match sender {
@@ -1603,15 +1631,17 @@ impl Engine {
         let mut scoped = Vec::with_capacity(n);
         let mut keeps = Vec::with_capacity(n);
         let mut addrs = Vec::with_capacity(n);
+        let mut failures = Vec::with_capacity(n);
         for row in rows {
             ids.push(row.id.as_str());
             attempts.push(row.attempt);
             counts.push(row.count);
             states.push(row.state);
-            bodies.push(row.body.as_str());
+            bodies.push(row.body.as_deref());
             scoped.push(row.scoped);
             keeps.push(row.keep.as_deref());
             addrs.push(row.addr.as_deref());
+            failures.push(row.failure.as_deref());
         }
         let written = self
             .retried(
@@ -1631,6 +1661,7 @@ impl Engine {
                         .bind(&scoped)
                         .bind(&keeps)
                         .bind(&addrs)
+                        .bind(&failures)
                         .fetch_all(&self.pool)
                 },
             )
@@ -2286,6 +2317,7 @@ impl RetryableQueue for Engine {
             .bind(vec![body])
             .bind(vec![true])
             .bind(vec![json_list(&keep)])
+            .bind(vec![None::<String>])
             .bind(vec![None::<String>])
             .fetch_optional(&mut *tx)
             .await

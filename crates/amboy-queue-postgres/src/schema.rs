@@ -232,8 +232,9 @@ impl Statements {
         };
         let build_str = |sql: String| -> String { build(sql).to_string() };
         // $1 group, $2 owner, $3 lock timeout, $4 channel; one row per job: its count before
-        // completion, new state, body, whether it held scopes, the enqueue scopes a retrying
-        // job keeps, and where its row was last seen (`ctid`, or NULL). The scopes are released
+        // completion, new state, body (NULL: the stored one stays), whether it held scopes, the
+        // enqueue scopes a retrying job keeps, where its row was last seen (`ctid`, or NULL),
+        // and why it failed, when the queue failed it (NULL: the stored reason stays). The scopes are released
         // in the same statement; one notification wakes workers when scopes were freed or jobs
         // wait on these. `{find}` says how rows are found: by key, or at their address checked
         // against the key (a row that moved since is not found there; it is then written by
@@ -243,8 +244,9 @@ impl Statements {
         // in the arrays.
         let by_key = "j.queue_group = $1 AND j.id = v.id AND j.attempt = v.attempt";
         let update = "UPDATE {s}.jobs j SET state = v.state, owner = $2, \
-                   mod_count = v.count + 1, lock_ts = now(), body = v.body, \
-                   finished = CASE WHEN v.state = 2 THEN now() END \
+                   mod_count = v.count + 1, lock_ts = now(), body = coalesce(v.body, j.body), \
+                   finished = CASE WHEN v.state = 2 THEN now() END, \
+                   failure = coalesce(v.failure, j.failure) \
                FROM v \
                WHERE {find} AND j.state <> 4 AND {fence} {only} \
                RETURNING j.id, j.attempt, v.scoped, v.keep, j.dependents, v.n";
@@ -263,8 +265,9 @@ impl Statements {
         };
         let complete = "WITH v AS ( \
                SELECT * FROM unnest($5::text[], $6::int[], $7::bigint[], $8::smallint[], \
-                   $9::text[], $10::bool[], $11::text[], $12::text[]::tid[]) \
-                   WITH ORDINALITY AS v(id, attempt, count, state, body, scoped, keep, addr, n)), \
+                   $9::text[], $10::bool[], $11::text[], $12::text[]::tid[], $13::text[]) \
+                   WITH ORDINALITY \
+                   AS v(id, attempt, count, state, body, scoped, keep, addr, failure, n)), \
              {done}, \
              freed AS ( \
                DELETE FROM {s}.scopes h USING done d \

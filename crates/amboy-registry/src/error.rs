@@ -94,7 +94,8 @@ pub enum RegistryError {
         /// The negative version.
         version: i32,
     },
-    /// The job's fields could not be encoded.
+    /// The job's fields, or its dependency manager's, could not be encoded (their `Serialize`
+    /// failed or panicked).
     #[error("job '{id}' cannot be encoded: {reason}")]
     Encode {
         /// The job's ID.

@@ -90,8 +90,23 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Vec<String>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// Encodes `value`, which runs the registered type's own code (its `Serialize`): an error, or
+/// a panic, is the reason the value cannot be encoded. A panic is that value's fault, not its
+/// writer's end (a worker completing the job, say, would otherwise drop the completions it was
+/// writing for other jobs).
+fn encoded(value: &dyn erased_serde::Serialize) -> Result<Box<RawValue>, String> {
+    let encode = || serde_json::value::to_raw_value(value).map_err(|error| error.to_string());
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)).unwrap_or_else(|panic| {
+        Err(format!(
+            "encoding it panicked: {}",
+            amboy_core::panic_message(&*panic)
+        ))
+    })
+}
+
 impl JobInterchange {
-    /// The envelope of `job`. Fails for jobs whose type version is negative.
+    /// The envelope of `job`. Fails for jobs whose type version is negative, and for a job, or
+    /// a dependency manager, whose `Serialize` fails or panics.
     pub fn from_job(job: &dyn Job) -> Result<Self, RegistryError> {
         let id = job.id();
         let job_type = job.job_type();
@@ -102,15 +117,14 @@ impl JobInterchange {
                 version: job_type.version,
             });
         }
-        let encode_error = |error: serde_json::Error| RegistryError::Encode {
+        let encode_error = |reason: String| RegistryError::Encode {
             id: id.to_owned(),
-            reason: error.to_string(),
+            reason,
         };
         // The job's `Base` cannot know the job's type; recorded here, the body names it
         // (`job_type`) as amboy's does. A no-op once recorded, or when read from a document.
         job.base().record_job_type(job_type.clone());
-        let body = serde_json::value::to_raw_value(job as &dyn erased_serde::Serialize)
-            .map_err(encode_error)?;
+        let body = encoded(job as &dyn erased_serde::Serialize).map_err(encode_error)?;
         let meta = job.base().metadata().clone();
         let dependency = match &meta.dependency {
             None => None,
@@ -120,10 +134,8 @@ impl JobInterchange {
                     type_name: info.name,
                     version: info.version,
                     edges: manager.edges(),
-                    dependency: serde_json::value::to_raw_value(
-                        &**manager as &dyn erased_serde::Serialize,
-                    )
-                    .map_err(encode_error)?,
+                    dependency: encoded(&**manager as &dyn erased_serde::Serialize)
+                        .map_err(encode_error)?,
                 })
             }
         };
@@ -248,6 +260,95 @@ pub fn truncate_errors(errors: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job whose `Serialize` panics once it has run (`armed`).
+    #[derive(Debug, Deserialize)]
+    struct Bomb {
+        base: amboy_core::Base,
+        #[serde(skip)]
+        armed: bool,
+    }
+
+    impl Serialize for Bomb {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            assert!(!self.armed, "no way out");
+            #[derive(Serialize)]
+            struct Fields<'a> {
+                base: &'a amboy_core::Base,
+            }
+            Fields { base: &self.base }.serialize(serializer)
+        }
+    }
+
+    #[typetag::serde(name = "registry-test-encode-bomb")]
+    #[async_trait::async_trait]
+    impl Job for Bomb {
+        fn base(&self) -> &amboy_core::Base {
+            &self.base
+        }
+
+        async fn run(&self, _ctx: &amboy_core::JobContext) -> Result<(), amboy_core::JobError> {
+            Ok(())
+        }
+    }
+
+    /// A dependency manager whose `Serialize` panics.
+    #[derive(Debug, Deserialize)]
+    struct BombManager;
+
+    impl Serialize for BombManager {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("no manager out either")
+        }
+    }
+
+    #[typetag::serde(name = "registry-test-encode-bomb-manager")]
+    impl amboy_dependency::Manager for BombManager {
+        fn state(&self) -> amboy_dependency::State {
+            amboy_dependency::State::Ready
+        }
+
+        fn edges(&self) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn add_edge(&self, _id: &str) -> Result<(), amboy_dependency::DependencyError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_while_encoding_is_the_jobs_error() {
+        let bomb = Bomb {
+            base: amboy_core::Base::with_id("j"),
+            armed: false,
+        };
+        JobInterchange::from_job(&bomb).expect("unarmed, it encodes");
+        let bomb = Bomb {
+            armed: true,
+            ..bomb
+        };
+        let err = JobInterchange::from_job(&bomb).unwrap_err();
+        assert!(matches!(err, RegistryError::Encode { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("'j'")
+                && err.to_string().contains("encoding it panicked: no way out"),
+            "{err}"
+        );
+
+        let managed = Bomb {
+            base: amboy_core::Base::with_id("m").with_dependency(BombManager),
+            armed: false,
+        };
+        let err = JobInterchange::from_job(&managed).unwrap_err();
+        assert!(
+            err.to_string().contains("'m'")
+                && err
+                    .to_string()
+                    .contains("encoding it panicked: no manager out either"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn truncation_keeps_short_error_lists() {
