@@ -647,6 +647,150 @@ async fn a_blocked_job_does_not_keep_its_dispatch_scopes() {
     assert_eq!(next(&queue).await.id(), "other");
 }
 
+/// Gates of [`GatedManager`]s, by name: the manager's `state` says it was asked, then answers
+/// what the test sends.
+#[allow(clippy::type_complexity)]
+static GATES: std::sync::LazyLock<
+    std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            (
+                tokio::sync::oneshot::Sender<()>,
+                tokio::sync::oneshot::Receiver<State>,
+            ),
+        >,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A dependency manager (doing blocking I/O, so asked on a blocking thread) that holds the
+/// claim admitting its job until the test lets it answer; without a gate, it is ready.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct GatedManager {
+    gate: String,
+}
+
+#[typetag::serde(name = "pg-test-gated-manager")]
+impl Manager for GatedManager {
+    fn state(&self) -> State {
+        let gate = GATES.lock().unwrap().remove(&self.gate);
+        match gate {
+            Some((asked, answer)) => {
+                let _ = asked.send(());
+                answer.blocking_recv().unwrap_or(State::Ready)
+            }
+            None => State::Ready,
+        }
+    }
+
+    fn edges(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn add_edge(&self, _id: &str) -> Result<(), amboy::dependency::DependencyError> {
+        Ok(())
+    }
+
+    fn does_blocking_io(&self) -> bool {
+        true
+    }
+}
+
+/// A claimed job given back (its manager says it is blocked) after another owner took it over
+/// frees nothing: the give-back is fenced, and the dispatch scope it took, now its new owner's,
+/// stays held. The take-over is forced in between: the claim holds while the manager is asked,
+/// the test takes the job over in a transaction, lets the manager answer, and commits only once
+/// the give-back waits for the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_after_a_take_over_frees_nothing() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let (answer, answer_rx) = tokio::sync::oneshot::channel();
+    GATES
+        .lock()
+        .unwrap()
+        .insert(format!("{schema}/contested"), (asked_tx, answer_rx));
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("contested")
+                .with_scopes(["s1"])
+                .with_dependency(GatedManager {
+                    gate: format!("{schema}/contested"),
+                }),
+        }))
+        .await
+        .expect("put");
+    let taker = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.next().await }
+    });
+    tokio::time::timeout(LIMIT, asked)
+        .await
+        .expect("the claim asks the manager")
+        .expect("asked");
+    let held: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT job_id FROM {schema}.scopes WHERE scope = 's1'"
+    )))
+    .fetch_all(queue.pool())
+    .await
+    .expect("scopes");
+    assert_eq!(held, ["contested"], "the claim took the dispatch scope");
+
+    // Another process takes the job over (its scope with it), and holds the row meanwhile.
+    let mut tx = queue.pool().begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET owner = 'other', mod_count = mod_count + 5, \
+         lock_ts = now() WHERE id = 'contested'"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("taken over");
+    answer.send(State::Blocked).expect("the manager waits");
+    // The give-back reaches the row and waits for the take-over's commit.
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%WITH back AS%' \
+                   AND query LIKE '%' || $1 || '.jobs%'",
+            )
+            .bind(&schema)
+            .fetch_one(queue.pool())
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the give-back waits for the row");
+    tx.commit().await.expect("commit the take-over");
+    // Closing waits for the claim, give-back included, to end.
+    queue.close().await;
+    assert!(taker.await.expect("no panic").is_err(), "the queue closed");
+
+    let (owner, state): (String, i16) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT owner, state FROM {schema}.jobs WHERE id = 'contested'"
+    )))
+    .fetch_one(queue.pool())
+    .await
+    .expect("the job");
+    assert_eq!(
+        (owner.as_str(), state),
+        ("other", 1),
+        "the new owner's, running"
+    );
+    let held: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT job_id FROM {schema}.scopes WHERE scope = 's1'"
+    )))
+    .fetch_all(queue.pool())
+    .await
+    .expect("scopes");
+    assert_eq!(held, ["contested"], "the new owner keeps the scope");
+}
+
 /// Maintenance fails a pending job only for an edge whose latest attempt expired or was set
 /// aside: an edge expired at attempt 0 and pending again at attempt 1 is still to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
