@@ -791,6 +791,142 @@ async fn a_give_back_after_a_take_over_frees_nothing() {
     assert_eq!(held, ["contested"], "the new owner keeps the scope");
 }
 
+/// The jobs holding scope `scope` in `queue`'s schema.
+async fn holders(queue: &PostgresQueue, scope: &str) -> Vec<String> {
+    let schema = &queue.options().schema;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT job_id FROM {schema}.scopes WHERE scope = $1 ORDER BY job_id"
+    )))
+    .bind(scope)
+    .fetch_all(queue.pool())
+    .await
+    .expect("scopes")
+}
+
+/// A claimed job that management completes before the claim takes its dispatch scopes takes
+/// none: the take is fenced. Both jobs are claimed at once (two `next` calls waiting, on a
+/// one-thread runtime, before the claimer runs); the first one's manager holds the claim until
+/// management completed the second.
+#[tokio::test]
+async fn a_job_completed_before_its_claim_took_its_scopes_takes_none() {
+    use amboy::management::Manager as _;
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    let (asked_tx, asked) = tokio::sync::oneshot::channel();
+    let (answer, answer_rx) = tokio::sync::oneshot::channel();
+    GATES
+        .lock()
+        .unwrap()
+        .insert(format!("{schema}/first"), (asked_tx, answer_rx));
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("first")
+                .with_priority(10)
+                .with_dependency(GatedManager {
+                    gate: format!("{schema}/first"),
+                }),
+        }))
+        .await
+        .expect("put");
+    queue
+        .put(scoped("second", &["s1"], false))
+        .await
+        .expect("put");
+    let taker = |queue: Arc<PostgresQueue>| tokio::spawn(async move { queue.next().await });
+    let takers = [taker(queue.clone()), taker(queue.clone())];
+    tokio::time::timeout(LIMIT, asked)
+        .await
+        .expect("the claim asks the first job's manager")
+        .expect("asked");
+    let claimed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.jobs WHERE state = 1"
+    )))
+    .fetch_one(queue.pool())
+    .await
+    .expect("count");
+    assert_eq!(claimed, 2, "one claim took both jobs");
+    assert!(holders(&queue, "s1").await.is_empty(), "not admitted yet");
+    amboy::postgres::PostgresManager::for_queue(&queue)
+        .complete_job("second")
+        .await
+        .expect("management completes it");
+    answer.send(State::Ready).expect("the manager waits");
+    let (first, _, other) = tokio::time::timeout(LIMIT, futures::future::select_all(takers))
+        .await
+        .expect("a taker gets a job");
+    assert_eq!(first.expect("no panic").expect("a job").id(), "first");
+    // Closing waits for the claim, the second job's admission included, to end.
+    queue.close().await;
+    for taker in other {
+        assert!(taker.await.expect("no panic").is_err(), "the queue closed");
+    }
+    assert!(
+        holders(&queue, "s1").await.is_empty(),
+        "the completed job holds no scope"
+    );
+}
+
+/// A management completion frees the dispatch scopes a worker took while the completion
+/// waited for the job's row: the worker's take is played by the test, in a transaction holding
+/// the row, committed once the completion waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_completion_frees_scopes_taken_while_it_waited() {
+    use amboy::management::Manager as _;
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("held")).await.expect("put");
+    let mut tx = queue.pool().begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM {schema}.jobs WHERE id = 'held' FOR SHARE"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("the row held");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {schema}.scopes (queue_group, scope, job_id, attempt) \
+         SELECT queue_group, 's1', id, attempt FROM {schema}.jobs WHERE id = 'held'"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("the scope taken");
+    let manager = amboy::postgres::PostgresManager::for_queue(&queue);
+    let completing = tokio::spawn(async move { manager.complete_job("held").await });
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%done AS%' \
+                   AND query LIKE '%' || $1 || '.jobs%'",
+            )
+            .bind(&schema)
+            .fetch_one(queue.pool())
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the completion waits for the row");
+    tx.commit().await.expect("commit the take");
+    tokio::time::timeout(LIMIT, completing)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("completed");
+    assert!(queue.get("held").await.expect("stored").status().completed);
+    assert!(
+        holders(&queue, "s1").await.is_empty(),
+        "the completed job holds no scope"
+    );
+    queue
+        .put(scoped("next", &["s1"], true))
+        .await
+        .expect("the scope is free");
+}
+
 /// Maintenance fails a pending job only for an edge whose latest attempt expired or was set
 /// aside: an edge expired at attempt 0 and pending again at attempt 1 is still to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

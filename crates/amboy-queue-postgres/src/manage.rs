@@ -208,12 +208,41 @@ impl PostgresManager {
                UNION SELECT queue_group FROM done WHERE dependents) AS w(g)) \
              SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM wake)",
         );
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(backend("begin a completion"))?;
         let row = query
             .build()
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(complete_error)?;
         let completed: i64 = row.try_get(0).map_err(backend("read a completion"))?;
+        if completed > 0 {
+            // The statement above freed the scopes it saw when it started. A worker taking a
+            // job's dispatch scopes holds the job's row meanwhile, so the statement waited for
+            // it, but did not see the scopes it took: a second statement, which sees them,
+            // frees the scopes of the jobs this transaction completed (`finished` is `now()`,
+            // the transaction's time, for those).
+            let mut free = QueryBuilder::new(format!(
+                "WITH freed AS ( \
+                   DELETE FROM {s}.scopes h USING {s}.jobs j \
+                   WHERE j.state = 2 AND j.finished = now() AND h.queue_group = j.queue_group \
+                     AND h.job_id = j.id AND h.attempt = j.attempt"
+            ));
+            if let Some(group) = &self.group {
+                free.push(" AND j.queue_group = ").push_bind(group.clone());
+            }
+            free.push(" RETURNING h.queue_group) SELECT count(*) FROM (SELECT pg_notify(")
+                .push_bind(self.channel.clone())
+                .push(", w.g) FROM (SELECT DISTINCT queue_group FROM freed) AS w(g)) AS n");
+            free.build()
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend("free the scopes of completed jobs"))?;
+        }
+        tx.commit().await.map_err(backend("commit a completion"))?;
         Ok(completed as u64)
     }
 

@@ -956,6 +956,43 @@ impl Engine {
             .fetch_all(&mut *conn)
             .await
             .map_err(backend("take scopes"))?;
+        self.scopes_taken(conn, id, scopes, taken).await
+    }
+
+    /// Takes the dispatch scopes of a job this queue claimed at count `count`, unless it no
+    /// longer holds it (completed by management, taken over): then it takes none, and the job
+    /// is not found.
+    async fn take_dispatch_scopes(&self, stored: &StoredJob, scopes: &[String]) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
+        let (held, taken): (bool, Vec<String>) =
+            sqlx::query_as(AssertSqlSafe(self.sql.take_dispatch_scopes.clone()))
+                .bind(self.group())
+                .bind(scopes)
+                .bind(&stored.id)
+                .bind(stored.attempt)
+                .bind(&*self.id)
+                .bind(stored.mod_count)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(backend("take scopes"))?;
+        if !held {
+            return Err(Error::job_not_found_because(
+                &stored.id,
+                "it was completed, taken over or set aside since it was claimed",
+            ));
+        }
+        self.scopes_taken(&mut conn, &stored.id, scopes, taken)
+            .await
+    }
+
+    /// Whether every one of `scopes` was `taken`; if not, which is held, and by whom.
+    async fn scopes_taken(
+        &self,
+        conn: &mut PgConnection,
+        id: &str,
+        scopes: &[String],
+        taken: Vec<String>,
+    ) -> Result<()> {
         if taken.len() == scopes.len() {
             return Ok(());
         }
@@ -1277,14 +1314,12 @@ impl Engine {
             }
         };
         if !scopes.is_empty() {
-            let taken = match self.pool.acquire().await {
-                Ok(mut conn) => {
-                    self.take_scopes(&mut conn, job.id(), stored.attempt, &scopes)
-                        .await
+            if let Err(error) = self.take_dispatch_scopes(&stored, &scopes).await {
+                if error.is_job_not_found() {
+                    // No longer this queue's: whoever has it now decides.
+                    tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "claimed job lost before it was admitted");
+                    return None;
                 }
-                Err(error) => Err(backend("connect")(error)),
-            };
-            if let Err(error) = taken {
                 // Taken by another job since the claim looked: back to pending at once, and
                 // claimed again once the scope is free.
                 tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "dispatch scope taken; job given back");

@@ -159,6 +159,7 @@ pub(crate) struct Statements {
     pub(crate) insert_new: Arc<str>,
     pub(crate) insert_one: Arc<str>,
     pub(crate) take_scopes: Arc<str>,
+    pub(crate) take_dispatch_scopes: Arc<str>,
     pub(crate) scope_holders: Arc<str>,
     pub(crate) edge_states: Arc<str>,
     pub(crate) mark_dependents: Arc<str>,
@@ -342,6 +343,26 @@ impl Statements {
                      WHERE {s}.scopes.job_id = EXCLUDED.job_id \
                        AND {s}.scopes.attempt = EXCLUDED.attempt \
                  RETURNING scope"
+                    .into(),
+            ),
+            // The same for the dispatch scopes of a claimed job, only while this queue ($5)
+            // still holds the job at count $6: whether it does, and the scopes taken. The row is
+            // locked (shared) for the statement, so a completion by management or a take-over
+            // either comes first, and nothing is taken, or waits for this statement.
+            take_dispatch_scopes: build(
+                "WITH mine AS ( \
+                   SELECT 1 FROM {s}.jobs j WHERE j.queue_group = $1 AND j.id = $3 \
+                     AND j.attempt = $4 AND j.state = 1 AND j.owner = $5 AND j.mod_count = $6 \
+                   FOR SHARE), \
+                 ins AS ( \
+                   INSERT INTO {s}.scopes (queue_group, scope, job_id, attempt) \
+                   SELECT $1, scope, $3, $4 FROM unnest($2::text[]) AS scope \
+                   WHERE EXISTS (SELECT 1 FROM mine) \
+                   ON CONFLICT (queue_group, scope) DO UPDATE SET job_id = EXCLUDED.job_id \
+                       WHERE {s}.scopes.job_id = EXCLUDED.job_id \
+                         AND {s}.scopes.attempt = EXCLUDED.attempt \
+                   RETURNING scope) \
+                 SELECT EXISTS (SELECT 1 FROM mine), ARRAY(SELECT scope FROM ins)"
                     .into(),
             ),
             scope_holders: build(
