@@ -229,3 +229,50 @@ impl Runner for IdleRunner {
         self.started.store(false, Ordering::SeqCst);
     }
 }
+
+/// A runner that runs nothing and whose `start` holds until the test lets it go: it says it
+/// was entered (a permit on `entered`), then waits for a permit on `gate`.
+#[derive(Debug)]
+pub struct GatedRunner {
+    started: AtomicBool,
+    /// A permit each time `start` is entered.
+    pub entered: tokio::sync::Semaphore,
+    /// `start` takes a permit before it ends.
+    pub gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedRunner {
+    fn default() -> Self {
+        GatedRunner {
+            started: AtomicBool::new(false),
+            entered: tokio::sync::Semaphore::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for GatedRunner {
+    fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn set_queue(&self, _queue: Arc<dyn Queue>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<()> {
+        self.entered.add_permits(1);
+        self.gate
+            .acquire()
+            .await
+            .expect("the gate stays open")
+            .forget();
+        self.started.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.started.store(false, Ordering::SeqCst);
+    }
+}

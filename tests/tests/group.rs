@@ -453,6 +453,44 @@ async fn cache_close_closes_and_forgets_every_queue() {
 // LocalQueueGroup (group_test.go)
 // ---------------------------------------------------------------------------------------------
 
+/// A `get` under way while the group closes does not leave the queue it built behind: the
+/// queue's start is held until the group closed, and the `get` then reports the group closed,
+/// caches nothing and closes the queue it built.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_under_way_when_the_group_closes_leaves_no_queue_running() {
+    let runner = Arc::new(amboy_tests::cases::GatedRunner::default());
+    let built: Arc<Mutex<Option<Arc<dyn Queue>>>> = Arc::default();
+    let options = LocalGroupQueueOptions::new({
+        let (runner, built) = (runner.clone(), built.clone());
+        move || {
+            let queue = amboy::new_local_limited_size(1, 64);
+            queue.set_runner(runner.clone()).expect("a runner");
+            *built.lock().unwrap() = Some(queue.clone());
+            queue
+        }
+    });
+    let group = group(HOUR, options);
+    let getting = tokio::spawn({
+        let group = group.clone();
+        async move { group.get("late", &[]).await }
+    });
+    timeout(PROMPTLY, runner.entered.acquire())
+        .await
+        .expect("the queue starts")
+        .expect("open")
+        .forget();
+    group.close().await.expect("close");
+    runner.gate.add_permits(1);
+    let got = timeout(PROMPTLY, getting)
+        .await
+        .expect("the get ends")
+        .expect("no panic");
+    assert!(matches!(got, Err(Error::Closed(_))), "{got:?}");
+    assert_eq!(group.len(), 0, "nothing cached");
+    let queue = built.lock().unwrap().clone().expect("built");
+    assert_closed(&queue, "a queue built for a closed group").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_ttl_must_be_zero_or_at_least_a_second() {
     for (ttl, valid) in [

@@ -95,6 +95,73 @@ impl QueueOptions for Foreign {
     }
 }
 
+/// A `get` under way while the group closes does not leave the queue it built behind: the
+/// queue's start is held until the group closed, and the `get` then reports the group closed,
+/// caches nothing and closes the queue it built (its runner stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_under_way_when_the_group_closes_leaves_no_queue_running() {
+    let runner = Arc::new(amboy_tests::cases::GatedRunner::default());
+    let mut options = group_options(options());
+    options.runner = Some(Arc::new({
+        let runner = runner.clone();
+        move |_| runner.clone() as Arc<dyn amboy::Runner>
+    }));
+    let group = Arc::new(PostgresQueueGroup::new(options).await.expect("group"));
+    let getting = tokio::spawn({
+        let group = group.clone();
+        async move { group.get("late", &[]).await }
+    });
+    tokio::time::timeout(LIMIT, runner.entered.acquire())
+        .await
+        .expect("the queue starts")
+        .expect("open")
+        .forget();
+    group.close().await.expect("close");
+    runner.gate.add_permits(1);
+    let got = tokio::time::timeout(LIMIT, getting)
+        .await
+        .expect("the get ends")
+        .expect("no panic");
+    assert!(matches!(got, Err(amboy::Error::Closed(_))), "{got:?}");
+    assert_eq!(group.len(), 0, "nothing cached");
+    assert!(
+        !amboy::Runner::started(&*runner),
+        "the queue built was closed"
+    );
+}
+
+/// Every regex and per-queue setting is checked when the group is built: a bad one is refused
+/// then, naming the entry, rather than when that queue is first wanted (by a `get`, or by the
+/// background start, which would not start the names after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_regex_or_per_queue_settings_are_refused_up_front() {
+    let mut bad = group_options(options());
+    bad.per_queue.insert(
+        "b".into(),
+        PostgresGroupQueueOptions {
+            workers: Some(0),
+            ..Default::default()
+        },
+    );
+    let error = PostgresQueueGroup::new(bad).await.expect_err("no workers");
+    assert!(error.to_string().contains("per_queue 'b'"), "{error}");
+    let mut bad = group_options(options());
+    bad.regex.push((
+        regex::Regex::new("^slow-").unwrap(),
+        PostgresGroupQueueOptions {
+            poll_interval: Some(Duration::ZERO),
+            ..Default::default()
+        },
+    ));
+    let error = PostgresQueueGroup::new(bad)
+        .await
+        .expect_err("no poll interval");
+    assert!(
+        error.to_string().contains("regex '^slow-'") && error.to_string().contains("poll_interval"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_options_are_refused() {
     let group = PostgresQueueGroup::new(group_options(options()))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, join_all};
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Queue, Result};
 
@@ -102,6 +103,36 @@ impl GroupCache {
             return self.get(id).ok_or_else(|| Error::job_not_found(id));
         }
         Ok(queue)
+    }
+
+    /// `queue`, just cached as `id` by a group's `get` or `put`, unless the group closed
+    /// (`closed` is cancelled): then it is forgotten, closed too if `close` (a queue the group
+    /// built), and the group is reported closed. A group's `close` cancels, then empties the
+    /// cache; a `get` or `put` that was under way may cache its queue after that, and would
+    /// leave it running, cached in a closed group.
+    pub async fn unless_closed(
+        &self,
+        id: &str,
+        queue: Arc<dyn Queue>,
+        closed: &CancellationToken,
+        close: bool,
+    ) -> Result<Arc<dyn Queue>> {
+        if !closed.is_cancelled() {
+            return Ok(queue);
+        }
+        {
+            let mut items = self.items.lock();
+            if items
+                .get(id)
+                .is_some_and(|item| Arc::ptr_eq(&item.queue, &queue))
+            {
+                items.remove(id);
+            }
+        }
+        if close {
+            queue.close().await;
+        }
+        Err(Error::Closed("queue group"))
     }
 
     /// The queue cached as `id`, refreshing its last access.

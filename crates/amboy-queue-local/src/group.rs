@@ -165,7 +165,8 @@ impl LocalQueueGroup {
 #[async_trait]
 impl QueueGroup for LocalQueueGroup {
     async fn get(&self, id: &str, options: &[Arc<dyn QueueOptions>]) -> Result<Arc<dyn Queue>> {
-        self.cache
+        let queue = self
+            .cache
             .get_or_build(id, Duration::ZERO, || async {
                 if self.lifetime.is_cancelled() {
                     return Err(Error::Closed("queue group"));
@@ -186,6 +187,9 @@ impl QueueGroup for LocalQueueGroup {
                 queue.start().await?;
                 Ok(queue)
             })
+            .await?;
+        self.cache
+            .unless_closed(id, queue, &self.lifetime, true)
             .await
     }
 
@@ -193,7 +197,11 @@ impl QueueGroup for LocalQueueGroup {
         if self.lifetime.is_cancelled() {
             return Err(Error::Closed("queue group"));
         }
-        self.cache.set(id, queue, Duration::ZERO)
+        self.cache.set(id, queue.clone(), Duration::ZERO)?;
+        self.cache
+            .unless_closed(id, queue, &self.lifetime, false)
+            .await
+            .map(drop)
     }
 
     async fn prune(&self) -> Result<()> {

@@ -105,7 +105,9 @@ pub struct PostgresQueueGroupOptions {
     /// How a queue's retry handler is built (none: no retries).
     pub retry_handler: Option<RetryHandlerFactory>,
     /// How long an idle queue object is kept after its last use once its jobs are done; zero
-    /// keeps them until the group closes. Pruning closes queue objects only: jobs stay.
+    /// keeps them until they are pruned by hand ([`QueueGroup::prune`], which then closes every
+    /// queue whose jobs are done) or the group closes. Pruning closes queue objects only: jobs
+    /// stay.
     pub ttl: Duration,
     /// How often queues are pruned (with a `ttl`).
     pub prune_frequency: Duration,
@@ -166,6 +168,25 @@ impl PostgresQueueGroupOptions {
             ));
         }
         self.default.validate()?;
+        // Every setting a queue may be built with, checked now rather than when that queue
+        // is first wanted (by a `get`, or by the background start, which would stop there).
+        let entries = self
+            .regex
+            .iter()
+            .map(|(pattern, options)| (format!("regex '{pattern}'"), options))
+            .chain(
+                self.per_queue
+                    .iter()
+                    .map(|(name, options)| (format!("per_queue '{name}'"), options)),
+            );
+        for (which, options) in entries {
+            let mut merged = self.default.clone();
+            merged.merge(options);
+            merged
+                .validate()
+                .and_then(|()| queue_options(&self.queue, "", &merged).validate())
+                .map_err(|error| Error::invalid(format!("{which}: {error}")))?;
+        }
         if !self.ttl.is_zero() && self.ttl < Duration::from_secs(1) {
             return Err(Error::invalid("ttl must be zero or at least one second"));
         }
@@ -191,6 +212,8 @@ pub struct PostgresQueueGroup {
     cache: GroupCache,
     lifetime: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once the schema was created or brought up to date.
+    schema_ready: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for PostgresQueueGroup {
@@ -224,6 +247,7 @@ impl PostgresQueueGroup {
             options,
             lifetime: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            schema_ready: tokio::sync::OnceCell::new(),
         });
         group.start_active().await?;
         let weak = Arc::downgrade(&group);
@@ -274,14 +298,30 @@ impl PostgresQueueGroup {
     }
 
     /// The group names with active jobs: not finished, retrying, or finished within the time to
-    /// live.
+    /// live. The names are found by skipping through the primary key, one probe per name, and
+    /// each is checked with a probe of the pending, running, retrying and finished jobs'
+    /// indexes: the cost grows with the number of names, not of jobs.
     async fn active(&self) -> Result<Vec<String>> {
         let pool = self.options.queue.pool.as_ref().expect("opened by new");
         let schema = &self.options.queue.schema;
-        crate::schema::migrate(pool, schema).await?;
+        self.schema_ready
+            .get_or_try_init(|| crate::schema::migrate(pool, schema))
+            .await?;
         let sql = format!(
-            "SELECT DISTINCT queue_group FROM {schema}.jobs \
-             WHERE state IN (0, 1, 3) OR finished >= now() - $1::interval ORDER BY 1"
+            "WITH RECURSIVE groups(name) AS ( \
+               SELECT min(queue_group) FROM {schema}.jobs \
+               UNION ALL \
+               SELECT (SELECT min(queue_group) FROM {schema}.jobs WHERE queue_group > g.name) \
+               FROM groups g WHERE g.name IS NOT NULL) \
+             SELECT g.name FROM groups g WHERE g.name IS NOT NULL AND ( \
+               EXISTS (SELECT 1 FROM {schema}.jobs j WHERE j.queue_group = g.name AND j.state = 0) \
+               OR EXISTS (SELECT 1 FROM {schema}.jobs j \
+                 WHERE j.queue_group = g.name AND j.state = 1) \
+               OR EXISTS (SELECT 1 FROM {schema}.jobs j \
+                 WHERE j.queue_group = g.name AND j.state = 3) \
+               OR EXISTS (SELECT 1 FROM {schema}.jobs j WHERE j.queue_group = g.name \
+                 AND j.state IN (2, 4, 5) AND j.finished >= now() - $1::interval)) \
+             ORDER BY 1"
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(self.options.ttl)
@@ -290,13 +330,18 @@ impl PostgresQueueGroup {
             .map_err(backend("list active groups"))
     }
 
+    /// Starts a queue for every group name with active jobs; one that cannot be started does
+    /// not keep the others from starting.
     async fn start_active(&self) -> Result<()> {
+        let mut errors = Vec::new();
         for name in self.active().await? {
-            if self.cache.get(&name).is_none() {
-                self.get(&name, &[]).await?;
+            if self.cache.get(&name).is_none()
+                && let Err(error) = self.get(&name, &[]).await
+            {
+                errors.push(error);
             }
         }
-        Ok(())
+        amboy_core::collate_write_errors(errors)
     }
 
     /// The merged settings of queue `id`.
@@ -331,12 +376,7 @@ impl PostgresQueueGroup {
     }
 
     async fn build(&self, id: &str, settings: PostgresGroupQueueOptions) -> Result<Arc<dyn Queue>> {
-        let mut options = self.options.queue.clone();
-        options.group = id.to_owned();
-        options.lock_timeout = settings.lock_timeout.unwrap_or(options.lock_timeout);
-        options.poll_interval = settings.poll_interval.unwrap_or(options.poll_interval);
-        options.claim_batch = settings.claim_batch.unwrap_or(options.claim_batch);
-        options.retention = settings.retention.or(options.retention);
+        let options = queue_options(&self.options.queue, id, &settings);
         let queue = PostgresQueue::with_hub(options, Some(self.hub.clone()))?;
         let runner = self.options.runner.as_ref().expect("validated");
         queue.set_runner(runner(settings.workers.expect("validated")))?;
@@ -348,10 +388,26 @@ impl PostgresQueueGroup {
     }
 }
 
+/// The options of queue `id`, on the group's database with its merged `settings`.
+fn queue_options(
+    base: &PostgresQueueOptions,
+    id: &str,
+    settings: &PostgresGroupQueueOptions,
+) -> PostgresQueueOptions {
+    let mut options = base.clone();
+    options.group = id.to_owned();
+    options.lock_timeout = settings.lock_timeout.unwrap_or(options.lock_timeout);
+    options.poll_interval = settings.poll_interval.unwrap_or(options.poll_interval);
+    options.claim_batch = settings.claim_batch.unwrap_or(options.claim_batch);
+    options.retention = settings.retention.or(options.retention);
+    options
+}
+
 #[async_trait]
 impl QueueGroup for PostgresQueueGroup {
     async fn get(&self, id: &str, options: &[Arc<dyn QueueOptions>]) -> Result<Arc<dyn Queue>> {
-        self.cache
+        let queue = self
+            .cache
             .get_or_build(id, self.options.ttl, || async {
                 if self.lifetime.is_cancelled() {
                     return Err(Error::Closed("queue group"));
@@ -359,6 +415,9 @@ impl QueueGroup for PostgresQueueGroup {
                 let settings = self.settings(id, options)?;
                 self.build(id, settings).await
             })
+            .await?;
+        self.cache
+            .unless_closed(id, queue, &self.lifetime, true)
             .await
     }
 
@@ -366,7 +425,11 @@ impl QueueGroup for PostgresQueueGroup {
         if self.lifetime.is_cancelled() {
             return Err(Error::Closed("queue group"));
         }
-        self.cache.set(id, queue, self.options.ttl)
+        self.cache.set(id, queue.clone(), self.options.ttl)?;
+        self.cache
+            .unless_closed(id, queue, &self.lifetime, false)
+            .await
+            .map(drop)
     }
 
     async fn prune(&self) -> Result<()> {

@@ -1313,19 +1313,19 @@ impl Engine {
                 return None;
             }
         };
-        if !scopes.is_empty() {
-            if let Err(error) = self.take_dispatch_scopes(&stored, &scopes).await {
-                if error.is_job_not_found() {
-                    // No longer this queue's: whoever has it now decides.
-                    tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "claimed job lost before it was admitted");
-                    return None;
-                }
-                // Taken by another job since the claim looked: back to pending at once, and
-                // claimed again once the scope is free.
-                tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "dispatch scope taken; job given back");
-                let _ = self.release(&job, None).await;
+        if !scopes.is_empty()
+            && let Err(error) = self.take_dispatch_scopes(&stored, &scopes).await
+        {
+            if error.is_job_not_found() {
+                // No longer this queue's: whoever has it now decides.
+                tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "claimed job lost before it was admitted");
                 return None;
             }
+            // Taken by another job since the claim looked: back to pending at once, and
+            // claimed again once the scope is free.
+            tracing::debug!(queue_id = %self.id, job_id = job.id(), error = %error, "dispatch scope taken; job given back");
+            let _ = self.release(&job, None).await;
+            return None;
         }
         let manager = job.base().metadata().dependency.clone();
         if let Some(manager) = manager {
