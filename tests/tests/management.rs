@@ -12,7 +12,7 @@ use amboy::local::{
 };
 use amboy::management::JobQuery;
 use amboy::management::{Manager, QueueManager, StatusFilter};
-use amboy::postgres::{PostgresManager, PostgresQueue};
+use amboy::postgres::{PostgresManager, PostgresQueue, sqlx};
 use amboy::registry::JobInterchange;
 use amboy::{Base, Queue};
 use amboy_tests::cases::IdleRunner;
@@ -149,6 +149,10 @@ async fn a_manager_of_every_group_reports_and_completes_by_group() {
     assert!(b.get("b-1").await.expect("b-1").base().status().completed);
     // An ID two groups use: completed in both, but its record is ambiguous.
     every.complete_job("both").await.expect("both groups");
+    every
+        .complete_job("both")
+        .await
+        .expect("finished in both groups: nothing to do, and no error");
     assert!(a.get("both").await.expect("a's").base().status().completed);
     assert!(b.get("both").await.expect("b's").base().status().completed);
     let error = every.job("both").await.expect_err("two groups");
@@ -331,6 +335,143 @@ async fn a_completed_job_stays_final_past_the_lock_timeout_in_memory() {
     let status = stored.base().status();
     assert!(status.completed && status.errors.is_empty(), "{status:?}");
     queue.close().await;
+}
+
+/// A job's completion that waits for a row a retry holds (the retry completing attempt 0 and
+/// putting attempt 1, in one transaction) completes the attempt the retry committed, too: the
+/// retry is played by the test, committed once the completion waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_a_job_while_its_retry_commits_completes_the_next_attempt() {
+    let queue = postgres_queue().await;
+    let schema = queue.options().schema.clone();
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("retried").with_retryable(true),
+        }))
+        .await
+        .expect("put");
+    let sql = |statement: String| {
+        let pool = queue.pool().clone();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .expect("statement");
+        }
+    };
+    sql(format!(
+        "UPDATE {schema}.jobs SET state = 3 WHERE id = 'retried'"
+    ))
+    .await;
+    let mut retry = queue.pool().begin().await.expect("begin");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET state = 2, finished = now() WHERE id = 'retried'; \
+         INSERT INTO {schema}.jobs (queue_group, id, attempt, state, job_type, ready_at, body) \
+         SELECT queue_group, id, 1, 0, job_type, now(), body FROM {schema}.jobs \
+         WHERE id = 'retried'"
+    )))
+    .execute(&mut *retry)
+    .await
+    .expect("the retry");
+    let manager = PostgresManager::for_queue(&queue);
+    let completing = tokio::spawn(async move { manager.complete_job("retried").await });
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%done AS%' \
+                   AND query LIKE '%' || $1 || '.jobs%'",
+            )
+            .bind(&schema)
+            .fetch_one(queue.pool())
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the completion waits for the retry");
+    retry.commit().await.expect("commit the retry");
+    tokio::time::timeout(LIMIT, completing)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("completed");
+    let states: Vec<(i32, i16)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT attempt, state FROM {schema}.jobs WHERE id = 'retried' ORDER BY attempt"
+    )))
+    .fetch_all(queue.pool())
+    .await
+    .expect("states");
+    assert_eq!(states, [(0, 2), (1, 2)], "every attempt completed");
+}
+
+/// A pattern that is not a regular expression is refused even when no row would be matched
+/// against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_pattern_is_refused_on_an_empty_queue() {
+    let queue = postgres_queue().await;
+    let manager = PostgresManager::for_queue(&queue);
+    let error = manager
+        .complete_jobs_by_pattern(StatusFilter::All, "(")
+        .await
+        .expect_err("not a pattern");
+    assert!(error.to_string().contains("regular expression"), "{error}");
+    manager
+        .complete_jobs_by_pattern(StatusFilter::All, "^a")
+        .await
+        .expect("a pattern");
+}
+
+/// Pages of `list_jobs` follow the rows' attempts, even for an attempt whose stored body does
+/// not decode: every row is listed once, with its attempt, and the pages end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_past_an_attempt_that_does_not_decode() {
+    let queue = postgres_queue().await;
+    let schema = queue.options().schema.clone();
+    queue
+        .put(Arc::new(Noop {
+            base: Base::with_id("x").with_retryable(true),
+        }))
+        .await
+        .expect("put");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET state = 2, finished = now() WHERE id = 'x'; \
+         INSERT INTO {schema}.jobs (queue_group, id, attempt, state, job_type, ready_at, \
+             finished, body) \
+         SELECT queue_group, id, 1, 2, job_type, now(), now(), body FROM {schema}.jobs \
+         WHERE id = 'x'; \
+         INSERT INTO {schema}.jobs (queue_group, id, attempt, state, job_type, ready_at, \
+             finished, body) \
+         SELECT queue_group, id, 2, 2, job_type, now(), now(), '{{}}' FROM {schema}.jobs \
+         WHERE id = 'x' AND attempt = 0"
+    )))
+    .execute(queue.pool())
+    .await
+    .expect("attempts 1 and 2");
+    queue.put(Noop::new("y")).await.expect("put");
+    let manager = PostgresManager::for_queue(&queue);
+    let mut query = JobQuery::new(StatusFilter::All).limit(1);
+    let mut listed = Vec::new();
+    for _ in 0..10 {
+        let page = manager.list_jobs(&query).await.expect("a page");
+        listed.extend(
+            page.jobs
+                .iter()
+                .map(|job| (job.info.id.clone(), job.info.retry.current_attempt)),
+        );
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    let expected: Vec<(String, u32)> = [("x", 0), ("x", 1), ("x", 2), ("y", 0)]
+        .map(|(id, attempt)| (id.to_owned(), attempt))
+        .to_vec();
+    assert_eq!(listed, expected);
 }
 
 async fn idle_local(queue: Arc<dyn Queue>) -> Arc<dyn Queue> {

@@ -352,16 +352,39 @@ impl Manager for PostgresManager {
     }
 
     async fn complete_job(&self, id: &str) -> Result<()> {
-        let completed = self
-            .complete_where(StatusFilter::All, true, |query| {
+        // A completion that waited for an attempt's row (a retry committing the next attempt)
+        // does not see the attempts committed meanwhile: it is run again, with a fresh view,
+        // until every attempt is finished. Each round completes whatever it sees, so only a
+        // retry racing it adds another; a few rounds are plenty.
+        for _ in 0..8 {
+            self.complete_where(StatusFilter::All, true, |query| {
                 query.push(" AND j.id = ").push_bind(id.to_owned());
             })
             .await?;
-        if completed == 0 {
-            // Finished already, or unknown.
-            self.attempts(id).await?;
+            let mut query = self.open(true, false);
+            query.push(format!(
+                "SELECT count(*), count(*) FILTER (WHERE j.state IN (0, 1, 3)) \
+                 FROM {}.jobs j WHERE j.id = ",
+                self.schema
+            ));
+            query.push_bind(id.to_owned());
+            self.push_group(&mut query, true);
+            let (attempts, unfinished): (i64, i64) = query
+                .build_query_as()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend("read a job's attempts"))?;
+            if attempts == 0 {
+                return Err(Error::job_not_found_because(id, "no job has this ID"));
+            }
+            if unfinished == 0 {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(Error::invalid_job(
+            id,
+            "its attempts kept changing while it was completed: try again",
+        ))
     }
 
     async fn complete_jobs(&self, filter: StatusFilter) -> Result<u64> {
@@ -378,6 +401,14 @@ impl Manager for PostgresManager {
     }
 
     async fn complete_jobs_by_pattern(&self, filter: StatusFilter, pattern: &str) -> Result<u64> {
+        // The server compiles a pattern only when it first matches it against a row: checked
+        // first, so that a bad one is refused however many rows there are.
+        self.ready().await?;
+        sqlx::query("SELECT '' ~ $1")
+            .bind(pattern)
+            .execute(&self.pool)
+            .await
+            .map_err(complete_error)?;
         self.complete_where(filter, false, |query| {
             query.push(" AND j.id ~ ").push_bind(pattern.to_owned());
         })
@@ -440,6 +471,7 @@ impl Manager for PostgresManager {
             JobCursor {
                 group: last.group.clone(),
                 id: last.info.id.clone(),
+                // The row's attempt, which `info` reports even for a body that does not decode.
                 attempt: last.info.retry.current_attempt,
             }
         });

@@ -209,15 +209,20 @@ impl StoredJob {
         Ok(job)
     }
 
-    /// The job's info, even when the job itself cannot be decoded.
+    /// The job's info, even when the job itself cannot be decoded; its attempt is always the
+    /// row's.
     pub(crate) fn info(&self) -> JobInfo {
+        let attempt = u32::try_from(self.attempt).unwrap_or_default();
         match self.envelope() {
             Ok(envelope) => JobInfo {
                 id: envelope.name,
                 job_type: JobType::new(envelope.type_name, envelope.version),
                 status: envelope.status,
                 time: envelope.time_info,
-                retry: envelope.retry_info,
+                retry: JobRetryInfo {
+                    current_attempt: attempt,
+                    ..envelope.retry_info
+                },
             },
             Err(_) => {
                 let mut status = JobStatusInfo::default();
@@ -227,7 +232,10 @@ impl StoredJob {
                     job_type: JobType::new(self.job_type.clone(), 0),
                     status,
                     time: Default::default(),
-                    retry: Default::default(),
+                    retry: JobRetryInfo {
+                        current_attempt: attempt,
+                        ..Default::default()
+                    },
                 }
             }
         }
