@@ -1244,6 +1244,31 @@ async fn a_job_whose_final_state_cannot_be_encoded_completes_failed() {
         .expect("the scope is free");
 }
 
+/// Errors past the truncation threshold are cut when stored, as amboy cuts them, but the
+/// stored job still says how many there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_error_count_survives_the_truncation_of_its_errors() {
+    let queue = idle(options()).await;
+    let job = noop("failing");
+    for n in 0..150 {
+        job.add_error(&format_args!("{n:04} {}", "x".repeat(995)));
+    }
+    assert_eq!(job.status().error_count, 150);
+    queue.put(job).await.expect("put");
+    let stored = queue.get("failing").await.expect("stored");
+    let status = stored.status();
+    assert_eq!(status.errors.len(), 100, "truncated");
+    assert_eq!(status.error_count, 150, "counted");
+    let listed = listed(&queue, "failing").await;
+    assert_eq!(listed.status.error_count, 150);
+    // A completion stores the count its copy has.
+    let job = next(&queue).await;
+    assert_eq!(job.status().error_count, 150, "read back");
+    queue.complete(&job).await.expect("complete");
+    let stored = queue.get("failing").await.expect("stored");
+    assert_eq!(stored.status().error_count, 150);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

@@ -27,6 +27,9 @@ struct BodyOut<'a> {
     priority: i32,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     errors: &'a [String],
+    /// How many errors the job had, when more than `errors` keeps (truncated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    err_count: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mod_time: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -53,6 +56,8 @@ struct BodyIn {
     priority: i32,
     #[serde(default)]
     errors: Vec<String>,
+    #[serde(default)]
+    err_count: Option<usize>,
     #[serde(default)]
     mod_time: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -85,6 +90,8 @@ pub(crate) fn encode_body(envelope: &JobInterchange, with_mod_time: bool) -> Res
         version: envelope.version,
         priority: envelope.priority,
         errors: &envelope.status.errors,
+        err_count: (envelope.status.error_count > envelope.status.errors.len())
+            .then_some(envelope.status.error_count),
         mod_time: envelope.status.modification_time.filter(|_| with_mod_time),
         enqueue_scopes: &envelope.enqueue_scopes,
         enqueue_all_scopes: envelope.enqueue_all_scopes,
@@ -144,6 +151,7 @@ impl StoredJob {
             Some(status) => status,
             None => JobStatusInfo {
                 errors: body.errors,
+                error_count: body.err_count.unwrap_or_default(),
                 modification_time: body.mod_time,
                 ..JobStatusInfo::default()
             },
@@ -185,12 +193,15 @@ impl StoredJob {
         if self.lock_ts.is_some() {
             status.modification_time = self.lock_ts;
         }
+        let mut added = 0;
         if let Some(failure) = &self.failure
             && !status.errors.iter().any(|error| error == failure)
         {
             status.errors.push(failure.clone());
+            added = 1;
         }
-        status.error_count = status.errors.len();
+        // The count written, when the errors kept were truncated; else the errors themselves.
+        status.error_count = (status.error_count + added).max(status.errors.len());
     }
 
     /// The job itself. A job that cannot be decoded is an error naming it and the reason; a
