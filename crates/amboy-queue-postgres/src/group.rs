@@ -291,8 +291,12 @@ impl PostgresQueueGroup {
                 _ = ticks.tick() => {}
             }
             let Some(group) = group.upgrade() else { return };
-            if let Err(error) = work(group).await {
-                tracing::warn!(error = %error, "PostgreSQL queue group maintenance failed");
+            // Closing the group does not wait for a pass stuck on the database.
+            tokio::select! {
+                _ = lifetime.cancelled() => return,
+                done = work(group) => if let Err(error) = done {
+                    tracing::warn!(error = %error, "PostgreSQL queue group maintenance failed");
+                },
             }
         }
     }
