@@ -1269,6 +1269,46 @@ async fn a_jobs_error_count_survives_the_truncation_of_its_errors() {
     assert_eq!(stored.status().error_count, 150);
 }
 
+/// A job put in its stored form keeps what a put stores: its scopes (its enqueue scopes taken
+/// at once) and its dependency's edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_put_in_its_stored_form_keeps_its_scopes_and_edges() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("first")).await.expect("put");
+    let scoped_job = scoped("held", &["s1"], true);
+    queue
+        .put_interchange(JobInterchange::from_job(&*scoped_job).expect("encodes"))
+        .await
+        .expect("put in its stored form");
+    let rival = scoped("rival", &["s1"], true);
+    let error = queue
+        .put_interchange(JobInterchange::from_job(&*rival).expect("encodes"))
+        .await
+        .expect_err("the scope is held");
+    assert!(error.is_duplicate_scope(), "{error}");
+    let error = queue
+        .put(rival)
+        .await
+        .expect_err("held for a plain put too");
+    assert!(error.is_duplicate_scope(), "{error}");
+    let waiting = waiting_on("second", "first", 0);
+    queue
+        .put_interchange(JobInterchange::from_job(&*waiting).expect("encodes"))
+        .await
+        .expect("put in its stored form");
+    let (scopes, edges): (Option<Vec<String>>, Option<Vec<String>>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT scopes FROM {schema}.jobs WHERE id = 'held'), \
+                    (SELECT edges FROM {schema}.jobs WHERE id = 'second')"
+        )))
+        .fetch_one(queue.pool())
+        .await
+        .expect("the rows");
+    assert_eq!(scopes.as_deref(), Some(&["s1".to_owned()][..]));
+    assert_eq!(edges.as_deref(), Some(&["first".to_owned()][..]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

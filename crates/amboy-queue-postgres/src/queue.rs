@@ -493,11 +493,32 @@ impl PostgresQueue {
     }
 
     /// Puts a job in its stored form (amboy's `JobInterchange`), as another process or Go
-    /// amboy wrote it. A job that cannot be decoded is stored all the same, and set aside when
-    /// a worker claims it.
-    pub async fn put_interchange(&self, envelope: JobInterchange) -> Result<()> {
+    /// amboy wrote it: with its scopes (its enqueue scopes taken now) and its dependency's
+    /// edges, as [`put`](Queue::put) stores them. A job that cannot be decoded is stored all
+    /// the same, with none, and set aside when a worker claims it.
+    pub async fn put_interchange(&self, mut envelope: JobInterchange) -> Result<()> {
+        self.engine.check_open()?;
         self.engine.ensure_schema().await?;
-        let prepared = Engine::prepare_envelope(envelope, Vec::new(), Vec::new(), Vec::new())?;
+        let (scopes, enqueue_scopes, edges) = match envelope.resolve() {
+            Ok(job) => {
+                let meta = job.base().metadata();
+                let edges = meta
+                    .dependency
+                    .as_ref()
+                    .map(|manager| manager.edges())
+                    .unwrap_or_default();
+                (meta.scopes.clone(), meta.effective_enqueue_scopes(), edges)
+            }
+            Err(_) => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        if envelope.time_info.created.is_none() {
+            envelope.time_info.created = Some(amboy_core::clock::now());
+        }
+        envelope
+            .time_info
+            .validate()
+            .map_err(|error| Error::invalid_job(&envelope.name, error))?;
+        let prepared = Engine::prepare_envelope(envelope, scopes, enqueue_scopes, edges)?;
         let mut conn = self
             .engine
             .pool
