@@ -1001,6 +1001,74 @@ impl amboy::RetryHandler for Recorder {
     async fn close(&self) {}
 }
 
+/// A retry handler whose buffer stays full: `put` never returns (it says it was entered).
+struct Stuck {
+    entered: tokio::sync::Semaphore,
+}
+
+impl Default for Stuck {
+    fn default() -> Self {
+        Stuck {
+            entered: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl amboy::RetryHandler for Stuck {
+    fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    async fn start(&self) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        true
+    }
+
+    async fn put(&self, _job: JobRef) -> amboy::Result<()> {
+        self.entered.add_permits(1);
+        std::future::pending().await
+    }
+
+    async fn close(&self) {}
+}
+
+/// A retry handler with no room holds up neither maintenance nor the queue's closing: the
+/// stale retrying job's hand-over waits, and `close` ends all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_retry_handler_does_not_hold_up_closing() {
+    let queue = queue(options());
+    let stuck = Arc::new(Stuck::default());
+    queue
+        .set_retry_handler(stuck.clone())
+        .expect("a new queue takes a handler");
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.put(noop("retrying")).await.expect("put");
+    let schema = &queue.options().schema;
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
+                 lock_ts = now() - interval '1 day' WHERE id = 'retrying'"
+        ),
+    )
+    .await;
+    queue.start().await.expect("start");
+    tokio::time::timeout(LIMIT, stuck.entered.acquire())
+        .await
+        .expect("maintenance hands the job over")
+        .expect("open")
+        .forget();
+    tokio::time::timeout(LIMIT, queue.close())
+        .await
+        .expect("closing does not wait for the handler's room");
+}
+
 /// A retrying job whose retry nobody processed and that cannot be decoded any more is set
 /// aside by maintenance, as a claimed one is: left retrying, it would come first among the
 /// stale retrying jobs at every pass for ever. The others go to the retry handler.

@@ -2044,7 +2044,7 @@ impl Engine {
             self.ready.notify_one();
         }
         let handler = self.retry_handler.lock().clone();
-        if let Some(handler) = handler {
+        if let Some(handler) = handler.filter(|handler| handler.started()) {
             let rows = sqlx::query(AssertSqlSafe(self.sql.stale_retrying.clone()))
                 .bind(self.group())
                 .bind(&*self.id)
@@ -2057,8 +2057,19 @@ impl Engine {
                 let stored = StoredJob::read(&row).map_err(backend("read a job"))?;
                 match stored.job() {
                     Ok(job) => {
-                        if let Err(error) = handler.put(job).await {
+                        // A full handler holds up neither this pass (deadlines, retention) nor
+                        // the queue's closing: the jobs it has no room for stay retrying, and
+                        // are handed over at a later pass.
+                        let handed = match handler.try_put(&job) {
+                            Some(handed) => handed,
+                            None => tokio::select! {
+                                _ = self.lifecycle.lifetime().cancelled() => return Ok(()),
+                                handed = handler.put(job) => handed,
+                            },
+                        };
+                        if let Err(error) = handed {
                             tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "could not hand a stale retrying job to the retry handler");
+                            break;
                         }
                     }
                     Err(error) => {
