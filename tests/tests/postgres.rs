@@ -1751,6 +1751,48 @@ fn waiting_on(id: &str, edge: &str, priority: i32) -> JobRef {
     })
 }
 
+/// A job whose edge was deleted when it completed (a retention of zero) retries: its next
+/// attempt counts the edge no longer stored as done, as its claim did. Put again, the job is a
+/// duplicate, whatever became of its edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_edge_was_deleted_retries_and_is_a_duplicate_when_put_again() {
+    let queue = idle(options().retention(Some(Duration::ZERO))).await;
+    queue.put(noop("edge")).await.expect("put");
+    let dependent = |attempt: u32| -> JobRef {
+        let manager = MockDependency::new(State::Ready);
+        manager.add_edge("edge").expect("edge");
+        let job: JobRef = Arc::new(Noop {
+            base: Base::with_id("dependent")
+                .with_retryable(true)
+                .with_priority(-1)
+                .with_dependency(manager),
+        });
+        job.base().metadata().retry_info.current_attempt = attempt;
+        job
+    };
+    queue.put(dependent(0)).await.expect("put");
+    let edge = next(&queue).await;
+    assert_eq!(edge.id(), "edge");
+    queue.complete(&edge).await.expect("completed, and deleted");
+    let first = next(&queue).await;
+    assert_eq!(first.id(), "dependent", "its edge, gone, counts as done");
+    let error = queue.put(dependent(0)).await.expect_err("put again");
+    assert!(error.is_duplicate_job(), "{error}");
+    first.base().metadata().retry_info.needs_retry = true;
+    queue.complete(&first).await.expect("completed, retrying");
+    queue
+        .as_retryable()
+        .expect("retryable")
+        .complete_retrying_and_put(&first, dependent(1))
+        .await
+        .expect("retried");
+    let second = next(&queue).await;
+    assert_eq!(
+        (second.id(), second.retry_info().current_attempt),
+        ("dependent", 1)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_is_done_when_its_latest_attempt_completed() {
     let queue = idle(options()).await;

@@ -895,7 +895,22 @@ impl Engine {
                     .map_err(backend("look up the job's edges"))?;
             for edge in &job.edges {
                 match known.iter().find(|(id, _)| id == edge) {
+                    // A later attempt's edge was known to its first: gone since, the retention
+                    // sweep deleted it, finished, and it counts as done, as for a claim.
+                    None if job.attempt > 0 => {}
                     None => {
+                        // A job put again is a duplicate, whatever became of its edges.
+                        let exists: Option<i32> =
+                            sqlx::query_scalar(AssertSqlSafe(self.sql.get_attempt_exists.clone()))
+                                .bind(self.group())
+                                .bind(&job.id)
+                                .bind(job.attempt)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(backend("look up the job"))?;
+                        if exists.is_some() {
+                            return Err(Error::duplicate_job(&job.id));
+                        }
                         return Err(Error::invalid_job(
                             &job.id,
                             format!("it depends on unknown job '{edge}'"),

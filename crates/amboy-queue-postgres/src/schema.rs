@@ -165,6 +165,7 @@ pub(crate) struct Statements {
     pub(crate) mark_dependents: Arc<str>,
     pub(crate) get_latest: Arc<str>,
     pub(crate) get_attempt: Arc<str>,
+    pub(crate) get_attempt_exists: Arc<str>,
     pub(crate) get_all_attempts: Arc<str>,
     /// The claim, with `{limit}` for the number of jobs (see [`Statements::claim`]).
     claim: String,
@@ -389,6 +390,9 @@ impl Statements {
                 "SELECT {cols} FROM {s}.jobs j \
                  WHERE j.queue_group = $1 AND j.id = $2 AND j.attempt = $3"
                     .into(),
+            ),
+            get_attempt_exists: build(
+                "SELECT 1 FROM {s}.jobs WHERE queue_group = $1 AND id = $2 AND attempt = $3".into(),
             ),
             get_all_attempts: build(
                 "SELECT {cols} FROM {s}.jobs j WHERE j.queue_group = $1 AND j.id = $2 \
