@@ -1377,6 +1377,39 @@ async fn a_job_put_in_its_stored_form_keeps_its_scopes_and_edges() {
     assert_eq!(edges.as_deref(), Some(&["first".to_owned()][..]));
 }
 
+/// A scope named twice is held once, as an enqueue scope and as a dispatch scope; a scope name
+/// PostgreSQL cannot store is refused at put, naming the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_names_twice_are_held_once_and_bad_ones_refused() {
+    let queue = idle(options()).await;
+    queue
+        .put(scoped("twice-enqueue", &["a", "a"], true))
+        .await
+        .expect("put");
+    assert_eq!(holders(&queue, "a").await, ["twice-enqueue"]);
+    queue
+        .put(scoped("twice-dispatch", &["b", "b"], false))
+        .await
+        .expect("put");
+    let mut taken: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        taken.push(next(&queue).await.id().to_owned());
+    }
+    taken.sort();
+    assert_eq!(taken, ["twice-dispatch", "twice-enqueue"]);
+    assert_eq!(holders(&queue, "b").await, ["twice-dispatch"]);
+    for (id, scope) in [("nul", "a\0b".to_owned()), ("long", "s".repeat(5000))] {
+        let error = queue
+            .put(scoped(id, &[scope.as_str()], false))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, Error::InvalidJob { id: named, .. } if named == id),
+            "{error}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

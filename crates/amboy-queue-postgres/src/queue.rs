@@ -580,10 +580,42 @@ impl Engine {
 
     fn prepare_envelope(
         mut envelope: JobInterchange,
-        scopes: Vec<String>,
-        enqueue_scopes: Vec<String>,
+        mut scopes: Vec<String>,
+        mut enqueue_scopes: Vec<String>,
         edges: Vec<String>,
     ) -> Result<Prepared> {
+        // A scope named twice is held once (one row of the scopes table), and a name must fit
+        // the table's key.
+        for names in [&mut scopes, &mut enqueue_scopes] {
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|name| seen.insert(name.clone()));
+        }
+        for (what, name) in scopes
+            .iter()
+            .map(|name| ("scope", name))
+            .chain(edges.iter().map(|name| ("edge", name)))
+        {
+            if name.contains('\0') {
+                return Err(Error::invalid_job(
+                    &envelope.name,
+                    format!(
+                        "its {what} '{}' contains a NUL character, which PostgreSQL text \
+                         cannot hold",
+                        name.replace('\0', "\\0")
+                    ),
+                ));
+            }
+            if name.len() > MAX_ID_BYTES {
+                return Err(Error::invalid_job(
+                    &envelope.name,
+                    format!(
+                        "its {what} '{}…' is {} bytes long; at most {MAX_ID_BYTES} are stored",
+                        name.chars().take(64).collect::<String>(),
+                        name.len()
+                    ),
+                ));
+            }
+        }
         if envelope.name.is_empty() {
             return Err(Error::invalid("a stored job needs a name (its ID)"));
         }
