@@ -1410,6 +1410,74 @@ async fn scope_names_twice_are_held_once_and_bad_ones_refused() {
     }
 }
 
+/// A batch insert that deadlocks with another put of the same IDs (in the other order) is not
+/// every job's failure: once the other commits, the batch is inserted again and its jobs
+/// reported duplicates. The other put is played by the test, in a transaction that inserts
+/// the batch's second job, then, once the batch waits for it, its first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_deadlocks_with_another_is_put_again() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    let mut other = queue.pool().begin().await.expect("begin");
+    // The other put never looks for deadlocks first: the batch's session, after its
+    // `deadlock_timeout`, finds this one and is cancelled.
+    sqlx::raw_sql("SET LOCAL deadlock_timeout = '1min'")
+        .execute(&mut *other)
+        .await
+        .expect("a superuser's setting");
+    let insert = |id: &str| {
+        format!(
+            "INSERT INTO {schema}.jobs (queue_group, id, attempt, state, job_type, ready_at, \
+                 body) \
+             VALUES ('', '{id}', 0, 0, 'conformance-noop', now(), '{{\"job\":{{}}}}')"
+        )
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert("y")))
+        .execute(&mut *other)
+        .await
+        .expect("the other put's first row");
+    let putting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.put_many(vec![noop("x"), noop("y")]).await }
+    });
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO ' || $1 || '.jobs%'",
+            )
+            .bind(&schema)
+            .fetch_one(queue.pool())
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the batch waits for the other put");
+    // The other put now waits for the batch: a deadlock, which the batch detects.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert("x")))
+        .execute(&mut *other)
+        .await
+        .expect("the other put's second row");
+    other.commit().await.expect("the other put commits");
+    let result = tokio::time::timeout(LIMIT, putting)
+        .await
+        .expect("in time")
+        .expect("no panic");
+    let Err(Error::Write(errors)) = result else {
+        panic!("both jobs are duplicates: {result:?}");
+    };
+    assert_eq!(errors.errors().len(), 2, "{errors:?}");
+    assert!(
+        errors.errors().iter().all(Error::is_duplicate_job),
+        "{errors:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

@@ -32,6 +32,9 @@ const INSERT_CHUNK: usize = 250;
 /// bytes, with the group's name beside the ID.
 const MAX_ID_BYTES: usize = 1024;
 
+/// SQLSTATE `deadlock_detected`.
+const DEADLOCK: &str = "40P01";
+
 /// The jobs a large `put_many` encodes before it starts inserting them; a put of at least
 /// twice this many inserts each chunk while it encodes the next.
 const PIPELINE_CHUNK: usize = 1000;
@@ -780,7 +783,9 @@ impl Engine {
         };
         let all = 0..ids.len();
         // None of them exists yet, as a rule: one plain insert. A duplicate fails it whole;
-        // then the statement that skips and names duplicates runs.
+        // then the statement that skips and names duplicates runs. So does a deadlock: another
+        // statement inserting some of the same IDs in another order waited for this one while
+        // this one waited for it, and the server cancelled this one.
         let failed = match insert(&self.sql.insert_new, all.clone())
             .execute(&self.pool)
             .await
@@ -793,7 +798,9 @@ impl Engine {
                 }
                 return finished(results);
             }
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            Err(sqlx::Error::Database(error))
+                if error.is_unique_violation() || error.code().as_deref() == Some(DEADLOCK) =>
+            {
                 match insert(&self.sql.insert_many, all)
                     .fetch_all(&self.pool)
                     .await
@@ -826,8 +833,9 @@ impl Engine {
     }
 
     /// After a batch's statement failed with `error`: each job on its own when the error is
-    /// one row's fault (bad data, a constraint, a limit: SQLSTATE classes 22, 23 and 54) and
-    /// the batch has several; otherwise (a lost connection, say) the error is every job's.
+    /// one row's fault (bad data, a constraint, a limit: SQLSTATE classes 22, 23 and 54) or a
+    /// deadlock with another put, and the batch has several; otherwise (a lost connection, say)
+    /// the error is every job's.
     async fn one_by_one<'q, F>(
         &self,
         error: sqlx::Error,
@@ -845,6 +853,7 @@ impl Engine {
         let one_rows_fault = matches!(&error, sqlx::Error::Database(database)
         if database.code().is_some_and(|code| {
             code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+                || code == DEADLOCK
         }));
         if ids.len() == 1 || !one_rows_fault {
             let failed = per_job(error, "insert");
