@@ -1894,6 +1894,54 @@ async fn a_job_whose_edge_was_deleted_retries_and_is_a_duplicate_when_put_again(
     );
 }
 
+/// A retry whose next attempt is stored finished at once (its edge expired) frees the enqueue
+/// scopes the retry handed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_stored_finished_frees_the_scopes_it_was_handed() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("edge")).await.expect("put");
+    let dependent = |attempt: u32| -> JobRef {
+        let manager = MockDependency::new(State::Ready);
+        manager.add_edge("edge").expect("edge");
+        let job: JobRef = Arc::new(Noop {
+            base: Base::with_id("dependent")
+                .with_retryable(true)
+                .with_scopes(["s1"])
+                .with_enqueue_all_scopes()
+                .with_dependency(manager),
+        });
+        job.base().metadata().retry_info.current_attempt = attempt;
+        job
+    };
+    queue.put(dependent(0)).await.expect("put");
+    assert_eq!(holders(&queue, "s1").await, ["dependent"]);
+    // Attempt 0 retrying, and its edge expired meanwhile.
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 3 WHERE id = 'dependent'; \
+             UPDATE {schema}.jobs SET state = 4, finished = now() WHERE id = 'edge'"
+        ),
+    )
+    .await;
+    let first = queue.get("dependent").await.expect("stored");
+    queue
+        .as_retryable()
+        .expect("retryable")
+        .complete_retrying_and_put(&first, dependent(1))
+        .await
+        .expect("retried");
+    let (state, failure): (i16, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT state, failure FROM {schema}.jobs WHERE id = 'dependent' AND attempt = 1"
+    )))
+    .fetch_one(queue.pool())
+    .await
+    .expect("attempt 1");
+    assert_eq!(state, 2, "stored finished: {failure:?}");
+    assert!(holders(&queue, "s1").await.is_empty(), "it holds no scope");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_is_done_when_its_latest_attempt_completed() {
     let queue = idle(options()).await;

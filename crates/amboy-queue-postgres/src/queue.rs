@@ -996,6 +996,16 @@ impl Engine {
             self.take_scopes(&mut tx, &job.id, job.attempt, &job.enqueue_scopes)
                 .await?;
         }
+        if failure.is_some() {
+            // Stored finished, it holds nothing: not even the scopes a retry handed it.
+            sqlx::query(AssertSqlSafe(self.sql.free_scopes.clone()))
+                .bind(self.group())
+                .bind(&job.id)
+                .bind(job.attempt)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend("free the job's scopes"))?;
+        }
         if !job.edges.is_empty() && failure.is_none() {
             sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
                 .bind(self.group())

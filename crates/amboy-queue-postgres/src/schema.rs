@@ -182,6 +182,7 @@ pub(crate) struct Statements {
     /// seen at, where `complete_many` walks the primary key.
     pub(crate) complete_at: Arc<str>,
     pub(crate) move_scopes: Arc<str>,
+    pub(crate) free_scopes: Arc<str>,
     pub(crate) stats: Arc<str>,
     pub(crate) page: Arc<str>,
     pub(crate) stale_retrying: Arc<str>,
@@ -528,6 +529,11 @@ impl Statements {
             move_scopes: build(
                 "UPDATE {s}.scopes SET attempt = $4 \
                  WHERE queue_group = $1 AND job_id = $2 AND attempt = $3"
+                    .into(),
+            ),
+            // Frees every scope attempt $3 of job $2 holds.
+            free_scopes: build(
+                "DELETE FROM {s}.scopes WHERE queue_group = $1 AND job_id = $2 AND attempt = $3"
                     .into(),
             ),
             stats: build(
