@@ -1478,6 +1478,43 @@ async fn a_put_that_deadlocks_with_another_is_put_again() {
     );
 }
 
+/// A job named twice in one batch is a duplicate only once the first copy is stored: when the
+/// first copy is not (a row the server refuses: a time out of its range), the second copy has
+/// its error, not a duplicate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_in_a_batch_is_a_duplicate_only_if_the_first_copy_is_stored() {
+    let queue = idle(options()).await;
+    let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
+        .expect("a date")
+        .and_hms_opt(0, 0, 0)
+        .expect("a time")
+        .and_utc();
+    let refused: JobRef = Arc::new(Noop {
+        base: Base::with_id("x").with_wait_until(ancient),
+    });
+    let result = queue.put_many(vec![refused, noop("x")]).await;
+    let Err(Error::Write(errors)) = result else {
+        panic!("neither copy is stored: {result:?}");
+    };
+    assert_eq!(errors.errors().len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .errors()
+            .iter()
+            .all(|error| !error.is_duplicate_job()),
+        "{errors:?}"
+    );
+    assert!(queue.get("x").await.unwrap_err().is_job_not_found());
+    // Stored, the first copy makes the second a duplicate.
+    let result = queue.put_many(vec![noop("y"), noop("y")]).await;
+    let Err(Error::Write(errors)) = result else {
+        panic!("one copy is stored: {result:?}");
+    };
+    assert_eq!(errors.errors().len(), 1, "{errors:?}");
+    assert!(errors.errors()[0].is_duplicate_job(), "{errors:?}");
+    assert!(queue.get("y").await.is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     let queue = queue(options());

@@ -322,15 +322,6 @@ fn finished(results: Vec<Option<Result<()>>>) -> Vec<Result<()>> {
         .collect()
 }
 
-/// Keeps the items of `column` that are not `repeated` (a mask of the same length).
-fn drop_repeated<T>(column: &mut Vec<T>, repeated: &[bool]) {
-    let mut index = 0;
-    column.retain(|_| {
-        index += 1;
-        !repeated[index - 1]
-    });
-}
-
 /// The (ID, attempt) keys that a statement's rows name in their first two columns.
 fn keys_of(rows: &[sqlx::postgres::PgRow]) -> std::collections::HashSet<(String, i32)> {
     rows.iter()
@@ -707,11 +698,63 @@ impl Engine {
     }
 
     /// Inserts plain jobs in one statement; one result per job, in order. A job whose key an
-    /// earlier job of the batch has is a duplicate before the statement runs (the statement
-    /// would store one row for both, and report it stored for each). Should the statement
-    /// fail through one row's fault (an ID too long for the index, say), each job is inserted
-    /// on its own, so that the fault is that job's alone.
+    /// earlier job of the batch has is left out of the statement (which would store one row
+    /// for both, and report it stored for each): once the statement ran, it is a duplicate if
+    /// the earlier one was stored, and has its error if not.
     async fn insert_each(&self, batch: Vec<Prepared>) -> Vec<Result<()>> {
+        // For each job, the place of the earlier job with its key, if any.
+        let earlier: Vec<Option<usize>> = {
+            let mut seen = std::collections::HashMap::with_capacity(batch.len());
+            batch
+                .iter()
+                .enumerate()
+                .map(
+                    |(place, job)| match seen.entry((job.id.as_str(), job.attempt)) {
+                        std::collections::hash_map::Entry::Occupied(first) => Some(*first.get()),
+                        std::collections::hash_map::Entry::Vacant(first) => {
+                            first.insert(place);
+                            None
+                        }
+                    },
+                )
+                .collect()
+        };
+        if earlier.iter().all(Option::is_none) {
+            return self.insert_unique(batch).await;
+        }
+        // Where each job stored goes among the statement's jobs; the repeats' IDs.
+        let mut position = vec![0; batch.len()];
+        let mut unique = Vec::with_capacity(batch.len());
+        let mut repeats = Vec::new();
+        for (place, job) in batch.into_iter().enumerate() {
+            match earlier[place] {
+                None => {
+                    position[place] = unique.len();
+                    unique.push(job);
+                }
+                Some(_) => repeats.push(job.id),
+            }
+        }
+        let stored = self.insert_unique(unique).await;
+        let mut repeats = repeats.into_iter();
+        (0..earlier.len())
+            .map(|place| match earlier[place] {
+                None => stored[position[place]].clone(),
+                Some(first) => {
+                    let id = repeats.next().expect("a repeat's ID");
+                    match &stored[position[first]] {
+                        Ok(()) => Err(Error::duplicate_job(id)),
+                        Err(error) => Err(error.clone()),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Inserts plain jobs, no two with one key, in one statement; one result per job, in
+    /// order. Should the statement fail through one row's fault (an ID too long for the index,
+    /// say), each job is inserted on its own, so that the fault is that job's alone.
+    async fn insert_unique(&self, batch: Vec<Prepared>) -> Vec<Result<()>> {
         let n = batch.len();
         let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
         let mut ids = Vec::with_capacity(n);
@@ -736,33 +779,8 @@ impl Engine {
             deadlines.push(job.dispatch_by);
             bodies.push(job.body);
         }
-        let repeated: Vec<bool> = {
-            let mut seen = std::collections::HashSet::with_capacity(n);
-            ids.iter()
-                .zip(&attempts)
-                .map(|(id, attempt)| !seen.insert((id.as_str(), *attempt)))
-                .collect()
-        };
         // Where each job inserted goes in `results`.
-        let mut slots: Vec<usize> = (0..n).collect();
-        if repeated.contains(&true) {
-            for (slot, id) in ids.iter().enumerate() {
-                if repeated[slot] {
-                    results[slot] = Some(Err(Error::duplicate_job(id)));
-                }
-            }
-            drop_repeated(&mut slots, &repeated);
-            drop_repeated(&mut ids, &repeated);
-            drop_repeated(&mut attempts, &repeated);
-            drop_repeated(&mut states, &repeated);
-            drop_repeated(&mut types, &repeated);
-            drop_repeated(&mut priorities, &repeated);
-            drop_repeated(&mut waits, &repeated);
-            drop_repeated(&mut deadlines, &repeated);
-            drop_repeated(&mut scopes, &repeated);
-            drop_repeated(&mut bodies, &repeated);
-            drop_repeated(&mut counts, &repeated);
-        }
+        let slots: Vec<usize> = (0..n).collect();
         if ids.is_empty() {
             return finished(results);
         }
