@@ -1616,6 +1616,70 @@ async fn a_put_elsewhere_wakes_an_idle_worker_without_polling() {
     assert_eq!(job.id(), "wake");
 }
 
+/// Scopes freed by another process's maintenance (a job holding one expired) wake an idle
+/// worker waiting for a job that needs one, without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_freed_by_expiry_elsewhere_wake_an_idle_worker() {
+    // Polling, and its own maintenance, once an hour: only a notification wakes the worker.
+    let mut quiet = options().poll_interval(Duration::from_secs(3600));
+    quiet.maintenance_interval = Duration::from_secs(3600);
+    let worker = idle(quiet.clone()).await;
+    let holder = Noop {
+        base: Base::with_id("holder")
+            .with_scopes(["s1"])
+            .with_enqueue_all_scopes()
+            .with_priority(10),
+    };
+    worker.put(Arc::new(holder)).await.expect("put");
+    worker
+        .put(scoped("waiting", &["s1"], false))
+        .await
+        .expect("put");
+    // The holder's deadline passes before anyone takes it.
+    let schema = &quiet.schema;
+    sql(
+        worker.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET dispatch_by = now() - interval '1 minute' WHERE id = 'holder'"
+        ),
+    )
+    .await;
+    let waiting = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.next().await }
+    });
+    let channel = format!("amboy_{schema}");
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+                 AND query LIKE '%' || $1 || '%'",
+            )
+            .bind(&channel)
+            .fetch_one(worker.pool())
+            .await
+            .expect("activity");
+            if listening > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the worker listens");
+    // Another process, whose maintenance runs, expires the holder.
+    let mut busy = quiet.clone();
+    busy.maintenance_interval = Duration::from_millis(50);
+    let elsewhere = idle(busy).await;
+    let job = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("woken by the notification")
+        .expect("joined")
+        .expect("a job");
+    assert_eq!(job.id(), "waiting");
+    elsewhere.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_wait_for_their_edges_and_unknown_edges_are_refused() {
     let queue = idle(options()).await;

@@ -2107,20 +2107,24 @@ impl Engine {
 
     async fn maintain(&self) -> Result<()> {
         self.ensure_schema().await?;
-        let expired: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(self.sql.expire.clone()))
-            .bind(self.group())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend("set aside expired jobs"))?;
-        for (job_type, count) in &expired {
+        let expired: Vec<(String, i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.expire.clone()))
+                .bind(self.group())
+                .bind(&self.channel)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend("set aside expired jobs"))?;
+        for (job_type, count, _) in &expired {
             tracing::debug!(queue_id = %self.id, count, job_type, "set aside expired jobs");
             amboy_core::metrics::jobs_expired(&self.id, job_type, *count as u64);
         }
-        let failed: i64 = sqlx::query_scalar(AssertSqlSafe(self.sql.fail_dependents.clone()))
-            .bind(self.group())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend("fail jobs with unresolvable edges"))?;
+        let (failed, _): (i64, i64) =
+            sqlx::query_as(AssertSqlSafe(self.sql.fail_dependents.clone()))
+                .bind(self.group())
+                .bind(&self.channel)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend("fail jobs with unresolvable edges"))?;
         if failed > 0 {
             tracing::debug!(queue_id = %self.id, count = failed, "failed jobs with unresolvable edges");
         }

@@ -554,7 +554,8 @@ impl Statements {
                     .into(),
             ),
             // Pending jobs past their deadline are set aside (counted, kept), with their
-            // scopes released; how many of each type.
+            // scopes released; how many of each type. A notification on channel $2 wakes the
+            // workers of every process when scopes were freed.
             expire: build(
                 "WITH gone AS ( \
                    UPDATE {s}.jobs j SET state = 4, mod_count = j.mod_count + 1, \
@@ -563,12 +564,16 @@ impl Statements {
                    RETURNING j.id, j.attempt, j.job_type), \
                  freed AS ( \
                    DELETE FROM {s}.scopes h USING gone g \
-                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt) \
-                 SELECT job_type, count(*) FROM gone GROUP BY job_type"
+                   WHERE h.queue_group = $1 AND h.job_id = g.id AND h.attempt = g.attempt \
+                   RETURNING 1), \
+                 wake AS (SELECT pg_notify($2, $1) WHERE EXISTS (SELECT 1 FROM freed)) \
+                 SELECT job_type, count(*), (SELECT count(*) FROM wake) FROM gone \
+                 GROUP BY job_type"
                     .into(),
             ),
             // Pending jobs with an edge whose latest attempt expired or was set aside can never
-            // run: they complete with the reason.
+            // run: they complete with the reason, their scopes freed, and a notification on
+            // channel $2 wakes the workers of every process (what waited on them may run).
             fail_dependents: build(
                 "WITH bad AS ( \
                    SELECT j.id, j.attempt, min(u.id) AS edge \
@@ -588,8 +593,9 @@ impl Statements {
                    RETURNING j.id, j.attempt), \
                  freed AS ( \
                    DELETE FROM {s}.scopes h USING failed f \
-                   WHERE h.queue_group = $1 AND h.job_id = f.id AND h.attempt = f.attempt) \
-                 SELECT count(*) FROM failed"
+                   WHERE h.queue_group = $1 AND h.job_id = f.id AND h.attempt = f.attempt), \
+                 wake AS (SELECT pg_notify($2, $1) WHERE EXISTS (SELECT 1 FROM failed)) \
+                 SELECT count(*), (SELECT count(*) FROM wake) FROM failed"
                     .into(),
             ),
             // Finished jobs older than the retention age, a batch at a time. An expired or
