@@ -1845,6 +1845,46 @@ async fn finished_jobs_older_than_the_retention_are_deleted() {
     );
 }
 
+/// One maintenance pass deletes every finished job past the retention, however many: a
+/// queue finishing more jobs per pass than one statement deletes keeps up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pass_sweeps_every_old_job() {
+    let mut options = options().retention(Some(Duration::from_secs(60)));
+    // One pass, when the queue starts.
+    options.maintenance_interval = Duration::from_secs(3600);
+    let queue = queue(options.clone());
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue
+        .put_many((0..2500).map(|n| noop(format!("old-{n}"))).collect())
+        .await
+        .expect("put");
+    let schema = &options.schema;
+    sql(
+        queue.pool(),
+        format!("UPDATE {schema}.jobs SET state = 2, finished = now() - interval '2 minutes'"),
+    )
+    .await;
+    queue.start().await.expect("start");
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {schema}.jobs"
+            )))
+            .fetch_one(queue.pool())
+            .await
+            .expect("count");
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("swept in one pass");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retention_of_zero_deletes_jobs_as_they_complete() {
     let options = options().retention(Some(Duration::ZERO));

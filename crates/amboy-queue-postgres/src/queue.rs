@@ -32,6 +32,11 @@ const INSERT_CHUNK: usize = 250;
 /// bytes, with the group's name beside the ID.
 const MAX_ID_BYTES: usize = 1024;
 
+/// Finished jobs the retention sweep deletes per statement, and statements per maintenance
+/// pass at most.
+const SWEEP_BATCH: u64 = 1000;
+const SWEEP_BATCHES: usize = 100;
+
 /// SQLSTATE `deadlock_detected`.
 const DEADLOCK: &str = "40P01";
 
@@ -1134,7 +1139,15 @@ impl Engine {
         // jobs of the batch its edges name.
         errors.extend(self.insert_batch(plain).await);
         if !rest.is_empty() {
-            let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
+            let mut conn = match self.pool.acquire().await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // The plain jobs' results stand; the others were not put.
+                    let failed = per_job(error, "put");
+                    errors.extend(rest.iter().map(|job| failed(&job.id)));
+                    return collate_write_errors(errors);
+                }
+            };
             while !rest.is_empty() {
                 let waiting: std::collections::HashSet<String> =
                     rest.iter().map(|job| job.id.clone()).collect();
@@ -2181,13 +2194,22 @@ impl Engine {
             }
         }
         if let Some(retention) = self.options.retention {
-            sqlx::query(AssertSqlSafe(self.sql.sweep.clone()))
-                .bind(self.group())
-                .bind(retention)
-                .bind(1000_i64)
-                .execute(&self.pool)
-                .await
-                .map_err(backend("delete old jobs"))?;
+            // A batch at a time, so that no statement runs long, until the old jobs are gone
+            // (or a pass has deleted its most): a queue finishing jobs faster than a batch per
+            // pass keeps up.
+            for _ in 0..SWEEP_BATCHES {
+                let deleted = sqlx::query(AssertSqlSafe(self.sql.sweep.clone()))
+                    .bind(self.group())
+                    .bind(retention)
+                    .bind(SWEEP_BATCH as i64)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(backend("delete old jobs"))?
+                    .rows_affected();
+                if deleted < SWEEP_BATCH || self.lifecycle.is_closed() {
+                    break;
+                }
+            }
         }
         Ok(())
     }
