@@ -1796,6 +1796,8 @@ impl Engine {
             addrs.push(row.addr.as_deref());
             failures.push(row.failure.as_deref());
         }
+        // Almost never any: then no array at all (`unnest` pads a NULL array with NULLs).
+        let failures = failures.iter().any(Option::is_some).then_some(failures);
         let written = self
             .retried(
                 "write completions (the connection was lost)",
