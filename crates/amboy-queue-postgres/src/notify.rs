@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 /// The listening side of a schema's notifications. Its connection is its own (a pool of one
 /// that reopens it when lost), outside the pool the queues share, so listening never takes a
 /// connection from the workers. The task listening ends when the last queue using the hub
-/// drops it, and its connection is closed a minute later.
+/// drops it.
 pub(crate) struct Hub {
     listen_pool: PgPool,
     channel: String,
@@ -33,12 +33,10 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub for `channel`, connecting as `pool` does.
     pub(crate) fn new(pool: &PgPool, channel: String) -> Arc<Hub> {
-        // The listening connection is checked out while listened on; once the last queue
-        // stopped listening it is idle, and closed a minute later.
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)
             .max_lifetime(None)
-            .idle_timeout(Some(Duration::from_secs(60)))
+            .idle_timeout(None)
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         Arc::new(Hub {
             listen_pool,
