@@ -1036,6 +1036,73 @@ impl amboy::RetryHandler for Stuck {
     async fn close(&self) {}
 }
 
+/// A retry handler that refuses one job (by ID), and records the others.
+#[derive(Default)]
+struct Picky {
+    handed: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl amboy::RetryHandler for Picky {
+    fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    async fn start(&self) -> amboy::Result<()> {
+        Ok(())
+    }
+
+    fn started(&self) -> bool {
+        true
+    }
+
+    async fn put(&self, job: JobRef) -> amboy::Result<()> {
+        if job.id() == "refused" {
+            return Err(Error::invalid_job(job.id(), "not this one"));
+        }
+        self.handed.lock().unwrap().push(job.id().to_owned());
+        Ok(())
+    }
+
+    async fn close(&self) {}
+}
+
+/// A stale retrying job the handler refuses (for a reason of its own) does not keep the ones
+/// after it from being handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
+    let queue = queue(options());
+    let picky = Arc::new(Picky::default());
+    queue
+        .set_retry_handler(picky.clone())
+        .expect("a new queue takes a handler");
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.put(noop("refused")).await.expect("put");
+    queue.put(noop("taken")).await.expect("put");
+    let schema = &queue.options().schema;
+    // The refused one is the older: first in line.
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
+                 lock_ts = now() - interval '2 days' WHERE id = 'refused'; \
+             UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
+                 lock_ts = now() - interval '1 day' WHERE id = 'taken'"
+        ),
+    )
+    .await;
+    queue.start().await.expect("start");
+    tokio::time::timeout(LIMIT, async {
+        while !picky.handed.lock().unwrap().contains(&"taken".to_owned()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the job after the refused one is handed over");
+}
+
 /// A retry handler with no room holds up neither maintenance nor the queue's closing: the
 /// stale retrying job's hand-over waits, and `close` ends all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1375,6 +1442,35 @@ async fn a_job_put_in_its_stored_form_keeps_its_scopes_and_edges() {
         .expect("the rows");
     assert_eq!(scopes.as_deref(), Some(&["s1".to_owned()][..]));
     assert_eq!(edges.as_deref(), Some(&["first".to_owned()][..]));
+}
+
+/// A stored row naming a scope twice (written before puts and saves took each once) is
+/// claimed and handed out, not given back over and over; a save stores each scope once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_naming_a_scope_twice_is_claimed_and_saved_once() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue
+        .put(scoped("old-row", &["d"], false))
+        .await
+        .expect("put");
+    sql(
+        queue.pool(),
+        format!("UPDATE {schema}.jobs SET scopes = '{{d,d}}' WHERE id = 'old-row'"),
+    )
+    .await;
+    let job = next(&queue).await;
+    assert_eq!(job.id(), "old-row");
+    assert_eq!(holders(&queue, "d").await, ["old-row"]);
+    job.base().metadata().scopes = vec!["d".into(), "d".into()];
+    queue.save(&job).await.expect("saved");
+    let scopes: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT scopes FROM {schema}.jobs WHERE id = 'old-row'"
+    )))
+    .fetch_one(queue.pool())
+    .await
+    .expect("scopes");
+    assert_eq!(scopes, ["d"]);
 }
 
 /// A scope named twice is held once, as an enqueue scope and as a dispatch scope; a scope name
@@ -2020,6 +2116,9 @@ async fn a_job_whose_edge_was_deleted_retries_and_is_a_duplicate_when_put_again(
     assert_eq!(first.id(), "dependent", "its edge, gone, counts as done");
     let error = queue.put(dependent(0)).await.expect_err("put again");
     assert!(error.is_duplicate_job(), "{error}");
+    // Only a retry counts a missing edge as done: a put of a later attempt does not.
+    let error = queue.put(dependent(3)).await.expect_err("an unknown edge");
+    assert!(error.to_string().contains("unknown job 'edge'"), "{error}");
     first.base().metadata().retry_info.needs_retry = true;
     queue.complete(&first).await.expect("completed, retrying");
     queue

@@ -180,9 +180,30 @@ impl PostgresManager {
         &self,
         filter: StatusFilter,
         by_id: bool,
-        more: impl FnOnce(&mut QueryBuilder<Postgres>),
+        more: impl Fn(&mut QueryBuilder<Postgres>),
     ) -> Result<u64> {
         self.ready().await?;
+        // A completion of many jobs can deadlock with a worker taking one job's dispatch scopes
+        // (each holds a row the other wants): the server cancels one, and this one is run again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.complete_once(filter, by_id, &more).await {
+                Err((error, _)) if tries < 4 && is_deadlock(&error) => continue,
+                Err((error, Doing::Completing)) => return Err(complete_error(error)),
+                Err((error, Doing::Other(doing))) => return Err(backend(doing)(error)),
+                Ok(completed) => return Ok(completed),
+            }
+        }
+    }
+
+    /// One transaction of [`complete_where`](Self::complete_where).
+    async fn complete_once(
+        &self,
+        filter: StatusFilter,
+        by_id: bool,
+        more: &impl Fn(&mut QueryBuilder<Postgres>),
+    ) -> std::result::Result<u64, (sqlx::Error, Doing)> {
         let s = &self.schema;
         let mut query = self.open(by_id, true);
         query.push(format!(
@@ -208,17 +229,18 @@ impl PostgresManager {
                UNION SELECT queue_group FROM done WHERE dependents) AS w(g)) \
              SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM wake)",
         );
+        let other = |doing| move |error| (error, Doing::Other(doing));
         let mut tx = self
             .pool
             .begin()
             .await
-            .map_err(backend("begin a completion"))?;
+            .map_err(other("begin a completion"))?;
         let row = query
             .build()
             .fetch_one(&mut *tx)
             .await
-            .map_err(complete_error)?;
-        let completed: i64 = row.try_get(0).map_err(backend("read a completion"))?;
+            .map_err(|error| (error, Doing::Completing))?;
+        let completed: i64 = row.try_get(0).map_err(other("read a completion"))?;
         if completed > 0 {
             // The statement above freed the scopes it saw when it started. A worker taking a
             // job's dispatch scopes holds the job's row meanwhile, so the statement waited for
@@ -240,9 +262,9 @@ impl PostgresManager {
             free.build()
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(backend("free the scopes of completed jobs"))?;
+                .map_err(other("free the scopes of completed jobs"))?;
         }
-        tx.commit().await.map_err(backend("commit a completion"))?;
+        tx.commit().await.map_err(other("commit a completion"))?;
         Ok(completed as u64)
     }
 
@@ -288,6 +310,19 @@ impl PostgresManager {
 fn grouped_job(row: &PgRow) -> sqlx::Result<(String, StoredJob)> {
     let group: String = row.try_get(9)?;
     Ok((group, StoredJob::read(row)?))
+}
+
+/// What a completion was doing when it failed.
+enum Doing {
+    /// Its statement: its error may be the caller's (a bad pattern).
+    Completing,
+    Other(&'static str),
+}
+
+/// Whether the server cancelled a statement to break a deadlock.
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+        if database.code().as_deref() == Some("40P01"))
 }
 
 /// A completion's error: a bad pattern is the caller's mistake.

@@ -319,6 +319,48 @@ fn per_job(error: sqlx::Error, doing: &'static str) -> impl Fn(&str) -> Error {
     }
 }
 
+/// A job's scopes as stored: each once (one row of the scopes table holds it), each name one
+/// the table's key can hold.
+fn checked_scopes(id: &str, mut scopes: Vec<String>) -> Result<Vec<String>> {
+    distinct(&mut scopes);
+    for scope in &scopes {
+        check_name(id, "scope", scope)?;
+    }
+    Ok(scopes)
+}
+
+/// Keeps the first of each name.
+fn distinct(names: &mut Vec<String>) {
+    if names.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        names.retain(|name| seen.insert(name.clone()));
+    }
+}
+
+/// Refuses a scope or edge name of job `id` that PostgreSQL cannot store or index.
+fn check_name(id: &str, what: &str, name: &str) -> Result<()> {
+    if name.contains('\0') {
+        return Err(Error::invalid_job(
+            id,
+            format!(
+                "its {what} '{}' contains a NUL character, which PostgreSQL text cannot hold",
+                name.replace('\0', "\\0")
+            ),
+        ));
+    }
+    if name.len() > MAX_ID_BYTES {
+        return Err(Error::invalid_job(
+            id,
+            format!(
+                "its {what} '{}…' is {} bytes long; at most {MAX_ID_BYTES} are stored",
+                name.chars().take(64).collect::<String>(),
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The results of a batch, every job's decided.
 fn finished(results: Vec<Option<Result<()>>>) -> Vec<Result<()>> {
     results
@@ -488,7 +530,7 @@ impl PostgresQueue {
     pub async fn put_in(&self, conn: &mut PgConnection, job: JobRef) -> Result<()> {
         self.engine.ensure_schema().await?;
         let prepared = self.engine.prepare(&job)?;
-        self.engine.insert_on(conn, prepared).await
+        self.engine.insert_on(conn, prepared, false).await
     }
 
     /// Puts a job in its stored form (amboy's `JobInterchange`), as another process or Go
@@ -524,7 +566,7 @@ impl PostgresQueue {
             .acquire()
             .await
             .map_err(backend("connect"))?;
-        self.engine.insert_on(&mut conn, prepared).await
+        self.engine.insert_on(&mut conn, prepared, false).await
     }
 }
 
@@ -583,37 +625,10 @@ impl Engine {
         mut enqueue_scopes: Vec<String>,
         edges: Vec<String>,
     ) -> Result<Prepared> {
-        // A scope named twice is held once (one row of the scopes table), and a name must fit
-        // the table's key.
-        for names in [&mut scopes, &mut enqueue_scopes] {
-            let mut seen = std::collections::HashSet::new();
-            names.retain(|name| seen.insert(name.clone()));
-        }
-        for (what, name) in scopes
-            .iter()
-            .map(|name| ("scope", name))
-            .chain(edges.iter().map(|name| ("edge", name)))
-        {
-            if name.contains('\0') {
-                return Err(Error::invalid_job(
-                    &envelope.name,
-                    format!(
-                        "its {what} '{}' contains a NUL character, which PostgreSQL text \
-                         cannot hold",
-                        name.replace('\0', "\\0")
-                    ),
-                ));
-            }
-            if name.len() > MAX_ID_BYTES {
-                return Err(Error::invalid_job(
-                    &envelope.name,
-                    format!(
-                        "its {what} '{}…' is {} bytes long; at most {MAX_ID_BYTES} are stored",
-                        name.chars().take(64).collect::<String>(),
-                        name.len()
-                    ),
-                ));
-            }
+        scopes = checked_scopes(&envelope.name, scopes)?;
+        enqueue_scopes = checked_scopes(&envelope.name, enqueue_scopes)?;
+        for edge in &edges {
+            check_name(&envelope.name, "edge", edge)?;
         }
         if envelope.name.is_empty() {
             return Err(Error::invalid("a stored job needs a name (its ID)"));
@@ -939,7 +954,12 @@ impl Engine {
 
     /// Inserts one job on `conn` with its edges checked and its enqueue scopes taken, in a
     /// transaction of its own (a savepoint inside the caller's).
-    async fn insert_on(&self, conn: &mut PgConnection, mut job: Prepared) -> Result<()> {
+    async fn insert_on(
+        &self,
+        conn: &mut PgConnection,
+        mut job: Prepared,
+        retry: bool,
+    ) -> Result<()> {
         use sqlx::Connection as _;
         let mut tx = conn.begin().await.map_err(backend("begin a put"))?;
         let mut failure: Option<String> = None;
@@ -959,9 +979,10 @@ impl Engine {
                     .map_err(backend("look up the job's edges"))?;
             for edge in &job.edges {
                 match known.iter().find(|(id, _)| id == edge) {
-                    // A later attempt's edge was known to its first: gone since, the retention
-                    // sweep deleted it, finished, and it counts as done, as for a claim.
-                    None if job.attempt > 0 => {}
+                    // A retry's edge was known to the attempt before: gone since, the
+                    // retention sweep deleted it, finished, and it counts as done, as for a
+                    // claim.
+                    None if retry => {}
                     None => {
                         // A job put again is a duplicate, whatever became of its edges.
                         let exists: Option<i32> =
@@ -1069,9 +1090,9 @@ impl Engine {
         self.scopes_taken(conn, id, scopes, taken).await
     }
 
-    /// Takes the dispatch scopes of a job this queue claimed at count `count`, unless it no
-    /// longer holds it (completed by management, taken over): then it takes none, and the job
-    /// is not found.
+    /// Takes the dispatch scopes of a job this queue claimed (at the count `stored` was read
+    /// with), unless it no longer holds it (completed by management, taken over): then it
+    /// takes none, and the job is not found.
     async fn take_dispatch_scopes(&self, stored: &StoredJob, scopes: &[String]) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
         let (held, taken): (bool, Vec<String>) =
@@ -1164,7 +1185,7 @@ impl Engine {
                     break;
                 }
                 for job in ready {
-                    if let Err(error) = self.insert_on(&mut conn, job).await {
+                    if let Err(error) = self.insert_on(&mut conn, job, false).await {
                         errors.push(error);
                     }
                 }
@@ -1410,7 +1431,9 @@ impl Engine {
     /// Readies a claimed job to run: decodes it, takes its dispatch scopes, asks its
     /// dependency manager, and tracks its lock. `None` if it does not run now (set aside,
     /// given back, or completed without running).
-    async fn admit(&self, stored: StoredJob, scopes: Vec<String>) -> Option<JobRef> {
+    async fn admit(&self, stored: StoredJob, mut scopes: Vec<String>) -> Option<JobRef> {
+        // Stored before puts and saves took each scope once, a row may name one twice.
+        distinct(&mut scopes);
         let job = match stored.job() {
             Ok(job) => job,
             Err(error) => {
@@ -1891,6 +1914,7 @@ impl Engine {
                 meta.scopes.clone(),
             )
         };
+        let scopes = checked_scopes(job.id(), scopes)?;
         let mut envelope = JobInterchange::from_job(&**job).map_err(Error::from)?;
         truncate_errors(&mut envelope.status.errors);
         let body = encode_body(&envelope, owner.is_none())?;
@@ -2170,9 +2194,13 @@ impl Engine {
                                 handed = handler.put(job) => handed,
                             },
                         };
-                        if let Err(error) = handed {
-                            tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "could not hand a stale retrying job to the retry handler");
-                            break;
+                        match handed {
+                            Ok(()) => {}
+                            // No room, or no handler: the others wait for a later pass too.
+                            Err(Error::QueueFull { .. } | Error::Closed(_)) => break,
+                            Err(error) => {
+                                tracing::warn!(queue_id = %self.id, job_id = %stored.id, error = %error, "could not hand a stale retrying job to the retry handler");
+                            }
                         }
                     }
                     Err(error) => {
@@ -2242,7 +2270,7 @@ impl Queue for Engine {
             return self.put_plain(prepared).await;
         }
         let mut conn = self.pool.acquire().await.map_err(backend("connect"))?;
-        self.insert_on(&mut conn, prepared).await
+        self.insert_on(&mut conn, prepared, false).await
     }
 
     async fn put_many(&self, jobs: Vec<JobRef>) -> Result<()> {
@@ -2516,7 +2544,7 @@ impl RetryableQueue for Engine {
             .execute(&mut *tx)
             .await
             .map_err(backend("hand scopes to the next attempt"))?;
-        self.insert_on(&mut tx, put).await?;
+        self.insert_on(&mut tx, put, true).await?;
         tx.commit().await.map_err(backend("commit a retry"))?;
         {
             let mut meta = to_complete.base().metadata();

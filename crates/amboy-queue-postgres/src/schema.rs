@@ -237,9 +237,9 @@ impl Statements {
         // $1 group, $2 owner, $3 lock timeout, $4 channel; one row per job: its count before
         // completion, new state, body (NULL: the stored one stays), whether it held scopes, the
         // enqueue scopes a retrying job keeps, where its row was last seen (`ctid`, or NULL),
-        // and why it failed, when the queue failed it (NULL: the stored reason stays). The scopes are released
-        // in the same statement; one notification wakes workers when scopes were freed or jobs
-        // wait on these. `{find}` says how rows are found: by key, or at their address checked
+        // and why it failed, when the queue failed it (NULL: the stored reason stays). The
+        // scopes are released in the same statement; one notification wakes workers when scopes
+        // were freed or jobs wait on these. `{find}` says how rows are found: by key, or at their address checked
         // against the key (a row that moved since is not found there; it is then written by
         // key). `{done}` writes the rows: an update, or with a retention of zero an update of
         // the retrying ones and a delete of the completed ones (under the same fence), whose
