@@ -1647,6 +1647,49 @@ async fn a_job_put_in_a_transaction_exists_only_if_it_commits() {
     assert!(error.is_duplicate_scope(), "{error}");
 }
 
+/// A job put in the caller's transaction, waiting on a running job, does not hold up the
+/// heartbeat of the process running that job while the transaction stays open: the edge's
+/// row is not locked until the caller commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_in_an_open_transaction_holds_up_no_heartbeat() {
+    // A heartbeat every half second.
+    let queue = idle(options().lock_timeout(Duration::from_secs(2))).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("running")).await.expect("put");
+    let running = next(&queue).await;
+    let lock_of = || {
+        let (pool, schema) = (queue.pool().clone(), schema.clone());
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<Utc>>(sqlx::AssertSqlSafe(format!(
+                "SELECT lock_ts FROM {schema}.jobs WHERE id = 'running'"
+            )))
+            .fetch_one(&pool)
+            .await
+            .expect("the lock")
+        }
+    };
+    let claimed_at = lock_of().await;
+    let mut tx = queue.pool().begin().await.expect("begin");
+    queue
+        .put_in(&mut tx, waiting_on("waiting", "running", 0))
+        .await
+        .expect("put in");
+    // The transaction stays open while the lock is refreshed.
+    tokio::time::timeout(LIMIT, async {
+        while lock_of().await <= claimed_at {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the heartbeat refreshes the running job's lock");
+    tx.commit().await.expect("commit");
+    queue
+        .complete(&running)
+        .await
+        .expect("still this process's");
+    assert_eq!(next(&queue).await.id(), "waiting");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_however_many_start_at_once() {
     let options = options();

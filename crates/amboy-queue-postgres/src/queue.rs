@@ -961,6 +961,12 @@ impl Engine {
         retry: bool,
     ) -> Result<()> {
         use sqlx::Connection as _;
+        // The edges are marked as waited on in a transaction of their own when a connection is
+        // at hand: in the put's, their rows would stay locked until it commits, which for
+        // `put_in` is when the caller's transaction does, and a process running one of them
+        // would wait that long to refresh any of its locks (one statement refreshes them
+        // all). A mark left by a put that then fails only costs a notification.
+        let marked = !job.edges.is_empty() && self.mark_dependents_apart(&job.edges).await;
         let mut tx = conn.begin().await.map_err(backend("begin a put"))?;
         let mut failure: Option<String> = None;
         if !job.edges.is_empty() {
@@ -1050,7 +1056,7 @@ impl Engine {
                 .await
                 .map_err(backend("free the job's scopes"))?;
         }
-        if !job.edges.is_empty() && failure.is_none() {
+        if !job.edges.is_empty() && failure.is_none() && !marked {
             sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
                 .bind(self.group())
                 .bind(&job.edges)
@@ -1068,6 +1074,23 @@ impl Engine {
         self.ready.notify_one();
         amboy_core::metrics::jobs_put(&self.id, &job.job_type, 1);
         Ok(())
+    }
+
+    /// Marks `edges` as waited on, on a connection of the pool, committed at once; false if
+    /// no connection came within a short while (the caller may hold the pool's last) or the
+    /// statement failed: the put then marks them in its own transaction.
+    async fn mark_dependents_apart(&self, edges: &[String]) -> bool {
+        let Ok(Ok(mut conn)) =
+            tokio::time::timeout(Duration::from_millis(100), self.pool.acquire()).await
+        else {
+            return false;
+        };
+        sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
+            .bind(self.group())
+            .bind(edges)
+            .execute(&mut *conn)
+            .await
+            .is_ok()
     }
 
     /// Takes `scopes` for attempt `attempt` of job `id` (those it holds already count), or
