@@ -397,6 +397,12 @@ impl Base {
         self.meta.lock().run_token(parent)
     }
 
+    /// Whether this instance's run was interrupted because its queue lost the job's lock
+    /// ([`interrupt`](Self::interrupt)); it stays so once the run is over.
+    pub fn was_interrupted(&self) -> bool {
+        self.meta.lock().instance.interrupted
+    }
+
     /// Ends the watch of the run (the run is over): a later interruption stops nothing.
     pub fn end_run(&self) {
         let mut meta = self.meta.lock();

@@ -219,8 +219,18 @@ impl Dispatcher {
     /// that attempt was tracked. If the copy tracked is another one than `job` (the job is
     /// being finished through a copy), the tracked copy's lock is gone: its run is interrupted.
     /// Queues that complete the job under their own locks use this.
+    ///
+    /// A copy whose lock was lost (interrupted: taken over, by this process too) finishes
+    /// without touching the copy tracked now, which holds the lock; it was not tracked.
     pub fn forget(&self, job: &JobRef) -> bool {
-        let Some((_, tracked)) = self.dispatched.remove(&key_of(job)) else {
+        let key = key_of(job);
+        if self.untrack(&key, job) {
+            return true;
+        }
+        if job.base().was_interrupted() {
+            return false;
+        }
+        let Some((_, tracked)) = self.dispatched.remove(&key) else {
             return false;
         };
         if !Arc::ptr_eq(&tracked.job, job) {
@@ -583,5 +593,19 @@ mod tests {
         assert!(!new_run.is_cancelled());
         assert!(new.error().is_none());
         assert!(dispatcher.is_dispatched("a", 0));
+
+        // The replaced copy's run ends and its worker finishes it: the copy tracked now is
+        // the one holding the lock, and is left alone.
+        old.base().end_run();
+        assert!(
+            !dispatcher.forget(&old),
+            "the replaced copy was no longer tracked"
+        );
+        assert!(!new_run.is_cancelled(), "the new copy runs on");
+        assert!(new.error().is_none(), "{:?}", new.error());
+        assert!(dispatcher.is_dispatched("a", 0));
+        // Finishing the new copy itself forgets it.
+        assert!(dispatcher.forget(&new));
+        assert!(!dispatcher.is_dispatched("a", 0));
     }
 }
