@@ -53,10 +53,31 @@ struct Exec {
     register: Option<Register>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     queues: Vec<Weak<dyn Queue>>,
     running: Option<Running>,
+    /// A stop under way: its workers are still finishing.
+    stopping: Option<Stopping>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("queues", &self.queues.len())
+            .field("running", &self.running)
+            .field("stopping", &self.stopping.is_some())
+            .finish()
+    }
+}
+
+/// A stop under way: a later `close` cancels what still runs, and any later stop or start
+/// waits for its workers.
+struct Stopping {
+    /// Every job's token descends from this one.
+    token: CancellationToken,
+    /// Ends once every worker ended.
+    done: futures::future::Shared<BoxFuture<'static, ()>>,
 }
 
 #[derive(Debug)]
@@ -182,10 +203,23 @@ impl Pool {
     }
 
     pub(crate) async fn start(&self) -> Result<()> {
+        // The workers of a stop under way end first: two sets never run at once.
+        let stopping = self.state.lock().stopping.as_ref().map(|s| s.done.clone());
+        if let Some(done) = stopping {
+            done.await;
+        }
         let mut state = self.state.lock();
         if state.running.is_some() {
             return Ok(());
         }
+        if state
+            .stopping
+            .as_ref()
+            .is_some_and(|stopping| stopping.done.peek().is_none())
+        {
+            return Err(Error::invalid("the runner is stopping"));
+        }
+        state.stopping = None;
         if state.queues.is_empty() {
             return Err(Error::invalid("runner has no queue"));
         }
@@ -233,24 +267,46 @@ impl Pool {
         self.stop(Some(grace)).await;
     }
 
+    /// Stops the workers; a stop already under way (a `shutdown` whose grace runs, or whose
+    /// call was dropped) is joined, and a `close` cancels what it still runs.
     async fn stop(&self, grace: Option<Duration>) {
-        let running = self.state.lock().running.take();
-        let Some(mut running) = running else {
-            return;
-        };
-        running.stop.set();
-        // Joined in a task of its own: should this call be dropped part-way, the workers still
-        // finish (completing their jobs) instead of being aborted mid-job.
-        let joined = tokio::spawn(async move {
-            if let Some(grace) = grace {
-                let finished = async { while running.workers.join_next().await.is_some() {} };
-                let _ = tokio::time::timeout(grace, finished).await;
+        let (token, done) = {
+            let mut state = self.state.lock();
+            match state.running.take() {
+                Some(mut running) => {
+                    running.stop.set();
+                    let token = running.token.clone();
+                    // Joined in a task of its own: should this call be dropped part-way, the
+                    // workers still finish (completing their jobs) instead of being aborted
+                    // mid-job.
+                    let joined = tokio::spawn(async move {
+                        if let Some(grace) = grace {
+                            let finished =
+                                async { while running.workers.join_next().await.is_some() {} };
+                            let _ = tokio::time::timeout(grace, finished).await;
+                        }
+                        // Every job's token descends from this one: what still runs is
+                        // cancelled.
+                        running.token.cancel();
+                        while running.workers.join_next().await.is_some() {}
+                    });
+                    let done = joined.map(drop).boxed().shared();
+                    state.stopping = Some(Stopping {
+                        token: token.clone(),
+                        done: done.clone(),
+                    });
+                    (token, done)
+                }
+                None => match &state.stopping {
+                    Some(stopping) => (stopping.token.clone(), stopping.done.clone()),
+                    None => return,
+                },
             }
-            // Every job's token descends from this one: what still runs is cancelled.
-            running.token.cancel();
-            while running.workers.join_next().await.is_some() {}
-        });
-        let _ = joined.await;
+        };
+        if grace.is_none() {
+            token.cancel();
+        }
+        done.await;
     }
 
     pub(crate) fn register(&self) -> &Register {

@@ -372,3 +372,42 @@ async fn noop_runs_nothing() {
     queue.close().await;
     assert!(!runner.started());
 }
+
+/// A `close` while a `shutdown` lets a job finish cancels that job and waits for its worker,
+/// rather than return at once with the job still running (the queue would then close under
+/// it, its lock no longer refreshed). A `start` meanwhile waits for the stop to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_a_shutdown_cancels_and_waits() {
+    let key = "close-during-shutdown";
+    let runner = LocalWorkers::new(1);
+    let queue = queue_with(runner.clone(), 8).await;
+    put(&queue, job(key, "hanging", Behaviour::Hang)).await;
+    observed(key).wait_started(1).await;
+    let shutting = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.shutdown(Duration::from_secs(3600)).await }
+    });
+    timeout(SOON, async {
+        while runner.started() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the shutdown began");
+    timeout(SOON, runner.close())
+        .await
+        .expect("close cancels the job and waits for it");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.completed, stats.running),
+        (1, 0),
+        "the job was cancelled and completed before close returned: {stats}"
+    );
+    timeout(SOON, shutting)
+        .await
+        .expect("the shutdown ends with it")
+        .unwrap();
+    runner.start().await.expect("starts again");
+    assert!(runner.started());
+    runner.close().await;
+}
