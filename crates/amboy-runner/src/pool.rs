@@ -322,8 +322,11 @@ impl Pool {
 // -------------------------------------------------------------------------------------------------
 
 /// Takes jobs until the pool closes or its queues do. Jobs' panics are caught where they run;
-/// should the worker itself panic (a queue's bug), it starts over, so the pool keeps its size.
+/// should the worker itself panic (a queue's bug), it starts over, so the pool keeps its size,
+/// after a pause that grows while it keeps panicking (a stop cuts it short): a queue that
+/// panics at every call does not spin a core.
 async fn worker(source: Arc<Source>, exec: Arc<Exec>, tokens: Tokens) {
+    let mut backoff = Backoff::new();
     loop {
         let work = std::panic::AssertUnwindSafe(exec.work(&source, &tokens));
         match work.catch_unwind().await {
@@ -332,6 +335,10 @@ async fn worker(source: Arc<Source>, exec: Arc<Exec>, tokens: Tokens) {
                 panic = amboy_core::panic_message(&*panic),
                 "worker panicked outside a job; restarting it"
             ),
+        }
+        tokio::task::yield_now().await;
+        if !sleep_until(Instant::now() + backoff.fail(), &tokens.stop).await {
+            return;
         }
     }
 }

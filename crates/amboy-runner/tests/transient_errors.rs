@@ -47,6 +47,8 @@ enum Step {
     Closed,
     /// Waits until the queue closes.
     Wait,
+    /// Panics (a queue's bug).
+    Panic,
 }
 
 /// A queue whose `next` follows a script, then repeats its last step for ever.
@@ -149,6 +151,7 @@ impl Queue for Scripted {
             Step::Fail => Err(transient()),
             Step::Job(job) => Ok(job),
             Step::Closed => Err(Error::Closed("queue")),
+            Step::Panic => panic!("the queue blew up"),
             Step::Wait => {
                 self.shell.closed().await;
                 Err(Error::Closed("queue"))
@@ -410,7 +413,23 @@ macro_rules! every_runner {
     };
 }
 
+/// A queue whose `next` panics at every call: the worker starts over after each panic, but
+/// after a pause that grows, as after a failure, rather than at once (on a one-thread runtime a
+/// worker restarting at once would hold the thread for ever).
+async fn panics_back_off_without_spinning(kind: &str) {
+    let queue = Scripted::started([], Step::Panic, runner(kind, 1)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = queue.calls();
+    assert!(
+        (2..60).contains(&calls.len()),
+        "{} calls in 10 s",
+        calls.len()
+    );
+    queue.close().await;
+}
+
 every_runner!(
+    panics_back_off_without_spinning,
     takes_the_job_after_transient_errors,
     backs_off_without_spinning,
     close_ends_the_backoff_at_once,
