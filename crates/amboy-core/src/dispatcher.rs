@@ -291,7 +291,17 @@ impl Dispatcher {
             .collect();
         let mut batch = Vec::with_capacity(copies.len());
         let mut marks = Vec::with_capacity(copies.len());
-        for (key, Dispatched { job, deadline, .. }) in copies {
+        // The last refresh of the batch's oldest lock.
+        let mut oldest = now;
+        for (
+            key,
+            Dispatched {
+                job,
+                deadline,
+                refreshed,
+            },
+        ) in copies
+        {
             if deadline.is_some_and(|deadline| deadline <= now) {
                 continue;
             }
@@ -320,23 +330,45 @@ impl Dispatcher {
                 meta.status.modification_count += 1;
                 before
             };
+            oldest = oldest.min(refreshed);
             batch.push(job);
             marks.push((key, before));
         }
         if batch.is_empty() {
             return 0;
         }
-        let results = store.save_locks(&batch).await;
+        // A save not answered by the time the oldest lock lapses is given up: the copies whose
+        // locks lapsed are interrupted then, not once the store answers (a store that keeps
+        // trying to reach its database may take long), so that a run never goes on once another
+        // owner may take its job over. The others are refreshed at the next beat.
+        let sent = Instant::now();
+        let results =
+            match tokio::time::timeout_at(oldest + self.lock_timeout, store.save_locks(&batch))
+                .await
+            {
+                Ok(results) => results,
+                Err(_) => batch
+                    .iter()
+                    .map(|_| {
+                        Err(Error::Backend {
+                            message: "the lock heartbeat got no answer before the lock expired"
+                                .into(),
+                            source: None,
+                        })
+                    })
+                    .collect(),
+            };
         debug_assert_eq!(results.len(), batch.len(), "one result per job");
         let mut refreshed = 0;
         for ((job, (key, before)), result) in batch.iter().zip(marks).zip(results) {
             match result {
                 Ok(()) => {
                     refreshed += 1;
+                    // The store's lock is at least as recent as the sending: counted from then.
                     if let Some(mut tracked) = self.dispatched.get_mut(&key)
                         && Arc::ptr_eq(&tracked.job, job)
                     {
-                        tracked.refreshed = Instant::now();
+                        tracked.refreshed = sent;
                     }
                 }
                 Err(error) => self.refresh_failed(&key, job, before, &error),
@@ -538,6 +570,49 @@ mod tests {
                 .map(|_| Err(Error::invalid("unreachable")))
                 .collect()
         }
+    }
+
+    /// Never answers a save (a store that keeps trying to reach its database).
+    #[derive(Default)]
+    struct Silent {
+        entered: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl LockStore for Silent {
+        async fn save_locks(&self, _jobs: &[JobRef]) -> Vec<Result<()>> {
+            self.entered.notify_one();
+            std::future::pending().await
+        }
+    }
+
+    /// A heartbeat whose save gets no answer interrupts the run once its lock lapses, while
+    /// the save is still pending: another owner may take the job over from then on.
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_with_no_answer_interrupts_the_run_when_its_lock_lapses() {
+        let dispatcher = Arc::new(Dispatcher::new(Arc::from("me"), Duration::from_secs(60)));
+        let running = job("a");
+        dispatcher.dispatch(&running).unwrap();
+        let run = running
+            .base()
+            .run_token(&CancellationToken::new())
+            .expect("watched");
+        let store = Arc::new(Silent::default());
+        let refresh = tokio::spawn({
+            let (dispatcher, store) = (dispatcher.clone(), store.clone());
+            async move { dispatcher.refresh_locks(&*store).await }
+        });
+        store.entered.notified().await;
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!run.is_cancelled(), "the lock holds for its timeout");
+        let refreshed = tokio::time::timeout(Duration::from_secs(3600), refresh)
+            .await
+            .expect("the heartbeat gives up when the lock lapses")
+            .unwrap();
+        assert_eq!(refreshed, 0);
+        assert!(run.is_cancelled(), "the run is interrupted");
+        assert!(!dispatcher.is_dispatched("a", 0));
+        assert!(running.error().unwrap().message().contains("lost the lock"));
     }
 
     /// A heartbeat that fails after the job was finished meanwhile leaves the count the
