@@ -354,3 +354,31 @@ async fn stress_fifo() {
 async fn stress_priority() {
     stress::<ByPriority>("zz-sp").await;
 }
+
+/// A run past the deadline of the context it was given is timed out, and stops what it
+/// spawned through a token of its own: the caller's token, which the caller's later jobs
+/// share, is not cancelled.
+#[tokio::test(start_paused = true)]
+async fn a_run_past_its_callers_deadline_cancels_no_token_of_the_callers() {
+    let queue = amboy::local::LimitedSizeQueue::new(4);
+    queue
+        .set_runner(Arc::new(IdleRunner::default()))
+        .expect("a runner");
+    queue.start().await.expect("start");
+    queue
+        .put(amboy_tests::jobs::Sleep::new(
+            Base::with_id("slow"),
+            Duration::from_secs(3600),
+        ))
+        .await
+        .expect("put");
+    let job = queue.next().await.expect("the job");
+    let token = tokio_util::sync::CancellationToken::new();
+    let ctx = JobContext::with_token(token.clone()).with_deadline(Some(
+        tokio::time::Instant::now() + Duration::from_millis(10),
+    ));
+    let queue: Arc<dyn amboy::Queue> = queue;
+    let outcome = amboy::execute_job(&*queue, &job, &ctx).await;
+    assert_eq!(outcome, amboy::RunOutcome::TimedOut);
+    assert!(!token.is_cancelled(), "the caller's token is its own");
+}

@@ -279,8 +279,12 @@ async fn run_phase(job: &JobRef, ctx: &JobContext, start: Start) -> Ran {
     });
     let run_ctx = own.as_ref().unwrap_or(ctx);
     let outcome = execute(&**job, run_ctx).await;
-    if outcome == RunOutcome::TimedOut {
-        run_ctx.token().cancel();
+    // A run past its time stops what it spawned: its own token is cancelled, never the
+    // caller's (which the caller's later jobs share).
+    if outcome == RunOutcome::TimedOut
+        && let Some(own) = &own
+    {
+        own.token().cancel();
     }
     Ran {
         outcome,
