@@ -304,6 +304,7 @@ async fn after_completion(
     if ran.watched {
         job.base().end_run();
     }
+    let stored = completed.is_ok();
     if let Err(error) = completed {
         tracing::warn!(error = %error, "could not complete job");
         job.base().metadata().time_info.end = Some(crate::clock::now());
@@ -329,8 +330,15 @@ async fn after_completion(
     if let Some((lag, run_time)) = times {
         crate::metrics::job_finished(queue.id(), &job.job_type().name, lag, run_time, failed);
     }
-    if should_retry {
+    // A job whose completion was not stored is not retried from here: its stored attempt is
+    // not retrying (a storing queue runs it again once its lock times out), and the handler,
+    // finding it so, would finish it and the retry would be lost.
+    if should_retry && stored {
         hand_to_retry_handler(queue, job, cancel).await;
+    } else if should_retry {
+        tracing::warn!(
+            "job asking to retry not handed to the retry handler: its completion was not stored"
+        );
     }
     if failed {
         tracing::error!(outcome = ?ran.outcome, error = ?job.error(), "job failed");

@@ -142,6 +142,8 @@ struct Knobs {
     live: bool,
     /// `get_attempt` waits for a permit of this gate.
     gate: Option<Arc<Semaphore>>,
+    /// The error `complete` returns.
+    complete_error: Option<ErrorFn>,
 }
 
 /// The next attempt a `complete_retrying_and_put` call received, as it received it.
@@ -304,8 +306,11 @@ impl Queue for MockQueue {
         }
     }
 
-    async fn complete(&self, _job: &JobRef) -> Result<()> {
-        Ok(())
+    async fn complete(&self, job: &JobRef) -> Result<()> {
+        match self.knobs().complete_error {
+            Some(error) => Err(error(job.id())),
+            None => Ok(()),
+        }
     }
 
     async fn save(&self, job: &JobRef) -> Result<()> {
@@ -1202,5 +1207,29 @@ async fn close_hands_the_job_being_retried_back_for_the_next_start() {
         .wait_for(Kind::CompleteRetryingAndPut, "interrupted", 1)
         .await;
     assert!(queue.stored("interrupted", 1).is_some());
+    handler.close().await;
+}
+
+/// A job asking to retry whose completion was not stored is not handed to the retry handler:
+/// its stored attempt is still running (the queue runs it again once its lock times out), and
+/// the handler, finding it not retrying, would have finished it, the retry lost.
+#[tokio::test(start_paused = true)]
+async fn a_job_whose_completion_failed_is_not_retried() {
+    let (queue, handler) = setup(RetryHandlerOptions::default());
+    handler.start().await.unwrap();
+    let job = retrying_job("unstored", true);
+    queue.store(&job);
+    queue.knobs().complete_error = Some(|id| Error::Backend {
+        message: format!("could not complete '{id}': the pool timed out"),
+        source: None,
+    });
+    let dyn_queue: Arc<dyn Queue> = queue.clone();
+    amboy_core::execute_job(&*dyn_queue, &job, &JobContext::new()).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        queue.calls(Kind::GetAttempt, "unstored").is_empty(),
+        "the handler never got the job"
+    );
+    assert!(queue.calls(Kind::CompleteRetrying, "unstored").is_empty());
     handler.close().await;
 }
