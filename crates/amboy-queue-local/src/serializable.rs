@@ -502,8 +502,12 @@ impl Engine {
                     id: envelope.name.clone(),
                 });
             }
-            self.scopes.acquire(&key, &enqueue_scopes)?;
             let retrying = is_retrying(&envelope);
+            // A finished job holds no scope (nothing would release it); a retrying one keeps
+            // its enqueue scopes for its next attempt.
+            if !finished || retrying {
+                self.scopes.acquire(&key, &enqueue_scopes)?;
+            }
             let expired = envelope.status.expired;
             let ticket = store.insert_new(key.clone(), envelope);
             store.total += 1;

@@ -707,6 +707,29 @@ async fn a_job_whose_final_state_cannot_be_encoded_completes_failed() {
     queue.close().await;
 }
 
+/// A finished job put in its stored form (a restored dump) holds no scope: nothing would ever
+/// release it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_put_holds_no_scope() {
+    let queue = serializable_queue(1).await;
+    let done = Unwritable {
+        base: Base::with_id("done")
+            .with_scopes(["x"])
+            .with_enqueue_all_scopes(),
+        ran: Default::default(),
+    };
+    done.base.metadata().status.completed = true;
+    let envelope = JobInterchange::from_job(&done).expect("encodes");
+    queue.put_interchange(envelope).await.expect("stored");
+    let next = Unwritable {
+        base: Base::with_id("next")
+            .with_scopes(["x"])
+            .with_enqueue_all_scopes(),
+        ran: Default::default(),
+    };
+    queue.put(Arc::new(next)).await.expect("the scope is free");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stored_at_another_version_is_set_aside() {
     let queue = serializable_queue(1).await;
