@@ -325,10 +325,12 @@ impl Dependencies {
         forgotten
     }
 
-    /// The number of jobs waiting for edges, for their manager, or for a judgement.
+    /// The number of jobs blocked: waiting for edges, or held back by their manager. A job
+    /// waiting for its manager's judgement (off the runtime) is not: it may well be ready, and
+    /// counted blocked it would let `wait` end before it ran.
     pub(crate) fn blocked(&self) -> usize {
         let graph = self.graph.lock();
-        graph.waiting.len() + graph.blocked_by_state.len() + graph.unjudged.len()
+        graph.waiting.len() + graph.blocked_by_state.len()
     }
 
     /// The sizes of the graph's structures.

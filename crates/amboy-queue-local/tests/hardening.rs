@@ -513,6 +513,22 @@ async fn managers_doing_blocking_io_are_asked_off_the_runtime() {
     queue.close().await;
 }
 
+/// A job waiting for a judgement of its manager off the runtime (it does blocking I/O) is not
+/// blocked: it may be ready, and counted blocked it would let `wait` end before it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_for_its_managers_judgement_is_not_blocked() {
+    // Not started: nothing judges it yet.
+    let queue = DependencyOrderedQueue::new(4);
+    let job = held("unjudged", Base::with_id("creates"), false);
+    job.set_dependency(Arc::new(amboy_core::dependency::CreatesFile::new(
+        "/nonexistent/amboy-unjudged-test-file",
+    )));
+    queue.put(job).await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.blocked, stats.pending), (0, 1), "{stats}");
+    assert!(!stats.is_complete(), "{stats}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Section 2: stored jobs that cannot be decoded
 // ---------------------------------------------------------------------------------------------
