@@ -490,8 +490,16 @@ impl Engine {
             wait_until,
         } = prepared;
         // A job put as already finished (restored from elsewhere, say) is recorded, not run;
-        // if it asks to retry, the stale-retrying monitor picks it up.
+        // if it asks to retry, the stale-retrying monitor picks it up. One in progress (under
+        // another owner's lock) would never be dispatched here: refused, as the local queues
+        // refuse it.
         let finished = envelope.status.completed || envelope.status.expired;
+        if envelope.status.in_progress && !finished {
+            return Err(Error::invalid_job(
+                &envelope.name,
+                "it is in progress already; put a new job instead",
+            ));
+        }
         let ticket = {
             let mut store = self.store.lock();
             if store.records.contains_key(&key) {

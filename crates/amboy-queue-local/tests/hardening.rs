@@ -723,6 +723,32 @@ async fn a_job_whose_final_state_cannot_be_encoded_completes_failed() {
     queue.close().await;
 }
 
+/// A job put as in progress (under another owner's lock) is refused, naming it, rather than
+/// stored and never dispatched, holding up `wait` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_put_in_progress_is_refused() {
+    let queue = serializable_queue(1).await;
+    let running = Unwritable {
+        base: Base::with_id("running"),
+        ran: Default::default(),
+    };
+    {
+        let mut meta = running.base.metadata();
+        meta.status.in_progress = true;
+        meta.status.owner = Some(Arc::from("elsewhere"));
+        meta.status.modification_time = Some(chrono::Utc::now());
+    }
+    let envelope = JobInterchange::from_job(&running).expect("encodes");
+    let error = queue.put_interchange(envelope).await.expect_err("refused");
+    assert!(
+        matches!(&error, Error::InvalidJob { id, .. } if id == "running"),
+        "{error}"
+    );
+    assert_eq!(queue.stats().await.unwrap().total, 0);
+    let error = queue.put(Arc::new(running)).await.expect_err("refused");
+    assert!(matches!(&error, Error::InvalidJob { .. }), "{error}");
+}
+
 /// A finished job put in its stored form (a restored dump) holds no scope: nothing would ever
 /// release it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
