@@ -571,12 +571,19 @@ async fn try_enqueue(
         );
     }
     // Lock the job so that this handler alone owns the old attempt.
+    let unlocked = job.base().metadata().status.clone();
     job.lock(&owner, info.lock_timeout)
         .map_err(|error| Failure::fatal(format!("locking job: {error}")))?;
-    queue
-        .save(job)
-        .await
-        .map_err(|error| Failure::fatal(format!("saving job lock: {error}")))?;
+    if let Err(error) = queue.save(job).await {
+        // Someone else holds the old attempt: not this handler's to retry.
+        if error.is_job_not_found() || matches!(error, Error::Locked { .. }) {
+            return Err(Failure::fatal(format!("saving job lock: {error}")));
+        }
+        // Not stored (the store was unreachable, say): the lock taken in memory is given
+        // back, so that the next try takes it again from the stored state.
+        job.base().metadata().status = unlocked;
+        return Err(Failure::retryable(format!("saving job lock: {error}")));
+    }
 
     stored
         .base()

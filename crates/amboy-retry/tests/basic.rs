@@ -144,6 +144,8 @@ struct Knobs {
     gate: Option<Arc<Semaphore>>,
     /// The error `complete` returns.
     complete_error: Option<ErrorFn>,
+    /// How many `save` calls fail, as an unreachable store fails, before they succeed.
+    save_failures: usize,
 }
 
 /// The next attempt a `complete_retrying_and_put` call received, as it received it.
@@ -315,6 +317,16 @@ impl Queue for MockQueue {
 
     async fn save(&self, job: &JobRef) -> Result<()> {
         self.record(Kind::Save, job.id(), false);
+        {
+            let mut knobs = self.knobs();
+            if knobs.save_failures > 0 {
+                knobs.save_failures -= 1;
+                return Err(Error::Backend {
+                    message: "the store is unreachable".into(),
+                    source: None,
+                });
+            }
+        }
         let key = MockQueue::key(job);
         let mut attempts = self.attempts.lock();
         match attempts.get_mut(&key) {
@@ -1231,5 +1243,32 @@ async fn a_job_whose_completion_failed_is_not_retried() {
         "the handler never got the job"
     );
     assert!(queue.calls(Kind::CompleteRetrying, "unstored").is_empty());
+    handler.close().await;
+}
+
+/// A save of the old attempt's lock that fails transiently (the store unreachable) is tried
+/// again, from the stored state: the retry is not lost.
+#[tokio::test]
+async fn a_transient_failure_to_save_the_lock_is_tried_again() {
+    let (queue, handler) = setup(RetryHandlerOptions::default());
+    let job = retrying_job("blip", true);
+    queue.knobs().save_failures = 1;
+    handler.start().await.unwrap();
+    store_and_put(&queue, &handler, &job).await;
+    queue
+        .wait_for(Kind::CompleteRetryingAndPut, "blip", 1)
+        .await;
+    assert_eq!(
+        queue.count(Kind::Save, "blip"),
+        2,
+        "saved again after the failure"
+    );
+    assert_eq!(
+        queue.count(Kind::CompleteRetrying, "blip"),
+        0,
+        "not finished"
+    );
+    let puts = std::mem::take(&mut *queue.puts.lock());
+    assert_eq!(attempt_of(&puts[0].to_put), 1, "the next attempt is put");
     handler.close().await;
 }
