@@ -401,6 +401,40 @@ async fn a_heartbeat_whose_reply_was_lost_is_sent_again() {
     );
 }
 
+/// A completion that is not stored leaves the copy as stored (its count not advanced): written
+/// again once it may be (a retry handler finishing it, say), it is one count ahead of the row,
+/// as the fence wants, however many writes failed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_not_stored_can_be_written_again() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("later")).await.expect("put");
+    let job = next(&queue).await;
+    let count = job.status().modification_count;
+    // Held elsewhere for a while: twice refused.
+    sql(
+        queue.pool(),
+        format!("UPDATE {schema}.jobs SET owner = 'other' WHERE id = 'later'"),
+    )
+    .await;
+    for _ in 0..2 {
+        queue.complete(&job).await.expect_err("fenced out");
+        assert_eq!(job.status().modification_count, count, "as stored");
+        assert!(!job.status().completed);
+    }
+    // Back with this queue: the completion goes through.
+    sql(
+        queue.pool(),
+        format!(
+            "UPDATE {schema}.jobs SET owner = '{}' WHERE id = 'later'",
+            queue.id()
+        ),
+    )
+    .await;
+    queue.complete(&job).await.expect("stored now");
+    assert!(queue.get("later").await.expect("stored").status().completed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_with_a_stale_modification_count_fails() {
     let queue = idle(options()).await;

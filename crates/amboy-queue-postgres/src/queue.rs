@@ -1666,8 +1666,9 @@ impl Engine {
             finishing
         });
         let now = amboy_core::clock::now();
-        let (row_base, keep) = {
+        let (row_base, keep, unstored) = {
             let mut meta = job.base().metadata();
+            let unstored = meta.status.clone();
             if retry_done {
                 meta.retry_info.needs_retry = false;
                 meta.retry_info.end = Some(now);
@@ -1693,6 +1694,7 @@ impl Engine {
                     scoped,
                 ),
                 keep,
+                unstored,
             )
         };
         let (attempt, count, mut state, scoped) = row_base;
@@ -1741,16 +1743,26 @@ impl Engine {
             failure,
         };
         let sender = self.completions.lock().clone();
-        match sender {
+        let written = match sender {
             Some(sender) => {
                 let (reply, answer) = oneshot::channel();
-                if let Err(unsent) = sender.send(Completion { row, reply }) {
-                    return self.complete_rows(vec![unsent.0.row]).await.remove(0);
+                match sender.send(Completion { row, reply }) {
+                    Err(unsent) => self.complete_rows(vec![unsent.0.row]).await.remove(0),
+                    Ok(()) => answer.await.unwrap_or_else(|_| Err(Error::Closed("queue"))),
                 }
-                answer.await.unwrap_or_else(|_| Err(Error::Closed("queue")))
             }
             None => self.complete_rows(vec![row]).await.remove(0),
+        };
+        if written.is_err() {
+            // Not stored: the copy's status goes back to what is stored, unless it moved on
+            // meanwhile, so that a later write of it (a retry handler finishing it, say) is
+            // one count ahead of the row, as the fence wants, not several.
+            let mut meta = job.base().metadata();
+            if meta.status.modification_count == unstored.modification_count + 1 {
+                meta.status = unstored;
+            }
         }
+        written
     }
 
     /// Writes completions; one result per row, in order. Rows whose address is known are
