@@ -162,6 +162,9 @@ async fn runs_every_job_once(make: fn(usize) -> Arc<dyn Runner>, sizes: &[usize]
         let runner = make(size);
         let queue = queue_with(runner.clone(), 128).await;
         run_counted(&queue, &key, "job", 100).await;
+        // A job reads completed (what `run_counted` waits for) a moment before the queue has
+        // counted it: the stats are read once they say the queue is complete.
+        wait_all(&queue).await;
         let stats = queue.stats().await.unwrap();
         assert_eq!((stats.total, stats.completed), (100, 100), "size {size}");
         queue.close().await;
