@@ -1724,6 +1724,46 @@ async fn a_put_in_an_open_transaction_holds_up_no_heartbeat() {
     assert_eq!(next(&queue).await.id(), "waiting");
 }
 
+/// Edges the put's own short transaction cannot mark are marked in the put's: one put earlier
+/// in the caller's transaction (invisible outside it), or one whose row the caller's
+/// transaction holds (the short transaction would wait for it for ever; it gives up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_the_callers_transaction_holds_are_marked_in_it() {
+    let queue = idle(options()).await;
+    let schema = queue.options().schema.clone();
+    queue.put(noop("held")).await.expect("put");
+    let mut tx = queue.pool().begin().await.expect("begin");
+    queue.put_in(&mut tx, noop("fresh")).await.expect("put in");
+    queue
+        .put_in(&mut tx, waiting_on("on-fresh", "fresh", 0))
+        .await
+        .expect("put in");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.jobs SET priority = priority WHERE id = 'held'"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("the caller holds the row");
+    tokio::time::timeout(
+        LIMIT,
+        queue.put_in(&mut tx, waiting_on("on-held", "held", 0)),
+    )
+    .await
+    .expect("the put does not wait for its own caller")
+    .expect("put in");
+    tx.commit().await.expect("commit");
+    let marked: Vec<(String, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, dependents FROM {schema}.jobs WHERE id IN ('fresh', 'held') ORDER BY id"
+    )))
+    .fetch_all(queue.pool())
+    .await
+    .expect("rows");
+    assert_eq!(
+        marked,
+        [("fresh".to_owned(), true), ("held".to_owned(), true)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_once_however_many_start_at_once() {
     let options = options();

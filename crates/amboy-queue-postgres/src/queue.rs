@@ -961,12 +961,16 @@ impl Engine {
         retry: bool,
     ) -> Result<()> {
         use sqlx::Connection as _;
-        // The edges are marked as waited on in a transaction of their own when a connection is
-        // at hand: in the put's, their rows would stay locked until it commits, which for
-        // `put_in` is when the caller's transaction does, and a process running one of them
-        // would wait that long to refresh any of its locks (one statement refreshes them
-        // all). A mark left by a put that then fails only costs a notification.
-        let marked = !job.edges.is_empty() && self.mark_dependents_apart(&job.edges).await;
+        // The edges are marked as waited on first in a transaction of their own: marked in the
+        // put's, their rows would stay locked until it commits, which for `put_in` is when the
+        // caller's transaction does, and a process running one of them would wait that long to
+        // refresh any of its locks (one statement refreshes them all). The put's own mark then
+        // locks only the edges this one could not mark (not visible to it, as an edge put
+        // earlier in the caller's transaction, or locked by that transaction). A mark left by
+        // a put that then fails only costs a notification.
+        if !job.edges.is_empty() {
+            self.mark_dependents_apart(&job.edges).await;
+        }
         let mut tx = conn.begin().await.map_err(backend("begin a put"))?;
         let mut failure: Option<String> = None;
         if !job.edges.is_empty() {
@@ -1056,7 +1060,7 @@ impl Engine {
                 .await
                 .map_err(backend("free the job's scopes"))?;
         }
-        if !job.edges.is_empty() && failure.is_none() && !marked {
+        if !job.edges.is_empty() && failure.is_none() {
             sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
                 .bind(self.group())
                 .bind(&job.edges)
@@ -1076,21 +1080,32 @@ impl Engine {
         Ok(())
     }
 
-    /// Marks `edges` as waited on, on a connection of the pool, committed at once; false if
-    /// no connection came within a short while (the caller may hold the pool's last) or the
-    /// statement failed: the put then marks them in its own transaction.
-    async fn mark_dependents_apart(&self, edges: &[String]) -> bool {
+    /// Marks `edges` as waited on, on a connection of the pool, committed at once, as far as
+    /// it can within a short while: no connection coming (the caller may hold the pool's
+    /// last), or an edge's row locked (by the caller's own transaction, say, which waits for
+    /// this), it gives up, and the put marks what is left in its own transaction.
+    async fn mark_dependents_apart(&self, edges: &[String]) {
+        use sqlx::Connection as _;
         let Ok(Ok(mut conn)) =
             tokio::time::timeout(Duration::from_millis(100), self.pool.acquire()).await
         else {
-            return false;
+            return;
         };
-        sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
-            .bind(self.group())
-            .bind(edges)
-            .execute(&mut *conn)
-            .await
-            .is_ok()
+        let marked = async {
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT set_config('lock_timeout', '100ms', true)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(AssertSqlSafe(self.sql.mark_dependents.clone()))
+                .bind(self.group())
+                .bind(edges)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        if let Err(error) = marked.await {
+            tracing::debug!(queue_id = %self.id, error = %error, "edges left to the put's own mark");
+        }
     }
 
     /// Takes `scopes` for attempt `attempt` of job `id` (those it holds already count), or
