@@ -293,6 +293,8 @@ impl Dispatcher {
         let mut marks = Vec::with_capacity(copies.len());
         // The last refresh of the batch's oldest lock.
         let mut oldest = now;
+        // Copies whose locks lapsed already (their last saves failed): not sent.
+        let mut lapsed = Vec::new();
         for (
             key,
             Dispatched {
@@ -303,6 +305,10 @@ impl Dispatcher {
         ) in copies
         {
             if deadline.is_some_and(|deadline| deadline <= now) {
+                continue;
+            }
+            if refreshed + self.lock_timeout <= now {
+                lapsed.push((key, job));
                 continue;
             }
             let before = {
@@ -333,6 +339,16 @@ impl Dispatcher {
             oldest = oldest.min(refreshed);
             batch.push(job);
             marks.push((key, before));
+        }
+        for (key, job) in lapsed {
+            if self.untrack(&key, &job) {
+                job.add_error(&"lost the lock: it lapsed while its heartbeat failed");
+                job.base().interrupt();
+                tracing::warn!(
+                    job_id = job.id(),
+                    "lost the lock of a running job; its run is interrupted"
+                );
+            }
         }
         if batch.is_empty() {
             return 0;
@@ -613,6 +629,37 @@ mod tests {
         assert!(run.is_cancelled(), "the run is interrupted");
         assert!(!dispatcher.is_dispatched("a", 0));
         assert!(running.error().unwrap().message().contains("lost the lock"));
+    }
+
+    /// A copy whose lock lapsed while its heartbeats failed is interrupted without being sent;
+    /// the fresh copies beside it are refreshed as usual.
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_copy_is_interrupted_and_the_others_refreshed() {
+        let dispatcher = Dispatcher::new(Arc::from("me"), Duration::from_secs(60));
+        let stale = job("stale");
+        dispatcher.dispatch(&stale).unwrap();
+        let failing = Batches {
+            fail: vec!["stale"],
+            ..Batches::default()
+        };
+        assert_eq!(dispatcher.refresh_locks(&failing).await, 0);
+        assert!(dispatcher.is_dispatched("stale", 0), "a transient failure");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let fresh = job("fresh");
+        dispatcher.dispatch(&fresh).unwrap();
+        let store = Batches::default();
+        assert_eq!(dispatcher.refresh_locks(&store).await, 1, "the fresh copy");
+        let sent: Vec<String> = store
+            .calls
+            .lock()
+            .unwrap()
+            .concat()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(sent, ["fresh"]);
+        assert!(!dispatcher.is_dispatched("stale", 0));
+        assert!(stale.error().unwrap().message().contains("lost the lock"));
     }
 
     /// A heartbeat that fails after the job was finished meanwhile leaves the count the

@@ -265,11 +265,12 @@ async fn run_phase(job: &JobRef, ctx: &JobContext, start: Start) -> Ran {
         max_time, watched, ..
     } = start;
     // A job whose queue watches its lock gets a token of its own, which the queue cancels if
-    // it loses the lock; so does a job with a time limit, cancelled when the limit passes, so
-    // that work it spawned stops too. Other jobs run in the caller's context.
+    // it loses the lock; so does a job with a time limit (its own, or the caller's deadline),
+    // cancelled when the limit passes, so that work it spawned stops too. Other jobs run in
+    // the caller's context.
     let own = match &watched {
         Some(token) => Some(token.clone()),
-        None if max_time.is_zero() => None,
+        None if max_time.is_zero() && ctx.deadline().is_none() => None,
         None => Some(cancel.child_token()),
     };
     let own = own.map(|token| {

@@ -1774,7 +1774,11 @@ impl Engine {
             // one count ahead of the row, as the fence wants, not several.
             let mut meta = job.base().metadata();
             if meta.status.modification_count == unstored.modification_count + 1 {
-                meta.status = unstored;
+                let status = &mut meta.status;
+                status.completed = unstored.completed;
+                status.in_progress = unstored.in_progress;
+                status.modification_time = unstored.modification_time;
+                status.modification_count = unstored.modification_count;
             }
         }
         written

@@ -575,13 +575,23 @@ async fn try_enqueue(
     job.lock(&owner, info.lock_timeout)
         .map_err(|error| Failure::fatal(format!("locking job: {error}")))?;
     if let Err(error) = queue.save(job).await {
-        // Someone else holds the old attempt: not this handler's to retry.
-        if error.is_job_not_found() || matches!(error, Error::Locked { .. }) {
+        // Someone else holds the old attempt (not this handler's to retry), or the queue
+        // closed.
+        if error.is_job_not_found() || matches!(error, Error::Locked { .. } | Error::Closed(_)) {
             return Err(Failure::fatal(format!("saving job lock: {error}")));
         }
         // Not stored (the store was unreachable, say): the lock taken in memory is given
-        // back, so that the next try takes it again from the stored state.
-        job.base().metadata().status = unlocked;
+        // back, unless the copy moved on since, so that the next try takes it again from the
+        // stored state.
+        let mut meta = job.base().metadata();
+        if meta.status.modification_count == unlocked.modification_count + 1 {
+            let status = &mut meta.status;
+            status.owner = unlocked.owner;
+            status.in_progress = unlocked.in_progress;
+            status.modification_time = unlocked.modification_time;
+            status.modification_count = unlocked.modification_count;
+        }
+        drop(meta);
         return Err(Failure::retryable(format!("saving job lock: {error}")));
     }
 

@@ -203,21 +203,29 @@ impl Pool {
     }
 
     pub(crate) async fn start(&self) -> Result<()> {
-        // The workers of a stop under way end first: two sets never run at once.
-        let stopping = self.state.lock().stopping.as_ref().map(|s| s.done.clone());
-        if let Some(done) = stopping {
-            done.await;
+        // The workers of a stop under way end first (a start from one of its own jobs would
+        // wait for ever: the stop waits for that job): two sets never run at once.
+        fn pending(state: &State) -> Option<futures::future::Shared<BoxFuture<'static, ()>>> {
+            state
+                .stopping
+                .as_ref()
+                .filter(|stopping| stopping.done.peek().is_none())
+                .map(|stopping| stopping.done.clone())
+        }
+        loop {
+            let stopping = pending(&self.state.lock());
+            match stopping {
+                Some(done) => done.await,
+                None => break,
+            }
         }
         let mut state = self.state.lock();
+        if pending(&state).is_some() {
+            // Stopped again meanwhile (by another caller's start and stop).
+            return Err(Error::invalid("the runner is stopping"));
+        }
         if state.running.is_some() {
             return Ok(());
-        }
-        if state
-            .stopping
-            .as_ref()
-            .is_some_and(|stopping| stopping.done.peek().is_none())
-        {
-            return Err(Error::invalid("the runner is stopping"));
         }
         state.stopping = None;
         if state.queues.is_empty() {
