@@ -49,3 +49,31 @@ pub fn options() -> PostgresQueueOptions {
 pub fn queue(options: PostgresQueueOptions) -> Arc<PostgresQueue> {
     PostgresQueue::new(options).expect("valid options")
 }
+
+/// Waits (up to 30 s) until a statement on the jobs table of `schema` whose text contains
+/// `marker` waits for a lock, as `pg_stat_activity` shows: the interleaving a test forces was
+/// reached.
+pub async fn until_waiting_for_a_lock(pool: &sqlx::PgPool, schema: &str, marker: &str) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%' || $2 || '%' AND query LIKE '%' || $1 || '.jobs%'",
+            )
+            .bind(schema)
+            .bind(marker)
+            .fetch_one(pool)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "no statement with '{marker}' waited for a lock"
+    );
+}

@@ -375,25 +375,7 @@ async fn completing_a_job_while_its_retry_commits_completes_the_next_attempt() {
     .expect("the retry");
     let manager = PostgresManager::for_queue(&queue);
     let completing = tokio::spawn(async move { manager.complete_job("retried").await });
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%done AS%' \
-                   AND query LIKE '%' || $1 || '.jobs%'",
-            )
-            .bind(&schema)
-            .fetch_one(queue.pool())
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the completion waits for the retry");
+    amboy_tests::postgres::until_waiting_for_a_lock(queue.pool(), &schema, "done AS").await;
     retry.commit().await.expect("commit the retry");
     tokio::time::timeout(LIMIT, completing)
         .await

@@ -781,25 +781,7 @@ async fn a_give_back_after_a_take_over_frees_nothing() {
     .expect("taken over");
     answer.send(State::Blocked).expect("the manager waits");
     // The give-back reaches the row and waits for the take-over's commit.
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%WITH back AS%' \
-                   AND query LIKE '%' || $1 || '.jobs%'",
-            )
-            .bind(&schema)
-            .fetch_one(queue.pool())
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the give-back waits for the row");
+    amboy_tests::postgres::until_waiting_for_a_lock(queue.pool(), &schema, "WITH back AS").await;
     tx.commit().await.expect("commit the take-over");
     // Closing waits for the claim, give-back included, to end.
     queue.close().await;
@@ -925,25 +907,7 @@ async fn a_management_completion_frees_scopes_taken_while_it_waited() {
     .expect("the scope taken");
     let manager = amboy::postgres::PostgresManager::for_queue(&queue);
     let completing = tokio::spawn(async move { manager.complete_job("held").await });
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%done AS%' \
-                   AND query LIKE '%' || $1 || '.jobs%'",
-            )
-            .bind(&schema)
-            .fetch_one(queue.pool())
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the completion waits for the row");
+    amboy_tests::postgres::until_waiting_for_a_lock(queue.pool(), &schema, "done AS").await;
     tx.commit().await.expect("commit the take");
     tokio::time::timeout(LIMIT, completing)
         .await
@@ -1570,24 +1534,7 @@ async fn a_put_that_deadlocks_with_another_is_put_again() {
         let queue = queue.clone();
         async move { queue.put_many(vec![noop("x"), noop("y")]).await }
     });
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO ' || $1 || '.jobs%'",
-            )
-            .bind(&schema)
-            .fetch_one(queue.pool())
-            .await
-            .expect("activity");
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the batch waits for the other put");
+    amboy_tests::postgres::until_waiting_for_a_lock(queue.pool(), &schema, "INSERT INTO").await;
     // The other put now waits for the batch: a deadlock, which the batch detects.
     sqlx::raw_sql(sqlx::AssertSqlSafe(insert("x")))
         .execute(&mut *other)
