@@ -971,77 +971,39 @@ async fn maintenance_judges_an_edge_by_its_latest_attempt() {
     assert!(!pending.status().completed, "{:?}", pending.error());
 }
 
-/// A retry handler that records the jobs handed to it.
+/// A retry handler for the stale-retrying tests: records the jobs handed to it, refuses the
+/// one named `refuse`, and when `stuck`, never answers a put (its buffer stays full; it says
+/// it was entered).
 #[derive(Default)]
-struct Recorder {
+struct TestHandler {
     jobs: std::sync::Mutex<Vec<String>>,
+    refuse: Option<&'static str>,
+    stuck: bool,
+    entered: tokio::sync::Notify,
 }
 
-#[async_trait::async_trait]
-impl amboy::RetryHandler for Recorder {
-    fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
-        Ok(())
-    }
-
-    async fn start(&self) -> amboy::Result<()> {
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        true
-    }
-
-    async fn put(&self, job: JobRef) -> amboy::Result<()> {
-        self.jobs.lock().unwrap().push(job.id().to_owned());
-        Ok(())
-    }
-
-    async fn close(&self) {}
-}
-
-/// A retry handler whose buffer stays full: `put` never returns (it says it was entered).
-struct Stuck {
-    entered: tokio::sync::Semaphore,
-}
-
-impl Default for Stuck {
-    fn default() -> Self {
-        Stuck {
-            entered: tokio::sync::Semaphore::new(0),
+impl TestHandler {
+    fn refusing(id: &'static str) -> Self {
+        TestHandler {
+            refuse: Some(id),
+            ..TestHandler::default()
         }
     }
+
+    fn stuck() -> Self {
+        TestHandler {
+            stuck: true,
+            ..TestHandler::default()
+        }
+    }
+
+    fn handed(&self, id: &str) -> bool {
+        self.jobs.lock().unwrap().iter().any(|job| job == id)
+    }
 }
 
 #[async_trait::async_trait]
-impl amboy::RetryHandler for Stuck {
-    fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
-        Ok(())
-    }
-
-    async fn start(&self) -> amboy::Result<()> {
-        Ok(())
-    }
-
-    fn started(&self) -> bool {
-        true
-    }
-
-    async fn put(&self, _job: JobRef) -> amboy::Result<()> {
-        self.entered.add_permits(1);
-        std::future::pending().await
-    }
-
-    async fn close(&self) {}
-}
-
-/// A retry handler that refuses one job (by ID), and records the others.
-#[derive(Default)]
-struct Picky {
-    handed: std::sync::Mutex<Vec<String>>,
-}
-
-#[async_trait::async_trait]
-impl amboy::RetryHandler for Picky {
+impl amboy::RetryHandler for TestHandler {
     fn set_queue(&self, _queue: Arc<dyn amboy::RetryableQueue>) -> amboy::Result<()> {
         Ok(())
     }
@@ -1055,10 +1017,14 @@ impl amboy::RetryHandler for Picky {
     }
 
     async fn put(&self, job: JobRef) -> amboy::Result<()> {
-        if job.id() == "refused" {
+        self.entered.notify_one();
+        if self.stuck {
+            std::future::pending::<()>().await;
+        }
+        if self.refuse == Some(job.id()) {
             return Err(Error::invalid_job(job.id(), "not this one"));
         }
-        self.handed.lock().unwrap().push(job.id().to_owned());
+        self.jobs.lock().unwrap().push(job.id().to_owned());
         Ok(())
     }
 
@@ -1070,7 +1036,7 @@ impl amboy::RetryHandler for Picky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
     let queue = queue(options());
-    let picky = Arc::new(Picky::default());
+    let picky = Arc::new(TestHandler::refusing("refused"));
     queue
         .set_retry_handler(picky.clone())
         .expect("a new queue takes a handler");
@@ -1093,7 +1059,7 @@ async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
     .await;
     queue.start().await.expect("start");
     tokio::time::timeout(LIMIT, async {
-        while !picky.handed.lock().unwrap().contains(&"taken".to_owned()) {
+        while !picky.handed("taken") {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -1106,7 +1072,7 @@ async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_retry_handler_does_not_hold_up_closing() {
     let queue = queue(options());
-    let stuck = Arc::new(Stuck::default());
+    let stuck = Arc::new(TestHandler::stuck());
     queue
         .set_retry_handler(stuck.clone())
         .expect("a new queue takes a handler");
@@ -1124,11 +1090,9 @@ async fn a_full_retry_handler_does_not_hold_up_closing() {
     )
     .await;
     queue.start().await.expect("start");
-    tokio::time::timeout(LIMIT, stuck.entered.acquire())
+    tokio::time::timeout(LIMIT, stuck.entered.notified())
         .await
-        .expect("maintenance hands the job over")
-        .expect("open")
-        .forget();
+        .expect("maintenance hands the job over");
     tokio::time::timeout(LIMIT, queue.close())
         .await
         .expect("closing does not wait for the handler's room");
@@ -1140,7 +1104,7 @@ async fn a_full_retry_handler_does_not_hold_up_closing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
     let queue = queue(options());
-    let recorder = Arc::new(Recorder::default());
+    let recorder = Arc::new(TestHandler::default());
     queue
         .set_retry_handler(recorder.clone())
         .expect("a new queue takes a handler");
@@ -1177,8 +1141,8 @@ async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
     })
     .await
     .expect("set aside by maintenance");
-    assert!(recorder.jobs.lock().unwrap().contains(&"good".to_owned()));
-    assert!(!recorder.jobs.lock().unwrap().contains(&"bad".to_owned()));
+    assert!(recorder.handed("good"));
+    assert!(!recorder.handed("bad"));
     let bad = listed(&queue, "bad").await;
     assert!(
         bad.status

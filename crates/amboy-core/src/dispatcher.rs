@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, JobId, JobRef, Metadata, Queue, Result};
+use crate::{Error, JobId, JobRef, LockState, Metadata, Queue, Result};
 
 /// Where a [`Dispatcher`]'s heartbeat stores the locks it refreshed: the queue that stores the
 /// jobs. One call carries every running job of the process, so that a queue on a database
@@ -325,10 +325,7 @@ impl Dispatcher {
                 {
                     continue;
                 }
-                let before = (
-                    meta.status.modification_time,
-                    meta.status.modification_count,
-                );
+                let before = meta.status.lock_state();
                 meta.status.in_progress = true;
                 meta.status.completed = false;
                 meta.status.owner = Some(self.owner.clone());
@@ -394,13 +391,7 @@ impl Dispatcher {
     }
 
     /// What follows a refresh whose save failed.
-    fn refresh_failed(
-        &self,
-        key: &Key,
-        job: &JobRef,
-        before: (Option<DateTime<Utc>>, u64),
-        error: &Error,
-    ) {
+    fn refresh_failed(&self, key: &Key, job: &JobRef, before: LockState, error: &Error) {
         let lapsed = self
             .dispatched
             .get(key)
@@ -411,16 +402,12 @@ impl Dispatcher {
             // since the refresh marked it (it was finished, released or saved meanwhile): its
             // count is then that write's, and stays.
             let mut meta = job.base().metadata();
-            let unchanged = meta.status.modification_count == before.1 + 1
-                && self
-                    .dispatched
-                    .get(key)
-                    .is_some_and(|tracked| Arc::ptr_eq(&tracked.job, job));
-            if unchanged {
-                (
-                    meta.status.modification_time,
-                    meta.status.modification_count,
-                ) = before;
+            if self
+                .dispatched
+                .get(key)
+                .is_some_and(|tracked| Arc::ptr_eq(&tracked.job, job))
+            {
+                meta.status.restore_lock(before);
             }
             tracing::warn!(job_id = job.id(), error = %error, "lock heartbeat failed; trying again");
             return;

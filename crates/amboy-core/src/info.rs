@@ -78,6 +78,46 @@ pub struct JobStatusInfo {
     pub expired: bool,
 }
 
+/// The lock fields of a [`JobStatusInfo`] as they were before a write of the job
+/// ([`JobStatusInfo::lock_state`]), to put back should the write not be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    owner: Option<Arc<str>>,
+    completed: bool,
+    in_progress: bool,
+    modification_time: Option<DateTime<Utc>>,
+    modification_count: u64,
+}
+
+impl JobStatusInfo {
+    /// The lock fields now (owner, completed, in progress, modification time and count).
+    pub fn lock_state(&self) -> LockState {
+        LockState {
+            owner: self.owner.clone(),
+            completed: self.completed,
+            in_progress: self.in_progress,
+            modification_time: self.modification_time,
+            modification_count: self.modification_count,
+        }
+    }
+
+    /// Puts the lock fields back as `before`, after a write that advanced the count by one
+    /// was not stored, so that the copy is as stored and a later write of it is one count
+    /// ahead, as the optimistic lock wants. Does nothing, and returns false, if the count
+    /// moved otherwise since (another write of the copy went through meanwhile). Errors stay.
+    pub fn restore_lock(&mut self, before: LockState) -> bool {
+        if self.modification_count != before.modification_count + 1 {
+            return false;
+        }
+        self.owner = before.owner;
+        self.completed = before.completed;
+        self.in_progress = before.in_progress;
+        self.modification_time = before.modification_time;
+        self.modification_count = before.modification_count;
+        true
+    }
+}
+
 /// When a job was created, ran and may run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -44,7 +44,7 @@ pub use group_cache::{CleanupHook, GroupCache};
 pub use id::JobId;
 pub use info::{
     DEFAULT_MAX_ATTEMPTS, JobInfo, JobRetryInfo, JobRetryOptions, JobStatusInfo, JobTimeInfo,
-    JobType, LOCK_TIMEOUT, QueueInfo, prepare_attempt,
+    JobType, LOCK_TIMEOUT, LockState, QueueInfo, prepare_attempt,
 };
 pub use job::{
     Job, JobContext, JobError, JobRef, RunOutcome, execute, max_time_deadline, panic_message,

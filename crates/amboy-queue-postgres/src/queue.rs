@@ -516,7 +516,9 @@ impl PostgresQueue {
     }
 
     /// Puts `job` inside the caller's own transaction (or on its connection): the job exists if
-    /// and only if the transaction commits, and idle workers are notified at the commit.
+    /// and only if the transaction commits, and idle workers are notified at the commit. Its
+    /// edges are marked as waited on at once, outside the transaction where they can be (see
+    /// `docs/postgres.md`), so that their rows are not locked until it commits.
     ///
     /// ```no_run
     /// # async fn demo(queue: &amboy_queue_postgres::PostgresQueue, job: amboy_core::JobRef)
@@ -1683,7 +1685,7 @@ impl Engine {
         let now = amboy_core::clock::now();
         let (row_base, keep, unstored) = {
             let mut meta = job.base().metadata();
-            let unstored = meta.status.clone();
+            let unstored = meta.status.lock_state();
             if retry_done {
                 meta.retry_info.needs_retry = false;
                 meta.retry_info.end = Some(now);
@@ -1772,14 +1774,7 @@ impl Engine {
             // Not stored: the copy's status goes back to what is stored, unless it moved on
             // meanwhile, so that a later write of it (a retry handler finishing it, say) is
             // one count ahead of the row, as the fence wants, not several.
-            let mut meta = job.base().metadata();
-            if meta.status.modification_count == unstored.modification_count + 1 {
-                let status = &mut meta.status;
-                status.completed = unstored.completed;
-                status.in_progress = unstored.in_progress;
-                status.modification_time = unstored.modification_time;
-                status.modification_count = unstored.modification_count;
-            }
+            job.base().metadata().status.restore_lock(unstored);
         }
         written
     }

@@ -90,18 +90,10 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(
     Ok(Option::<Vec<String>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
-/// Encodes `value`, which runs the registered type's own code (its `Serialize`): an error, or
-/// a panic, is the reason the value cannot be encoded. A panic is that value's fault, not its
-/// writer's end (a worker completing the job, say, would otherwise drop the completions it was
-/// writing for other jobs).
+/// Encodes `value`, which runs the registered type's own code (see
+/// [`guarded`](crate::lookup::guarded)).
 fn encoded(value: &dyn erased_serde::Serialize) -> Result<Box<RawValue>, String> {
-    let encode = || serde_json::value::to_raw_value(value).map_err(|error| error.to_string());
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)).unwrap_or_else(|panic| {
-        Err(format!(
-            "encoding it panicked: {}",
-            amboy_core::panic_message(&*panic)
-        ))
-    })
+    crate::lookup::guarded("encoding", || serde_json::value::to_raw_value(value))
 }
 
 impl JobInterchange {

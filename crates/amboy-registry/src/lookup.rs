@@ -62,7 +62,7 @@ pub fn build_job(
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let job = decoded(|| {
+    let job = guarded("decoding", || {
         Box::<dyn Job>::deserialize(TaggedDeserializer::new(JOB_KEYS, type_name, &mut body_de))
     })
     .map_err(|reason| RegistryError::MalformedJob {
@@ -98,7 +98,7 @@ pub fn build_dependency(
         });
     }
     let mut body_de = serde_json::Deserializer::from_str(body.get());
-    let manager = decoded(|| {
+    let manager = guarded("decoding", || {
         Box::<dyn Manager>::deserialize(TaggedDeserializer::new(
             DEPENDENCY_KEYS,
             type_name,
@@ -122,14 +122,19 @@ pub fn build_dependency(
     Ok(Arc::from(manager))
 }
 
-/// Runs `decode`, which runs the registered type's own code (its `Deserialize`): an error, or
-/// a panic, is the reason the value cannot be decoded. A panic is that value's fault, not its
-/// reader's end (a queue's claimer, say, would otherwise stop claiming for good).
-fn decoded<T, E: fmt::Display>(decode: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+/// Runs `work`, a registered type's own code (`doing` its value: its `Deserialize` or
+/// `Serialize`): its error, or its panic ("`doing` it panicked: …"), is the reason the value
+/// cannot be decoded or encoded. A panic is that value's fault, not its reader's or writer's
+/// end (a queue's claimer would otherwise stop claiming for good, a worker completing the job
+/// drop the completions it was writing for other jobs).
+pub(crate) fn guarded<T, E: fmt::Display>(
+    doing: &str,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result.map_err(|error| error.to_string()),
         Err(panic) => Err(format!(
-            "decoding it panicked: {}",
+            "{doing} it panicked: {}",
             amboy_core::panic_message(&*panic)
         )),
     }

@@ -571,7 +571,7 @@ async fn try_enqueue(
         );
     }
     // Lock the job so that this handler alone owns the old attempt.
-    let unlocked = job.base().metadata().status.clone();
+    let unlocked = job.base().metadata().status.lock_state();
     job.lock(&owner, info.lock_timeout)
         .map_err(|error| Failure::fatal(format!("locking job: {error}")))?;
     if let Err(error) = queue.save(job).await {
@@ -583,15 +583,7 @@ async fn try_enqueue(
         // Not stored (the store was unreachable, say): the lock taken in memory is given
         // back, unless the copy moved on since, so that the next try takes it again from the
         // stored state.
-        let mut meta = job.base().metadata();
-        if meta.status.modification_count == unlocked.modification_count + 1 {
-            let status = &mut meta.status;
-            status.owner = unlocked.owner;
-            status.in_progress = unlocked.in_progress;
-            status.modification_time = unlocked.modification_time;
-            status.modification_count = unlocked.modification_count;
-        }
-        drop(meta);
+        job.base().metadata().status.restore_lock(unlocked);
         return Err(Failure::retryable(format!("saving job lock: {error}")));
     }
 
