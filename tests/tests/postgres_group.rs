@@ -9,7 +9,7 @@ use std::time::Duration;
 use amboy::postgres::{
     PostgresGroupQueueOptions, PostgresQueue, PostgresQueueGroup, PostgresQueueGroupOptions,
 };
-use amboy::postgres::{PostgresQueueOptions, sqlx::AssertSqlSafe};
+use amboy::postgres::{PostgresQueueOptions, sqlx, sqlx::AssertSqlSafe};
 use amboy::{JobOutcome, Queue, QueueGroup, QueueOptions};
 use amboy_tests::jobs::Noop;
 use amboy_tests::postgres::options;
@@ -160,6 +160,33 @@ async fn bad_regex_or_per_queue_settings_are_refused_up_front() {
         error.to_string().contains("regex '^slow-'") && error.to_string().contains("poll_interval"),
         "{error}"
     );
+}
+
+/// Closing the group does not wait for a background pass stuck on the database: the pass is
+/// held by a test transaction locking the jobs table, and `close` returns all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_does_not_wait_for_a_stuck_background_pass() {
+    let mut options = group_options(options());
+    options.background_create_frequency = Duration::from_millis(20);
+    let schema = options.queue.schema.clone();
+    let group = PostgresQueueGroup::new(options).await.expect("group");
+    let pool = PostgresQueue::new(amboy_tests::postgres::options().schema(schema.clone()))
+        .expect("a queue for its pool")
+        .pool()
+        .clone();
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "LOCK TABLE {schema}.jobs IN ACCESS EXCLUSIVE MODE"
+    )))
+    .execute(&mut *tx)
+    .await
+    .expect("the table locked");
+    amboy_tests::postgres::until_waiting_for_a_lock(&pool, &schema, "WITH RECURSIVE groups").await;
+    tokio::time::timeout(LIMIT, group.close())
+        .await
+        .expect("closing does not wait for the pass")
+        .expect("closed");
+    tx.rollback().await.expect("rollback");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
