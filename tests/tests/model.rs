@@ -224,6 +224,8 @@ trait Inspect: Send + Sync {
     /// Whether the queue says attempt `attempt` of `id` runs, dispatched by it.
     fn is_dispatched(&self, id: &str, attempt: u32) -> bool;
     fn stored(&self) -> usize;
+    /// The job holding `scope`: its ID, or its storage key in the serializable queue.
+    fn scope_holder(&self, scope: &str) -> Option<String>;
     fn footprint(&self) -> Footprint;
 }
 
@@ -245,6 +247,10 @@ impl<L: Line> Inspect for LocalInspect<L> {
 
     fn stored(&self) -> usize {
         self.0.stored()
+    }
+
+    fn scope_holder(&self, scope: &str) -> Option<String> {
+        self.0.scope_holder(scope)
     }
 
     fn footprint(&self) -> Footprint {
@@ -270,6 +276,10 @@ impl Inspect for SerialInspect {
 
     fn stored(&self) -> usize {
         self.0.stored()
+    }
+
+    fn scope_holder(&self, scope: &str) -> Option<String> {
+        self.0.scope_holder(scope)
     }
 
     fn footprint(&self) -> Footprint {
@@ -546,6 +556,9 @@ struct Entity {
     state: State,
     /// A save while pending took all of its scopes.
     saved: bool,
+    /// Waited beside a scope, and the release that freed it took all of its scopes for it: it
+    /// holds them until it runs (observed, see `observe_handed`).
+    handed: bool,
     /// Completed from outside while pending by a queue of copies: the stored record's lock was
     /// never taken, but its modification time is fresh, so the lock rule refuses every copy
     /// until the lock timeout passes.
@@ -566,7 +579,7 @@ impl Entity {
     /// The scopes the job holds now.
     fn holds(&self) -> &[String] {
         match self.state {
-            State::Pending | State::Blocked if self.saved => &self.scopes,
+            State::Pending | State::Blocked if self.saved || self.handed => &self.scopes,
             State::Pending | State::Blocked => &self.enqueue,
             State::Running => &self.scopes,
             // A retrying job keeps its enqueue scopes for its next attempt.
@@ -599,6 +612,9 @@ impl fmt::Debug for Entity {
         }
         if self.saved {
             write!(f, " saved")?;
+        }
+        if self.handed {
+            write!(f, " handed")?;
         }
         if self.unowned {
             write!(f, " unowned")?;
@@ -1163,6 +1179,7 @@ impl Machine {
         }
         let job = build_job(&id, put, retryable, &edges);
         let enqueue = enqueue_scopes(put);
+        self.observe_handed()?;
         let outcome = tokio::time::timeout(PUT_WAIT, self.queue.put(job.clone())).await;
         if put.timing == Timing::Invalid {
             let error = match outcome {
@@ -1269,6 +1286,7 @@ impl Machine {
             batch,
             state,
             saved: false,
+            handed: false,
             unowned: false,
             failed,
             unmet,
@@ -1280,6 +1298,53 @@ impl Machine {
             self.model.unresolved += 1;
             let i = self.model.entities.len() - 1;
             self.retain(vec![i]).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the pending jobs the queue handed their scopes while they waited beside one (a
+    /// release that frees a scope takes every scope of the first job waiting for it that can
+    /// have them all, and the job holds them until it runs). Which job waited is the queue's
+    /// business; that a job holds all of its scopes or none, and none that another holds, is
+    /// checked here.
+    fn observe_handed(&mut self) -> Checked {
+        for i in 0..self.model.entities.len() {
+            let e = &self.model.entities[i];
+            if e.state != State::Pending || e.saved || e.handed || !e.stored() {
+                continue;
+            }
+            let key = if e.retryable {
+                format!("attempt-{}.{}", e.attempt, e.id)
+            } else {
+                e.id.clone()
+            };
+            let held: Vec<bool> = e
+                .scopes
+                .iter()
+                .map(|scope| self.inspect.scope_holder(scope).as_deref() == Some(key.as_str()))
+                .collect();
+            let dispatch_scope_held = e
+                .scopes
+                .iter()
+                .zip(&held)
+                .any(|(scope, held)| *held && !e.enqueue.contains(scope));
+            if !dispatch_scope_held {
+                continue;
+            }
+            ensure!(
+                held.iter().all(|held| *held),
+                "pending {e:?} holds some of its scopes only"
+            );
+            if let Some(scope) = e
+                .scopes
+                .iter()
+                .find(|scope| self.model.held_by_other(Some(i), scope))
+            {
+                return Err(fail(format!(
+                    "pending {e:?} was handed '{scope}', which another job holds"
+                )));
+            }
+            self.model.entities[i].handed = true;
         }
         Ok(())
     }
@@ -1380,6 +1445,7 @@ impl Machine {
     }
 
     async fn next(&mut self) -> Checked {
+        self.observe_handed()?;
         let got = tokio::time::timeout(NEXT_WAIT, self.queue.next()).await;
         // The stale jobs `next` met on its way were set aside: observe which.
         let expired = self.observe_expired().await?;
@@ -1577,6 +1643,7 @@ impl Machine {
         }
         let i = candidates[pick.index(candidates.len())];
         let job = self.handle(i).await?;
+        self.observe_handed()?;
         let result = self.queue.save(&job).await;
         let e = &self.model.entities[i];
         if !e.stored() {
@@ -1724,6 +1791,7 @@ impl Machine {
             batch,
             state: State::Pending,
             saved: false,
+            handed: false,
             unowned: false,
             failed: false,
             unmet: Vec::new(),

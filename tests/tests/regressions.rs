@@ -382,3 +382,113 @@ async fn a_run_past_its_callers_deadline_cancels_no_token_of_the_callers() {
     assert_eq!(outcome, amboy::RunOutcome::TimedOut);
     assert!(!token.is_cancelled(), "the caller's token is its own");
 }
+
+// A release used to wake every job waiting beside the scope it freed: each went back in line,
+// and all but one waited again, so N jobs sharing a scope cost the queue N² takes (4,000 such
+// jobs ran in 1.9 s, against 0.5 s now). The release now takes the scope (with the job's
+// others) for the first job that waited, which holds it until it runs; the others stay
+// parked.
+async fn waiters_on_one_scope_are_handed_it_one_at_a_time(
+    queue: Arc<dyn Queue>,
+    parked: impl Fn() -> usize,
+    holder: impl Fn() -> Option<String>,
+) {
+    for n in 0..5 {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(format!("zz-w-{n}")),
+        });
+        job.set_scopes(vec!["zz-one".into()]);
+        queue.put(job).await.unwrap();
+    }
+    let take = || timeout(SHORT, queue.next());
+    let mut running = take()
+        .await
+        .unwrap()
+        .expect("the first job takes the scope");
+    assert_eq!(running.id(), "zz-w-0");
+    assert!(take().await.is_err(), "the others wait beside it");
+    assert_eq!(parked(), 4);
+    for n in 1..5 {
+        queue.complete(&running).await.unwrap();
+        let next = format!("zz-w-{n}");
+        assert_eq!(parked(), 4 - n, "only the first waiter went back in line");
+        assert_eq!(holder().as_deref(), Some(next.as_str()), "the scope is its");
+        running = take()
+            .await
+            .unwrap()
+            .expect("the waiter handed the scope runs");
+        assert_eq!(running.id(), next);
+    }
+    queue.complete(&running).await.unwrap();
+    assert_eq!(holder(), None);
+    assert_eq!(parked(), 0);
+}
+
+#[tokio::test]
+async fn local_waiters_on_one_scope_are_handed_it_one_at_a_time() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(8)).await;
+    let (footprint, scopes) = (queue.clone(), queue.clone());
+    waiters_on_one_scope_are_handed_it_one_at_a_time(
+        queue,
+        move || footprint.footprint().parked,
+        move || scopes.scope_holder("zz-one"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    let (footprint, scopes) = (queue.clone(), queue.clone());
+    waiters_on_one_scope_are_handed_it_one_at_a_time(
+        queue,
+        move || footprint.footprint().parked,
+        move || scopes.scope_holder("zz-one"),
+    )
+    .await;
+}
+
+// A job handed its scopes while it waited beside one, then found saved with a later
+// wait_until when its turn came, waits holding its enqueue scopes only, as any pending job.
+#[tokio::test]
+async fn serializable_job_handed_its_scope_gives_it_back_when_saved_to_wait() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    let scoped = |id: &str| -> JobRef {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(id),
+        });
+        job.set_scopes(vec!["zz-s".into()]);
+        job
+    };
+    queue.put(scoped("zz-a")).await.unwrap();
+    queue.put(scoped("zz-b")).await.unwrap();
+    let a = timeout(SHORT, queue.next()).await.unwrap().unwrap();
+    assert_eq!(a.id(), "zz-a");
+    assert!(
+        timeout(SHORT, queue.next()).await.is_err(),
+        "b waits beside the scope"
+    );
+    let b = queue.get("zz-b").await.unwrap();
+    b.base().metadata().time_info.wait_until =
+        Some(chrono::Utc::now() + chrono::TimeDelta::hours(1));
+    queue.save(&b).await.unwrap();
+    queue.complete(&a).await.unwrap();
+    assert_eq!(
+        queue.scope_holder("zz-s").as_deref(),
+        Some("zz-b"),
+        "handed over"
+    );
+    assert!(
+        timeout(SHORT, queue.next()).await.is_err(),
+        "b waits for its time"
+    );
+    assert_eq!(
+        queue.scope_holder("zz-s"),
+        None,
+        "and holds the scope no longer"
+    );
+}

@@ -242,6 +242,13 @@ impl<L: Line> LocalQueue<L> {
         self.engine.footprint()
     }
 
+    /// The ID of the job holding `scope`, if any: a running job, a pending job holding its
+    /// enqueue scopes, or a pending job that waited beside the scope and was handed it (it
+    /// holds the scope until it runs).
+    pub fn scope_holder(&self, scope: &str) -> Option<String> {
+        self.engine.scopes.holder(scope)
+    }
+
     /// Whether the job `id` is running, dispatched by this queue (its lock is kept alive).
     pub fn is_dispatched(&self, id: &str) -> bool {
         self.engine.is_dispatched(id)
@@ -446,7 +453,8 @@ impl<L: Line> Engine<L> {
             return Taken::Skipped;
         }
         if !meta.time_info.is_dispatchable_at(now) {
-            // Saved with a later wait_until after it was put: wait for it.
+            // Saved with a later wait_until after it was put (the save took all of its
+            // scopes, as amboy's does): wait for it.
             let at = meta.time_info.wait_until.unwrap_or(now);
             drop(meta);
             self.delayed.push(at, job);
@@ -458,7 +466,8 @@ impl<L: Line> Engine<L> {
                 .acquire_or_wait(id, &meta.scopes, job.clone())
                 .is_err()
         {
-            // Parked beside the scope: the release freeing it puts the job back in line.
+            // Parked beside the scope: the release freeing it takes the job's scopes for it
+            // and puts it back in line.
             return Taken::Skipped;
         }
         if let Err(error) = self.dispatcher.mark(id, &mut meta, now) {
@@ -494,7 +503,8 @@ impl<L: Line> Engine<L> {
         self.counts.expired.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Releases the scopes `id` holds among `scopes`, waking the jobs waiting for them.
+    /// Releases the scopes `id` holds among `scopes`, handing each to the first job waiting for
+    /// it that can take all of its scopes, and putting that job back in line.
     fn release_scopes(&self, id: &JobId, scopes: &[String]) {
         if scopes.is_empty() {
             return;

@@ -1,7 +1,7 @@
 //! The scope manager: named mutual-exclusion locks for jobs (amboy's `ScopeManager`).
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use amboy_core::{Error, Result};
@@ -11,15 +11,28 @@ use parking_lot::Mutex;
 ///
 /// Every operation takes the whole set of scopes or nothing. Besides amboy's operations, a
 /// caller may [`acquire_or_wait`](ScopeManager::acquire_or_wait): when a scope is taken, the
-/// waiter (a job, for queues) is parked on it and handed back by the release that frees it, so
-/// queues retry a blocked job exactly when it can run instead of polling or waiting out a lock.
+/// waiter (a job, for queues) is parked on it, first come first served. The release that frees
+/// the scope hands it over: it takes every scope of the first waiter that can now have them all
+/// for that waiter's owner, and hands that waiter back, so queues retry a blocked job exactly
+/// when it can run, without polling, waiting out a lock, or waking every job that waits on the
+/// scope only for all but one to wait again. A waiter that still needs a scope held by another
+/// owner waits on that scope instead.
 pub struct ScopeManager<W = ()> {
     inner: Mutex<Inner<W>>,
 }
 
 struct Inner<W> {
     holders: HashMap<String, String>,
-    waiters: HashMap<String, Vec<W>>,
+    /// The waiters on each held scope, oldest first. A scope with waiters is always held:
+    /// whatever frees it hands it over.
+    waiters: HashMap<String, VecDeque<Waiter<W>>>,
+}
+
+/// A parked waiter, with the owner and scopes it asked for.
+struct Waiter<W> {
+    owner: String,
+    scopes: Vec<String>,
+    waiter: W,
 }
 
 impl<W> Default for ScopeManager<W> {
@@ -40,7 +53,7 @@ impl<W> fmt::Debug for ScopeManager<W> {
             .field("holders", &inner.holders)
             .field(
                 "waiting",
-                &inner.waiters.values().map(Vec::len).sum::<usize>(),
+                &inner.waiters.values().map(VecDeque::len).sum::<usize>(),
             )
             .finish()
     }
@@ -84,27 +97,37 @@ impl<W> ScopeManager<W> {
             }
             Some(scope) => {
                 let scope = scope.to_owned();
-                inner.waiters.entry(scope).or_default().push(waiter);
+                inner.park(
+                    scope,
+                    Waiter {
+                        owner: owner.to_owned(),
+                        scopes: scopes.to_vec(),
+                        waiter,
+                    },
+                );
                 Err(Parked)
             }
         }
     }
 
     /// Releases `owner`'s scopes, ignoring those not held; a scope held by another owner is an
-    /// error and nothing is released. Returns the waiters parked on the freed scopes.
+    /// error and nothing is released. Each freed scope is handed over to its first waiter that
+    /// can take all of its scopes now; returns those waiters, their scopes taken.
     pub fn release(&self, owner: &str, scopes: &[String]) -> Result<Vec<W>> {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock();
         inner.check_releasable(owner, scopes)?;
-        Ok(inner.free(owner, scopes, &[]))
+        inner.free(owner, scopes);
+        Ok(inner.hand_over(scopes))
     }
 
     /// Atomically releases `release_owner`'s `release_scopes` and takes `acquire_scopes` for
     /// `acquire_owner`. A scope may be taken if it is free, held by `release_owner` (a
     /// hand-over) or held by `acquire_owner`; anything else is a duplicate-scope error and
-    /// nothing changes. Returns the waiters parked on scopes that end up free.
+    /// nothing changes. Then hands over the scopes left free, as [`release`](Self::release)
+    /// does, and returns the waiters they went to.
     pub fn release_and_acquire(
         &self,
         release_owner: &str,
@@ -113,11 +136,32 @@ impl<W> ScopeManager<W> {
         acquire_scopes: &[String],
     ) -> Result<Vec<W>> {
         let mut inner = self.inner.lock();
-        inner.check_releasable(release_owner, release_scopes)?;
-        inner.check_free(acquire_owner, acquire_scopes, Some(release_owner))?;
-        let woken = inner.free(release_owner, release_scopes, acquire_scopes);
-        inner.take(acquire_owner, acquire_scopes);
-        Ok(woken)
+        inner.swap(release_owner, release_scopes, acquire_owner, acquire_scopes)?;
+        Ok(inner.hand_over(release_scopes))
+    }
+
+    /// [`release_and_acquire`](Self::release_and_acquire) without the hand-over: the scopes
+    /// left free keep their waiters until the caller [hands them over](Self::hand_over), once
+    /// it knows it keeps the change (or has swapped back). Returns the scopes released.
+    pub fn swap(
+        &self,
+        release_owner: &str,
+        release_scopes: &[String],
+        acquire_owner: &str,
+        acquire_scopes: &[String],
+    ) -> Result<Vec<String>> {
+        let mut inner = self.inner.lock();
+        inner.swap(release_owner, release_scopes, acquire_owner, acquire_scopes)?;
+        Ok(release_scopes.to_vec())
+    }
+
+    /// Hands each of `scopes` that is free over to its first waiter that can take all of its
+    /// scopes now (see [`release`](Self::release)); returns those waiters.
+    pub fn hand_over(&self, scopes: &[String]) -> Vec<W> {
+        if scopes.is_empty() {
+            return Vec::new();
+        }
+        self.inner.lock().hand_over(scopes)
     }
 
     /// The owner holding `scope`.
@@ -147,7 +191,7 @@ impl<W> ScopeManager<W> {
         for scope in scopes {
             if let Some(waiters) = inner.waiters.get_mut(scope) {
                 let before = waiters.len();
-                waiters.retain(|waiter| !is_it(waiter));
+                waiters.retain(|parked| !is_it(&parked.waiter));
                 taken += before - waiters.len();
                 if waiters.is_empty() {
                     inner.waiters.remove(scope);
@@ -159,7 +203,7 @@ impl<W> ScopeManager<W> {
 
     /// The number of parked waiters.
     pub fn waiting(&self) -> usize {
-        self.inner.lock().waiters.values().map(Vec::len).sum()
+        self.inner.lock().waiters.values().map(VecDeque::len).sum()
     }
 }
 
@@ -214,10 +258,9 @@ impl<W> Inner<W> {
         }
     }
 
-    /// Frees `owner`'s `scopes` and returns the waiters of those that are not about to be
-    /// re-taken (`keep`).
-    fn free(&mut self, owner: &str, scopes: &[String], keep: &[String]) -> Vec<W> {
-        let mut woken = Vec::new();
+    /// Frees those of `scopes` that `owner` holds; their waiters wait for a
+    /// [hand-over](Self::hand_over).
+    fn free(&mut self, owner: &str, scopes: &[String]) {
         for scope in scopes {
             if self
                 .holders
@@ -225,11 +268,59 @@ impl<W> Inner<W> {
                 .is_some_and(|holder| holder == owner)
             {
                 self.holders.remove(scope);
-                if !keep.contains(scope)
-                    && let Some(waiters) = self.waiters.remove(scope)
-                {
-                    woken.extend(waiters);
+            }
+        }
+    }
+
+    /// Releases and takes, or changes nothing and fails (see
+    /// [`ScopeManager::release_and_acquire`]).
+    fn swap(
+        &mut self,
+        release_owner: &str,
+        release_scopes: &[String],
+        acquire_owner: &str,
+        acquire_scopes: &[String],
+    ) -> Result<()> {
+        self.check_releasable(release_owner, release_scopes)?;
+        self.check_free(acquire_owner, acquire_scopes, Some(release_owner))?;
+        self.free(release_owner, release_scopes);
+        self.take(acquire_owner, acquire_scopes);
+        Ok(())
+    }
+
+    /// Parks `waiter` on `scope`, which another owner holds.
+    fn park(&mut self, scope: String, waiter: Waiter<W>) {
+        self.waiters.entry(scope).or_default().push_back(waiter);
+    }
+
+    /// Hands each free scope of `scopes` to its first waiter that can take all of its scopes
+    /// now, taking them for it; a waiter that still needs a scope another owner holds moves to
+    /// that scope's waiters. Returns the waiters handed their scopes.
+    fn hand_over(&mut self, scopes: &[String]) -> Vec<W> {
+        let mut woken = Vec::new();
+        for scope in scopes {
+            if self.holders.contains_key(scope) {
+                continue;
+            }
+            let Some(mut waiters) = self.waiters.remove(scope) else {
+                continue;
+            };
+            while let Some(parked) = waiters.pop_front() {
+                match self.held_by_other(&parked.owner, &parked.scopes, None) {
+                    None => {
+                        self.take(&parked.owner, &parked.scopes);
+                        woken.push(parked.waiter);
+                        break;
+                    }
+                    Some(other) => {
+                        let other = other.to_owned();
+                        self.park(other, parked);
+                    }
                 }
+            }
+            if !waiters.is_empty() {
+                // The scope went to the waiter handed back; the rest wait for its release.
+                self.waiters.insert(scope.clone(), waiters);
             }
         }
         woken
@@ -282,7 +373,8 @@ mod tests {
         assert_eq!(manager.waiting(), 3);
         assert_eq!(manager.unpark(&s(&["x", "y"]), |w| *w == 2), 1);
         assert_eq!(manager.waiting(), 2);
-        assert_eq!(manager.release("holder", &s(&["x", "y"])).unwrap(), [1, 3]);
+        assert_eq!(manager.release("holder", &s(&["x", "y"])).unwrap(), [1]);
+        assert_eq!(manager.release("a", &s(&["x"])).unwrap(), [3]);
     }
 
     #[test]
@@ -432,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn waiters_are_handed_back_by_the_release_that_frees_their_scope() {
+    fn a_release_hands_the_scope_to_the_first_waiter_only() {
         let manager = ScopeManager::<&'static str>::new();
         manager.acquire("a", &s(&["x"])).unwrap();
         assert_eq!(
@@ -449,10 +541,80 @@ mod tests {
             manager.release("d", &s(&["y"])).unwrap().is_empty(),
             "nobody waits on y"
         );
-        let mut woken = manager.release("a", &s(&["x"])).unwrap();
-        woken.sort_unstable();
-        assert_eq!(woken, ["job-b", "job-c"]);
+        assert_eq!(manager.release("a", &s(&["x"])).unwrap(), ["job-b"]);
+        assert_eq!(manager.holder("x").as_deref(), Some("b"), "taken for b");
+        assert_eq!(manager.waiting(), 1, "c waits on for b's release");
+        assert_eq!(
+            manager.acquire_or_wait("b", &s(&["x"]), "job-b"),
+            Ok(()),
+            "b finds its scope held for it"
+        );
+        assert_eq!(manager.release("b", &s(&["x"])).unwrap(), ["job-c"]);
+        assert_eq!(manager.holder("x").as_deref(), Some("c"));
+        assert_eq!(manager.holder("y").as_deref(), Some("c"));
         assert_eq!(manager.waiting(), 0);
+    }
+
+    #[test]
+    fn many_waiters_on_one_scope_are_handed_it_one_release_at_a_time_in_order() {
+        let manager = ScopeManager::<usize>::new();
+        manager.acquire("holder", &s(&["x"])).unwrap();
+        for n in 0..100 {
+            let owner = format!("job-{n}");
+            assert_eq!(manager.acquire_or_wait(&owner, &s(&["x"]), n), Err(Parked));
+        }
+        let mut owner = "holder".to_owned();
+        for n in 0..100 {
+            assert_eq!(manager.release(&owner, &s(&["x"])).unwrap(), [n]);
+            owner = format!("job-{n}");
+            assert_eq!(manager.holder("x"), Some(owner.clone()));
+            assert_eq!(manager.waiting(), 99 - n);
+        }
+    }
+
+    #[test]
+    fn a_waiter_needing_another_held_scope_waits_on_that_one() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        manager.acquire("b", &s(&["y"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("c", &s(&["x", "y"]), "job-c"),
+            Err(Parked)
+        );
+        assert_eq!(
+            manager.acquire_or_wait("d", &s(&["x"]), "job-d"),
+            Err(Parked)
+        );
+        // c still needs y: x goes to d behind it, and c moves to y.
+        assert_eq!(manager.release("a", &s(&["x"])).unwrap(), ["job-d"]);
+        assert_eq!(manager.waiting(), 1);
+        // y is free but x is d's: c moves back to x.
+        assert!(manager.release("b", &s(&["y"])).unwrap().is_empty());
+        assert_eq!(manager.holder("y"), None);
+        assert_eq!(manager.release("d", &s(&["x"])).unwrap(), ["job-c"]);
+        assert_eq!(manager.holder("x").as_deref(), Some("c"));
+        assert_eq!(manager.holder("y").as_deref(), Some("c"));
+        assert_eq!(manager.waiting(), 0);
+    }
+
+    #[test]
+    fn a_swap_hands_over_only_when_asked() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("old", &s(&["x"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("w", &s(&["x"]), "job-w"),
+            Err(Parked)
+        );
+        let freed = manager.swap("old", &s(&["x"]), "new", &s(&["z"])).unwrap();
+        assert_eq!(freed, ["x"]);
+        assert_eq!(manager.holder("x"), None);
+        assert_eq!(manager.waiting(), 1, "the waiter waits for the hand-over");
+        // Swapped back, nothing to hand over.
+        let back = manager.swap("new", &s(&["z"]), "old", &s(&["x"])).unwrap();
+        assert!(manager.hand_over(&back).is_empty());
+        assert_eq!(manager.holder("x").as_deref(), Some("old"));
+        assert_eq!(manager.release("old", &s(&["x"])).unwrap(), ["job-w"]);
+        assert_eq!(manager.holder("x").as_deref(), Some("w"));
     }
 
     #[test]

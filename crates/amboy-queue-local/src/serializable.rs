@@ -379,6 +379,13 @@ impl LimitedSizeSerializableQueue {
         &self.engine.dispatcher
     }
 
+    /// The storage key (the ID, or `attempt-<n>.<id>` for a retryable job) of the job holding
+    /// `scope`, if any: a running job, a pending job holding its enqueue scopes, or a pending
+    /// job that waited beside the scope and was handed it (it holds the scope until it runs).
+    pub fn scope_holder(&self, scope: &str) -> Option<String> {
+        self.engine.scopes.holder(scope)
+    }
+
     /// The number of records stored (every attempt of every retained job).
     pub fn stored(&self) -> usize {
         self.engine.store.lock().records.len()
@@ -634,9 +641,13 @@ impl Engine {
             return None;
         }
         if !meta.time_info.is_dispatchable_at(now) {
+            // It waits holding no more than its enqueue scopes (a job parked beside a scope is
+            // handed its scopes).
             let at = meta.time_info.wait_until.unwrap_or(now);
+            let dispatch_scopes = meta.dispatch_only_scopes();
             drop(meta);
             drop(store);
+            self.release_scopes(&key, &dispatch_scopes);
             self.delayed.push(at, ticket);
             return None;
         }
@@ -1218,23 +1229,21 @@ impl RetryableQueue for Engine {
                 .into_iter()
                 .filter(|scope| self.scopes.holder(scope).as_deref() == Some(&*key))
                 .collect();
-            let woken =
-                self.scopes
-                    .release_and_acquire(&key, &release, &put_key, &enqueue_scopes)?;
+            // The scopes released are handed over once the completion is kept.
+            let freed = self
+                .scopes
+                .swap(&key, &release, &put_key, &enqueue_scopes)?;
             let completed =
                 self.complete_locked(&mut store, &key, to_complete, completed_envelope, false);
             if let Err(error) = completed {
-                // Put the scopes back as they were; jobs woken meanwhile go back in line, where
-                // they find the scopes taken again and wait beside them once more.
-                self.requeue(woken);
-                if let Ok(woken) =
-                    self.scopes
-                        .release_and_acquire(&put_key, &enqueue_scopes, &key, &release)
-                {
-                    self.requeue(woken);
+                // Put the scopes back as they were.
+                if let Ok(freed) = self.scopes.swap(&put_key, &enqueue_scopes, &key, &release) {
+                    self.requeue(self.scopes.hand_over(&freed));
                 }
+                self.requeue(self.scopes.hand_over(&freed));
                 return Err(error);
             }
+            let woken = self.scopes.hand_over(&freed);
             let ticket = store.insert_new(put_key.clone(), envelope);
             store.pending += 1;
             store.total += 1;
