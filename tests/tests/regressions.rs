@@ -492,3 +492,96 @@ async fn serializable_job_handed_its_scope_gives_it_back_when_saved_to_wait() {
         "and holds the scope no longer"
     );
 }
+
+// A job whose scopes change while it waits beside one is handed the scopes it waited with;
+// whatever it holds is released when it ends, so none is held for ever.
+async fn a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
+    queue: Arc<dyn Queue>,
+    holder: impl Fn(&str) -> Option<String>,
+    change: impl AsyncFnOnce(&JobRef),
+) {
+    let scoped = |id: &str| -> JobRef {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(id),
+        });
+        job.set_scopes(vec!["zz-x".into()]);
+        job
+    };
+    let waiter = scoped("zz-j");
+    queue.put(scoped("zz-a")).await.unwrap();
+    queue.put(waiter.clone()).await.unwrap();
+    let take = || timeout(SHORT, queue.next());
+    let a = take().await.unwrap().unwrap();
+    assert!(take().await.is_err(), "j waits beside zz-x");
+    change(&waiter).await;
+    queue.complete(&a).await.unwrap();
+    assert_eq!(
+        holder("zz-x").as_deref(),
+        Some("zz-j"),
+        "handed what it waited for"
+    );
+    let j = take().await.unwrap().unwrap();
+    assert_eq!(j.scopes(), ["zz-y"]);
+    assert_eq!(holder("zz-y").as_deref(), Some("zz-j"));
+    queue.complete(&j).await.unwrap();
+    assert_eq!(holder("zz-x"), None, "nothing left held");
+    assert_eq!(holder("zz-y"), None);
+}
+
+#[tokio::test]
+async fn local_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(8)).await;
+    let scopes = queue.clone();
+    a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
+        queue,
+        move |scope| scopes.scope_holder(scope),
+        async |waiter| waiter.set_scopes(vec!["zz-y".into()]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    let (scopes, saving) = (queue.clone(), queue.clone());
+    a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
+        queue,
+        move |scope| scopes.scope_holder(scope),
+        async move |waiter| {
+            let stored = saving.get(waiter.id()).await.unwrap();
+            stored.set_scopes(vec!["zz-y".into()]);
+            saving.save(&stored).await.unwrap();
+        },
+    )
+    .await;
+}
+
+// Completed from outside after its scopes changed while it waited beside one: it is found and
+// taken from beside that scope all the same, and the scope's release hands it to nobody.
+#[tokio::test]
+async fn serializable_job_completed_after_its_scopes_changed_while_it_waited_is_unparked() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    for id in ["zz-a", "zz-j"] {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(id),
+        });
+        job.set_scopes(vec!["zz-x".into()]);
+        queue.put(job).await.unwrap();
+    }
+    let a = timeout(SHORT, queue.next()).await.unwrap().unwrap();
+    assert!(
+        timeout(SHORT, queue.next()).await.is_err(),
+        "j waits beside zz-x"
+    );
+    let j = queue.get("zz-j").await.unwrap();
+    j.set_scopes(vec!["zz-y".into()]);
+    queue.save(&j).await.unwrap();
+    queue.complete(&j).await.unwrap();
+    assert_eq!(queue.footprint().parked, 0, "j no longer waits");
+    queue.complete(&a).await.unwrap();
+    assert_eq!(queue.scope_holder("zz-x"), None, "handed to nobody");
+}

@@ -118,19 +118,6 @@ impl Metadata {
             .collect()
     }
 
-    /// The scopes taken at dispatch only: the scopes that are not
-    /// [enqueue scopes](Self::effective_enqueue_scopes).
-    pub fn dispatch_only_scopes(&self) -> Vec<String> {
-        if self.enqueue_all_scopes {
-            return Vec::new();
-        }
-        self.scopes
-            .iter()
-            .filter(|scope| !self.enqueue_scopes.contains(scope))
-            .cloned()
-            .collect()
-    }
-
     /// Whether a queue may dispatch the job now (amboy's `isDispatchable`): a job in progress
     /// whose lock expired may be taken over; otherwise the job must be neither stale
     /// (`dispatch_by` passed), nor waiting (`wait_until` ahead), nor completed, nor in progress.

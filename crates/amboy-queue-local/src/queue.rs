@@ -445,11 +445,10 @@ impl<L: Line> Engine<L> {
             // Decided under the job's lock, where a completion from outside looks too: the job
             // is expired from here on, and nothing else can finish it.
             meta.status.expired = true;
-            let scopes = meta.scopes.clone();
             drop(meta);
             #[cfg(test)]
             self.hooks.run(&self.hooks.after_expiry_decided, &job);
-            self.expire(&job, &scopes);
+            self.expire(&job);
             return Taken::Skipped;
         }
         if !meta.time_info.is_dispatchable_at(now) {
@@ -471,9 +470,8 @@ impl<L: Line> Engine<L> {
             return Taken::Skipped;
         }
         if let Err(error) = self.dispatcher.mark(id, &mut meta, now) {
-            let scopes = meta.scopes.clone();
             drop(meta);
-            self.release_scopes(id, &scopes);
+            self.release_scopes(id);
             self.gate.give_back();
             tracing::warn!(queue_id = %self.id, job_id = %id, error = %error, "could not dispatch job");
             return Taken::Skipped;
@@ -487,12 +485,12 @@ impl<L: Line> Engine<L> {
 
     /// Sets aside a job that missed its `dispatch_by` deadline (marked expired under its lock):
     /// it leaves the pending set, releases its scopes, and is retained like a finished job.
-    fn expire(&self, job: &JobRef, scopes: &[String]) {
+    fn expire(&self, job: &JobRef) {
         let id = job.base().job_id();
         if amboy_core::metrics::ENABLED {
             amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
         }
-        self.release_scopes(id, scopes);
+        self.release_scopes(id);
         self.gate.give_back();
         tracing::debug!(queue_id = %self.id, job_id = %id, "set aside job past its dispatch_by deadline");
         if let Some(dependencies) = &self.dependencies {
@@ -503,28 +501,16 @@ impl<L: Line> Engine<L> {
         self.counts.expired.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Releases the scopes `id` holds among `scopes`, handing each to the first job waiting for
-    /// it that can take all of its scopes, and putting that job back in line.
-    fn release_scopes(&self, id: &JobId, scopes: &[String]) {
-        if scopes.is_empty() {
-            return;
-        }
-        let id = id.as_str();
-        let held: Vec<String> = scopes
-            .iter()
-            .filter(|scope| self.scopes.holder(scope).as_deref() == Some(id))
-            .cloned()
-            .collect();
-        match self.scopes.release(id, &held) {
-            Ok(woken) => self.requeue(woken),
-            Err(error) => {
-                tracing::warn!(queue_id = %self.id, job_id = id, error = %error, "could not release scopes")
-            }
-        }
+    /// Releases every scope `id` holds (its enqueue scopes, those it ran under, those handed to
+    /// it while it waited, even any its job no longer names), handing each to the first job
+    /// waiting for it that can take all of its scopes, and putting that job back in line.
+    fn release_scopes(&self, id: &JobId) {
+        let woken = self.scopes.release_held(id.as_str(), &[]);
+        self.requeue(woken);
     }
 
-    /// Marks a job completed under its lock; returns its scopes.
-    fn mark(meta: &mut Metadata, dispatched: bool) -> Vec<String> {
+    /// Marks a job completed under its lock.
+    fn mark(meta: &mut Metadata, dispatched: bool) {
         let now = amboy_core::clock::now();
         if dispatched || meta.time_info.end.is_none() {
             meta.time_info.end = Some(now);
@@ -534,18 +520,13 @@ impl<L: Line> Engine<L> {
         meta.status.modification_time = Some(now);
         meta.status.modification_count += 1;
         meta.set_claim(0);
-        if meta.scopes.is_empty() {
-            Vec::new()
-        } else {
-            meta.scopes.clone()
-        }
     }
 
     /// Everything that follows a job's completion: its scopes, the jobs that depended on it,
     /// retention, and last the count, so that stats saying the queue is complete mean all of
     /// it is done.
-    fn finish(&self, id: &JobId, scopes: &[String]) {
-        self.release_scopes(id, scopes);
+    fn finish(&self, id: &JobId) {
+        self.release_scopes(id);
         if let Some(dependencies) = &self.dependencies {
             let verdicts = dependencies.finished(id);
             if !verdicts.is_empty() {
@@ -570,7 +551,7 @@ impl<L: Line> Engine<L> {
             };
             // Completed without running: it leaves the pending set now, unless it was
             // completed from outside meanwhile.
-            let scopes = {
+            {
                 let mut meta = job.base().metadata();
                 if meta.status.completed {
                     continue;
@@ -578,14 +559,14 @@ impl<L: Line> Engine<L> {
                 if let Some(reason) = &error {
                     meta.add_error(format!("job '{}' cannot run: {reason}", job.id()));
                 }
-                Self::mark(&mut meta, false)
-            };
+                Self::mark(&mut meta, false);
+            }
             if error.is_some() {
                 self.counts.unresolved.fetch_add(1, Ordering::SeqCst);
             }
             self.gate.give_back();
             let id = job.base().job_id();
-            self.release_scopes(id, &scopes);
+            self.release_scopes(id);
             if let Some(dependencies) = &self.dependencies {
                 work.extend(dependencies.finished(id));
             }
@@ -719,7 +700,7 @@ impl<L: Line> Engine<L> {
         let verdict = match dependencies.admit(&job, lookup) {
             Ok(verdict) => verdict,
             Err(error) => {
-                self.release_scopes(&id, &enqueue_scopes);
+                self.release_scopes(&id);
                 self.withdraw(&id);
                 return Err(error);
             }
@@ -798,25 +779,25 @@ impl<L: Line> Engine<L> {
         let id = job.base().job_id();
         // The common case, the job this queue dispatched, takes the job's lock once: the claim
         // tells it from a copy, which carries none.
-        let scopes = {
+        let marked = {
             let mut meta = job.base().metadata();
-            self.runs_here(&meta).then(|| Self::mark(&mut meta, true))
+            let runs_here = self.runs_here(&meta);
+            if runs_here {
+                Self::mark(&mut meta, true);
+            }
+            runs_here
         };
-        let scopes = match scopes {
-            Some(scopes) => scopes,
-            None => match self.complete_waiting(id, job)? {
-                Some(scopes) => scopes,
-                None => return Ok(()),
-            },
-        };
-        self.finish(id, &scopes);
+        if !marked && !self.complete_waiting(id, job)? {
+            return Ok(());
+        }
+        self.finish(id);
         Ok(())
     }
 
     /// Completes a job that is not running here: it must be the very job the queue holds, not
-    /// a copy or a stale job whose ID was reused, and not expired. Returns its scopes, or
-    /// `None` if it was completed already.
-    fn complete_waiting(&self, id: &JobId, job: &JobRef) -> Result<Option<Vec<String>>> {
+    /// a copy or a stale job whose ID was reused, and not expired. Returns whether it marked
+    /// the job completed (`false` if it was completed already).
+    fn complete_waiting(&self, id: &JobId, job: &JobRef) -> Result<bool> {
         match self.jobs.get(id) {
             None => return Err(Error::job_not_found_because(&**id, "not in the queue")),
             Some(stored) if !Arc::ptr_eq(&stored, job) => {
@@ -831,11 +812,11 @@ impl<L: Line> Engine<L> {
         // dependency graph), decided under its lock so that a concurrent dispatch or expiry
         // cannot slip in. The heartbeat refreshes only jobs in progress, so once marked a job
         // is never refreshed again.
-        let (scopes, was_pending) = {
+        let was_pending = {
             let mut meta = job.base().metadata();
             let dispatched = self.runs_here(&meta);
             if meta.status.completed && !dispatched {
-                return Ok(None);
+                return Ok(false);
             }
             if meta.status.expired {
                 return Err(Error::invalid_job(
@@ -844,7 +825,8 @@ impl<L: Line> Engine<L> {
                 ));
             }
             let was_pending = !dispatched && !meta.status.in_progress;
-            (Self::mark(&mut meta, dispatched), was_pending)
+            Self::mark(&mut meta, dispatched);
+            was_pending
         };
         if was_pending {
             // It leaves the pending set now: out of the dependency graph and from beside the
@@ -853,10 +835,10 @@ impl<L: Line> Engine<L> {
                 dependencies.forget(id);
             }
             self.scopes
-                .unpark(&scopes, |parked| Arc::ptr_eq(parked, job));
+                .unpark(id.as_str(), |parked| Arc::ptr_eq(parked, job));
             self.gate.give_back();
         }
-        Ok(Some(scopes))
+        Ok(true)
     }
 
     /// Whether the job is running, dispatched by this queue: its status says so and it

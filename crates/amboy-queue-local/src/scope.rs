@@ -3,9 +3,10 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amboy_core::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// Named locks held by job IDs, with atomic acquire, release and hand-over.
 ///
@@ -16,20 +17,35 @@ use parking_lot::Mutex;
 /// for that waiter's owner, and hands that waiter back, so queues retry a blocked job exactly
 /// when it can run, without polling, waiting out a lock, or waking every job that waits on the
 /// scope only for all but one to wait again. A waiter that still needs a scope held by another
-/// owner waits on that scope instead.
+/// owner waits on that scope instead, keeping its place by age. The manager knows what each
+/// owner holds and where it waits, so [`release_held`](ScopeManager::release_held) and
+/// [`unpark`](ScopeManager::unpark) need no list of scopes from the caller: a job whose scopes
+/// changed meanwhile leaves nothing held or parked behind.
 pub struct ScopeManager<W = ()> {
     inner: Mutex<Inner<W>>,
+    /// How many scopes are held, written under the lock: releasing the scopes of an owner
+    /// when none is held (jobs without scopes, as a rule) takes no lock.
+    holding: AtomicUsize,
 }
 
 struct Inner<W> {
+    /// Each held scope's owner.
     holders: HashMap<String, String>,
+    /// The scopes each owner holds (the same facts as `holders`, by owner).
+    held: HashMap<String, Vec<String>>,
     /// The waiters on each held scope, oldest first. A scope with waiters is always held:
     /// whatever frees it hands it over.
     waiters: HashMap<String, VecDeque<Waiter<W>>>,
+    /// The scopes each owner's waiters are parked on (the same facts as `waiters`, by owner).
+    parked: HashMap<String, Vec<String>>,
+    /// The next waiter's `seq`.
+    next_seq: u64,
 }
 
 /// A parked waiter, with the owner and scopes it asked for.
 struct Waiter<W> {
+    /// When it first waited: a waiter moved to another scope's list keeps its place by age.
+    seq: u64,
     owner: String,
     scopes: Vec<String>,
     waiter: W,
@@ -40,8 +56,12 @@ impl<W> Default for ScopeManager<W> {
         ScopeManager {
             inner: Mutex::new(Inner {
                 holders: HashMap::new(),
+                held: HashMap::new(),
                 waiters: HashMap::new(),
+                parked: HashMap::new(),
+                next_seq: 0,
             }),
+            holding: AtomicUsize::new(0),
         }
     }
 }
@@ -65,13 +85,22 @@ impl<W> ScopeManager<W> {
         Self::default()
     }
 
+    /// The state, locked for a change: the count of held scopes is brought up to date when
+    /// the guard goes.
+    fn lock(&self) -> Counted<'_, W> {
+        Counted {
+            inner: self.inner.lock(),
+            holding: &self.holding,
+        }
+    }
+
     /// Takes every scope for `owner`, or none: a scope held by another owner is a
     /// duplicate-scope error. Taking scopes `owner` holds already is allowed.
     pub fn acquire(&self, owner: &str, scopes: &[String]) -> Result<()> {
         if scopes.is_empty() {
             return Ok(());
         }
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.check_free(owner, scopes, None)?;
         inner.take(owner, scopes);
         Ok(())
@@ -89,7 +118,7 @@ impl<W> ScopeManager<W> {
         if scopes.is_empty() {
             return Ok(());
         }
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         match inner.held_by_other(owner, scopes, None) {
             None => {
                 inner.take(owner, scopes);
@@ -97,9 +126,12 @@ impl<W> ScopeManager<W> {
             }
             Some(scope) => {
                 let scope = scope.to_owned();
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
                 inner.park(
                     scope,
                     Waiter {
+                        seq,
                         owner: owner.to_owned(),
                         scopes: scopes.to_vec(),
                         waiter,
@@ -117,7 +149,7 @@ impl<W> ScopeManager<W> {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.check_releasable(owner, scopes)?;
         inner.free(owner, scopes);
         Ok(inner.hand_over(scopes))
@@ -135,7 +167,7 @@ impl<W> ScopeManager<W> {
         acquire_owner: &str,
         acquire_scopes: &[String],
     ) -> Result<Vec<W>> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.swap(release_owner, release_scopes, acquire_owner, acquire_scopes)?;
         Ok(inner.hand_over(release_scopes))
     }
@@ -150,7 +182,7 @@ impl<W> ScopeManager<W> {
         acquire_owner: &str,
         acquire_scopes: &[String],
     ) -> Result<Vec<String>> {
-        let mut inner = self.inner.lock();
+        let mut inner = self.lock();
         inner.swap(release_owner, release_scopes, acquire_owner, acquire_scopes)?;
         Ok(release_scopes.to_vec())
     }
@@ -161,7 +193,38 @@ impl<W> ScopeManager<W> {
         if scopes.is_empty() {
             return Vec::new();
         }
-        self.inner.lock().hand_over(scopes)
+        self.lock().hand_over(scopes)
+    }
+
+    /// Releases every scope `owner` holds but those in `keep`, whatever the owner's scopes say
+    /// now (a job's scopes may change while it waits or runs), and hands them over as
+    /// [`release`](Self::release) does; returns the waiters they went to.
+    pub fn release_held(&self, owner: &str, keep: &[String]) -> Vec<W> {
+        if self.holding.load(Ordering::Acquire) == 0 {
+            // The owner's own takes, which came before its release, stored at least one.
+            return Vec::new();
+        }
+        let mut inner = self.lock();
+        let Some(held) = inner.held.get(owner) else {
+            return Vec::new();
+        };
+        let release: Vec<String> = held
+            .iter()
+            .filter(|scope| !keep.contains(scope))
+            .cloned()
+            .collect();
+        inner.free(owner, &release);
+        inner.hand_over(&release)
+    }
+
+    /// The scopes `owner` holds.
+    pub fn held_by(&self, owner: &str) -> Vec<String> {
+        self.inner
+            .lock()
+            .held
+            .get(owner)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The owner holding `scope`.
@@ -179,24 +242,29 @@ impl<W> ScopeManager<W> {
         self.len() == 0
     }
 
-    /// Takes back the waiters parked on any of `scopes` that `is_it` recognizes (a job
-    /// completed from outside while it waited, say); returns how many it took. The others stay
-    /// parked.
-    pub fn unpark(&self, scopes: &[String], is_it: impl Fn(&W) -> bool) -> usize {
-        if scopes.is_empty() {
-            return 0;
-        }
+    /// Takes back `owner`'s waiters that `is_it` recognizes (a job completed from outside
+    /// while it waited, say), wherever they are parked; returns how many it took. The others
+    /// stay parked.
+    pub fn unpark(&self, owner: &str, is_it: impl Fn(&W) -> bool) -> usize {
         let mut inner = self.inner.lock();
+        let Some(scopes) = inner.parked.get(owner).cloned() else {
+            return 0;
+        };
         let mut taken = 0;
         for scope in scopes {
-            if let Some(waiters) = inner.waiters.get_mut(scope) {
-                let before = waiters.len();
-                waiters.retain(|parked| !is_it(&parked.waiter));
-                taken += before - waiters.len();
-                if waiters.is_empty() {
-                    inner.waiters.remove(scope);
-                }
+            let Some(waiters) = inner.waiters.get_mut(&scope) else {
+                continue;
+            };
+            let before = waiters.len();
+            waiters.retain(|parked| parked.owner != owner || !is_it(&parked.waiter));
+            let gone = before - waiters.len();
+            if waiters.is_empty() {
+                inner.waiters.remove(&scope);
             }
+            for _ in 0..gone {
+                inner.forget_parked(owner, &scope);
+            }
+            taken += gone;
         }
         taken
     }
@@ -204,6 +272,34 @@ impl<W> ScopeManager<W> {
     /// The number of parked waiters.
     pub fn waiting(&self) -> usize {
         self.inner.lock().waiters.values().map(VecDeque::len).sum()
+    }
+}
+
+/// The locked state of a [`ScopeManager`] being changed; stores how many scopes are held when
+/// dropped, before the lock is released.
+struct Counted<'a, W> {
+    inner: MutexGuard<'a, Inner<W>>,
+    holding: &'a AtomicUsize,
+}
+
+impl<W> std::ops::Deref for Counted<'_, W> {
+    type Target = Inner<W>;
+
+    fn deref(&self) -> &Inner<W> {
+        &self.inner
+    }
+}
+
+impl<W> std::ops::DerefMut for Counted<'_, W> {
+    fn deref_mut(&mut self) -> &mut Inner<W> {
+        &mut self.inner
+    }
+}
+
+impl<W> Drop for Counted<'_, W> {
+    fn drop(&mut self) {
+        self.holding
+            .store(self.inner.holders.len(), Ordering::Release);
     }
 }
 
@@ -254,6 +350,12 @@ impl<W> Inner<W> {
         for scope in scopes {
             if let Entry::Vacant(entry) = self.holders.entry(scope.clone()) {
                 entry.insert(owner.to_owned());
+                match self.held.get_mut(owner) {
+                    Some(held) => held.push(scope.clone()),
+                    None => {
+                        self.held.insert(owner.to_owned(), vec![scope.clone()]);
+                    }
+                }
             }
         }
     }
@@ -268,6 +370,12 @@ impl<W> Inner<W> {
                 .is_some_and(|holder| holder == owner)
             {
                 self.holders.remove(scope);
+                if let Some(held) = self.held.get_mut(owner) {
+                    held.retain(|other| other != scope);
+                    if held.is_empty() {
+                        self.held.remove(owner);
+                    }
+                }
             }
         }
     }
@@ -288,9 +396,34 @@ impl<W> Inner<W> {
         Ok(())
     }
 
-    /// Parks `waiter` on `scope`, which another owner holds.
+    /// Parks `waiter` on `scope`, which another owner holds, behind the waiters older than it.
     fn park(&mut self, scope: String, waiter: Waiter<W>) {
-        self.waiters.entry(scope).or_default().push_back(waiter);
+        match self.parked.get_mut(&waiter.owner) {
+            Some(parked) => parked.push(scope.clone()),
+            None => {
+                self.parked
+                    .insert(waiter.owner.clone(), vec![scope.clone()]);
+            }
+        }
+        let waiters = self.waiters.entry(scope).or_default();
+        if waiters.back().is_none_or(|last| last.seq < waiter.seq) {
+            waiters.push_back(waiter);
+        } else {
+            let place = waiters.partition_point(|other| other.seq < waiter.seq);
+            waiters.insert(place, waiter);
+        }
+    }
+
+    /// Forgets one of `owner`'s waiters parked on `scope`, taken from its list.
+    fn forget_parked(&mut self, owner: &str, scope: &str) {
+        if let Some(parked) = self.parked.get_mut(owner) {
+            if let Some(place) = parked.iter().position(|other| other == scope) {
+                parked.swap_remove(place);
+            }
+            if parked.is_empty() {
+                self.parked.remove(owner);
+            }
+        }
     }
 
     /// Hands each free scope of `scopes` to its first waiter that can take all of its scopes
@@ -306,6 +439,7 @@ impl<W> Inner<W> {
                 continue;
             };
             while let Some(parked) = waiters.pop_front() {
+                self.forget_parked(&parked.owner, scope);
                 match self.held_by_other(&parked.owner, &parked.scopes, None) {
                     None => {
                         self.take(&parked.owner, &parked.scopes);
@@ -371,7 +505,8 @@ mod tests {
         assert!(manager.acquire_or_wait("b", &s(&["x"]), 2).is_err());
         assert!(manager.acquire_or_wait("c", &s(&["x", "y"]), 3).is_err());
         assert_eq!(manager.waiting(), 3);
-        assert_eq!(manager.unpark(&s(&["x", "y"]), |w| *w == 2), 1);
+        assert_eq!(manager.unpark("b", |w| *w == 3), 0, "b's waiter is 2");
+        assert_eq!(manager.unpark("b", |w| *w == 2), 1);
         assert_eq!(manager.waiting(), 2);
         assert_eq!(manager.release("holder", &s(&["x", "y"])).unwrap(), [1]);
         assert_eq!(manager.release("a", &s(&["x"])).unwrap(), [3]);
@@ -595,6 +730,66 @@ mod tests {
         assert_eq!(manager.holder("x").as_deref(), Some("c"));
         assert_eq!(manager.holder("y").as_deref(), Some("c"));
         assert_eq!(manager.waiting(), 0);
+    }
+
+    #[test]
+    fn unpark_finds_a_waiter_moved_to_another_scope() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        manager.acquire("b", &s(&["y"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("c", &s(&["x", "y"]), "job-c"),
+            Err(Parked)
+        );
+        assert!(manager.release("a", &s(&["x"])).unwrap().is_empty());
+        // c waits on y now.
+        assert_eq!(manager.unpark("c", |_| true), 1);
+        assert_eq!(manager.waiting(), 0);
+        assert!(manager.release("b", &s(&["y"])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn release_held_frees_what_the_owner_holds_whatever_it_names_now() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("b", &s(&["x", "y"]), "job-b"),
+            Err(Parked)
+        );
+        assert_eq!(manager.release("a", &s(&["x"])).unwrap(), ["job-b"]);
+        let mut held = manager.held_by("b");
+        held.sort();
+        assert_eq!(held, ["x", "y"]);
+        // b's scopes changed to z meanwhile: what it was handed is freed all the same.
+        manager.acquire("b", &s(&["z"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("c", &s(&["y"]), "job-c"),
+            Err(Parked)
+        );
+        assert_eq!(manager.release_held("b", &s(&["z"])), ["job-c"]);
+        assert_eq!(manager.held_by("b"), ["z"], "kept");
+        assert_eq!(manager.holder("x"), None);
+        assert_eq!(manager.holder("y").as_deref(), Some("c"));
+        assert!(manager.release_held("b", &[]).is_empty());
+        assert!(manager.held_by("b").is_empty());
+    }
+
+    #[test]
+    fn a_waiter_moved_to_another_scope_keeps_its_place_by_age() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        manager.acquire("b", &s(&["y"])).unwrap();
+        assert_eq!(
+            manager.acquire_or_wait("old", &s(&["x", "y"]), "job-old"),
+            Err(Parked)
+        );
+        assert_eq!(
+            manager.acquire_or_wait("new", &s(&["y"]), "job-new"),
+            Err(Parked)
+        );
+        // x is free, y still b's: the older waiter moves to y, ahead of the newer one.
+        assert!(manager.release("a", &s(&["x"])).unwrap().is_empty());
+        assert_eq!(manager.release("b", &s(&["y"])).unwrap(), ["job-old"]);
     }
 
     #[test]

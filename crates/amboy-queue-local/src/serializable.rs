@@ -175,6 +175,17 @@ fn storage_key(id: &str, retryable: bool, attempt: u32) -> Arc<str> {
     }
 }
 
+/// A job set aside as expired cannot be completed.
+fn refuse_expired(store: &Store, key: &str, job: &JobRef) -> Result<()> {
+    match store.records.get(key) {
+        Some(record) if record.status.expired => Err(Error::invalid_job(
+            job.id(),
+            "it expired: its dispatch_by deadline passed before it was dispatched",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn key_of(job: &JobRef) -> Arc<str> {
     let meta = job.base().metadata();
     storage_key(
@@ -608,6 +619,9 @@ impl Engine {
                 Ok(job) => self.dispatch(store, ticket, job),
                 Err(error) => {
                     self.set_aside(&mut store, key, &error);
+                    drop(store);
+                    // Its enqueue scopes, and any it was handed while it waited.
+                    self.release_scopes(key, &[]);
                     None
                 }
             };
@@ -625,7 +639,6 @@ impl Engine {
         let now = amboy_core::clock::now();
         let mut meta = job.base().metadata();
         if meta.time_info.is_stale_at(now) {
-            let scopes = meta.scopes.clone();
             drop(meta);
             let record = store.record_mut(&key);
             record.status.expired = true;
@@ -633,7 +646,7 @@ impl Engine {
             store.expired += 1;
             store.retain(key.clone(), self.options.capacity - 1);
             drop(store);
-            self.release_scopes(&key, &scopes);
+            self.release_scopes(&key, &[]);
             if amboy_core::metrics::ENABLED {
                 amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
             }
@@ -644,10 +657,10 @@ impl Engine {
             // It waits holding no more than its enqueue scopes (a job parked beside a scope is
             // handed its scopes).
             let at = meta.time_info.wait_until.unwrap_or(now);
-            let dispatch_scopes = meta.dispatch_only_scopes();
+            let enqueue_scopes = meta.effective_enqueue_scopes();
             drop(meta);
             drop(store);
-            self.release_scopes(&key, &dispatch_scopes);
+            self.release_scopes(&key, &enqueue_scopes);
             self.delayed.push(at, ticket);
             return None;
         }
@@ -660,11 +673,10 @@ impl Engine {
             return None;
         }
         if let Err(error) = self.dispatcher.mark(job.base().job_id(), &mut meta, now) {
-            let scopes = meta.scopes.clone();
             drop(meta);
             count_out(&mut store.pending);
             drop(store);
-            self.release_scopes(&key, &scopes);
+            self.release_scopes(&key, &[]);
             tracing::warn!(queue_id = %self.id, key = %key, error = %error, "could not dispatch job");
             return None;
         }
@@ -703,21 +715,13 @@ impl Engine {
         store.retain(key.clone(), self.options.capacity - 1);
     }
 
-    fn release_scopes(&self, key: &str, scopes: &[String]) {
-        if scopes.is_empty() {
-            return;
-        }
-        let held: Vec<String> = scopes
-            .iter()
-            .filter(|scope| self.scopes.holder(scope).as_deref() == Some(key))
-            .cloned()
-            .collect();
-        match self.scopes.release(key, &held) {
-            Ok(woken) => self.requeue(woken),
-            Err(error) => {
-                tracing::warn!(queue_id = %self.id, key, error = %error, "could not release scopes")
-            }
-        }
+    /// Releases every scope the job under `key` holds but those in `keep` (its enqueue
+    /// scopes, say): those it ran under, those handed to it while it waited, even any its job
+    /// no longer names. Each goes to the first job waiting for it that can take all of its
+    /// scopes, and that job goes back in line.
+    fn release_scopes(&self, key: &str, keep: &[String]) {
+        let woken = self.scopes.release_held(key, keep);
+        self.requeue(woken);
     }
 
     /// Checks the copy's lock against the stored record under `key`; returns the copy's status
@@ -756,7 +760,8 @@ impl Engine {
     }
 
     /// Completes `job`, encoded beforehand as `envelope`, under the store's lock; returns the
-    /// scopes to release. With `forget`, the dispatcher stops keeping the attempt's lock alive
+    /// scopes it keeps (a retrying job's enqueue scopes, for its next attempt): release the
+    /// others. With `forget`, the dispatcher stops keeping the attempt's lock alive
     /// (interrupting the copy that runs, if it is another one).
     fn complete_locked(
         &self,
@@ -772,18 +777,12 @@ impl Engine {
         let was_completed = stored.status.completed;
         let was_retrying = is_retrying(stored);
         let was_in_progress = stored.status.in_progress;
-        if stored.status.expired {
-            return Err(Error::invalid_job(
-                job.id(),
-                "it expired: its dispatch_by deadline passed before it was dispatched",
-            ));
-        }
+        refuse_expired(store, key, job)?;
         // A job completed before it ran leaves the pending jobs now (and from beside the scopes
         // it waited for); the line skips it later.
         if !was_completed && !was_in_progress {
             count_out(&mut store.pending);
-            self.scopes
-                .unpark(&job.scopes(), |parked| *parked.key == **key);
+            self.scopes.unpark(key, |parked| *parked.key == **key);
         }
         let dispatched = forget && was_in_progress && self.dispatcher.forget(job);
         let (scopes, should_retry) = {
@@ -802,17 +801,11 @@ impl Engine {
             } else {
                 Vec::new()
             };
-            let release: Vec<String> = meta
-                .scopes
-                .iter()
-                .filter(|s| !keep.contains(s))
-                .cloned()
-                .collect();
             envelope.status = meta.status.clone();
             truncate_errors(&mut envelope.status.errors);
             envelope.time_info = meta.time_info.clone();
             envelope.retry_info = meta.retry_info.clone();
-            (release, should_retry)
+            (keep, should_retry)
         };
         store.records.insert(key.clone(), Arc::new(envelope));
         if !was_completed {
@@ -992,10 +985,10 @@ impl Queue for Engine {
             Ok(envelope) => envelope,
             Err(error) => unencodable(&store, &key, job, error)?,
         };
-        let scopes = self.complete_locked(&mut store, &key, job, envelope, true)?;
+        let keep = self.complete_locked(&mut store, &key, job, envelope, true)?;
         // Released before the store's lock is: whoever sees the job complete finds its scopes
         // free (the store's lock is taken before the scope manager's everywhere).
-        self.release_scopes(&key, &scopes);
+        self.release_scopes(&key, &keep);
         Ok(())
     }
 
@@ -1222,13 +1215,12 @@ impl RetryableQueue for Engine {
                     id: to_put.id().to_owned(),
                 });
             }
+            // Whatever makes the completion fail is checked before the scopes change, so that
+            // they never need putting back.
+            refuse_expired(&store, &key, to_complete)?;
             // The old attempt holds its enqueue scopes only (its dispatch scopes were released
             // when it completed, and may be held by another job by now).
-            let release: Vec<String> = to_complete
-                .scopes()
-                .into_iter()
-                .filter(|scope| self.scopes.holder(scope).as_deref() == Some(&*key))
-                .collect();
+            let release = self.scopes.held_by(&key);
             // The scopes released are handed over once the completion is kept.
             let freed = self
                 .scopes
@@ -1263,11 +1255,9 @@ impl RetryableQueue for Engine {
         let key = key_of(job);
         let envelope = encode(job)?;
         let mut store = self.store.lock();
-        let scopes = self.complete_locked(&mut store, &key, job, envelope, false)?;
-        // The enqueue scopes kept for the retry are free now, before the store's lock is.
-        let mut release = scopes;
-        release.extend(job.enqueue_scopes());
-        self.release_scopes(&key, &release);
+        self.complete_locked(&mut store, &key, job, envelope, false)?;
+        // The enqueue scopes kept for the retry are free now too, before the store's lock is.
+        self.release_scopes(&key, &[]);
         Ok(())
     }
 }
