@@ -585,3 +585,71 @@ async fn serializable_job_completed_after_its_scopes_changed_while_it_waited_is_
     queue.complete(&a).await.unwrap();
     assert_eq!(queue.scope_holder("zz-x"), None, "handed to nobody");
 }
+
+// A job handed the scope it waited for holds it until it runs: it goes ahead of the line, so
+// that the scope does not stay idle while the job waits behind every job put meanwhile.
+async fn a_job_handed_its_scope_goes_ahead_of_the_line(queue: Arc<dyn Queue>) {
+    let job = |id: &str, scoped: bool| -> JobRef {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(id),
+        });
+        if scoped {
+            job.set_scopes(vec!["zz-s".into()]);
+        }
+        job
+    };
+    queue.put(job("zz-a", true)).await.unwrap();
+    queue.put(job("zz-w", true)).await.unwrap();
+    let take = || timeout(SHORT, queue.next());
+    let a = take().await.unwrap().unwrap();
+    assert!(take().await.is_err(), "w waits beside the scope");
+    queue.put(job("zz-u1", false)).await.unwrap();
+    queue.put(job("zz-u2", false)).await.unwrap();
+    queue.complete(&a).await.unwrap();
+    let order: Vec<String> = [take().await, take().await, take().await]
+        .into_iter()
+        .map(|taken| taken.unwrap().unwrap().id().to_owned())
+        .collect();
+    assert_eq!(order, ["zz-w", "zz-u1", "zz-u2"]);
+}
+
+#[tokio::test]
+async fn local_job_handed_its_scope_goes_ahead_of_the_line() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(8)).await;
+    a_job_handed_its_scope_goes_ahead_of_the_line(queue).await;
+}
+
+#[tokio::test]
+async fn serializable_job_handed_its_scope_goes_ahead_of_the_line() {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    a_job_handed_its_scope_goes_ahead_of_the_line(queue).await;
+}
+
+// On the priority queue, ahead of the jobs of its priority, not of higher ones.
+#[tokio::test]
+async fn priority_job_handed_its_scope_goes_ahead_of_its_priority_only() {
+    let queue: Arc<amboy::local::PriorityQueue> = idle(amboy::local::PriorityQueue::new(8)).await;
+    let job = |id: &str, scoped: bool, priority: i32| -> JobRef {
+        let job: JobRef = Arc::new(Step {
+            base: Base::with_id(id),
+        });
+        if scoped {
+            job.set_scopes(vec!["zz-s".into()]);
+        }
+        job.set_priority(priority);
+        job
+    };
+    queue.put(job("zz-a", true, 0)).await.unwrap();
+    queue.put(job("zz-w", true, 0)).await.unwrap();
+    let a = queue.try_next().unwrap();
+    assert!(queue.try_next().is_none(), "w waits beside the scope");
+    queue.put(job("zz-low", false, 0)).await.unwrap();
+    queue.put(job("zz-high", false, 5)).await.unwrap();
+    queue.complete(&a).await.unwrap();
+    let order: Vec<String> = (0..3)
+        .map(|_| queue.try_next().unwrap().id().to_owned())
+        .collect();
+    assert_eq!(order, ["zz-high", "zz-w", "zz-low"]);
+}

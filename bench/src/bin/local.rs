@@ -47,6 +47,18 @@ fn job_with_edges(n: usize) -> JobRef {
     Arc::new(job)
 }
 
+/// How many scopes the scoped case's jobs share.
+const SHARED_SCOPES: usize = 4;
+
+/// A no-op job holding one of `SHARED_SCOPES` scopes while it runs: with the queue full
+/// (1,024 pending), about 256 jobs wait beside each scope.
+fn job_with_a_shared_scope(n: usize) -> JobRef {
+    let job = NoopJob { base: Base::new() };
+    job.base
+        .set_scopes(vec![format!("scope-{}", n % SHARED_SCOPES)]);
+    Arc::new(job)
+}
+
 /// The resident memory of this process, in bytes.
 fn resident_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -115,6 +127,10 @@ fn main() {
             .await;
             case("priority/local_workers", &|| {
                 Box::pin(throughput::<ByPriority>(jobs, workers, noop_job))
+            })
+            .await;
+            case("limited_size/shared_scopes/local_workers", &|| {
+                Box::pin(throughput::<Fifo>(jobs, workers, job_with_a_shared_scope))
             })
             .await;
             case("dependency_ordered/no_edges/local_workers", &|| {

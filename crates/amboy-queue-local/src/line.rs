@@ -1,7 +1,7 @@
 //! The dispatch line: the order in which a local queue hands out ready jobs.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
@@ -29,6 +29,12 @@ pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
     /// Adds a ready job; never waits.
     fn push(&self, job: JobRef);
 
+    /// Adds a ready job ahead of the others (first in, first out among such jobs; on the
+    /// priority line, ahead of the others of its priority only): a job handed the scopes it
+    /// waited for, which holds them until it runs, so that no scope stays idle while its job
+    /// makes its way through the line. Never waits.
+    fn push_first(&self, job: JobRef);
+
     /// Takes the next job, waiting for one; `None` once the line is closed.
     fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send;
 
@@ -46,6 +52,8 @@ pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct Fifo {
     jobs: SegQueue<JobRef>,
+    /// The jobs pushed ahead of the others.
+    first: SegQueue<JobRef>,
     added: Notify,
     closed: AtomicBool,
 }
@@ -60,6 +68,11 @@ impl Line for Fifo {
     fn push(&self, job: JobRef) {
         self.jobs.push(job);
         // Wakes one waiting taker, or leaves a permit for the next one to wait.
+        self.added.notify_one();
+    }
+
+    fn push_first(&self, job: JobRef) {
+        self.first.push(job);
         self.added.notify_one();
     }
 
@@ -89,6 +102,11 @@ impl Line for Fifo {
         if self.closed.load(AtomicOrdering::Relaxed) {
             return None;
         }
+        if !self.first.is_empty()
+            && let Some(job) = self.first.pop()
+        {
+            return Some(job);
+        }
         self.jobs.pop()
     }
 
@@ -102,17 +120,34 @@ impl Line for Fifo {
 /// that lets takers skip the lock when there is nothing to take.
 #[derive(Debug, Default)]
 struct Locked<C> {
-    items: Mutex<C>,
+    items: Mutex<Items<C>>,
     len: AtomicUsize,
     added: Notify,
     closed: AtomicBool,
+}
+
+/// A locked line's jobs: those pushed ahead of the others, then the others in the line's
+/// collection.
+#[derive(Debug, Default)]
+struct Items<C> {
+    first: VecDeque<JobRef>,
+    rest: C,
 }
 
 impl<C: Send> Locked<C> {
     fn push(&self, add: impl FnOnce(&mut C)) {
         {
             let mut items = self.items.lock();
-            add(&mut items);
+            add(&mut items.rest);
+            self.len.fetch_add(1, AtomicOrdering::SeqCst);
+        }
+        self.added.notify_one();
+    }
+
+    fn push_first(&self, job: JobRef) {
+        {
+            let mut items = self.items.lock();
+            items.first.push_back(job);
             self.len.fetch_add(1, AtomicOrdering::SeqCst);
         }
         self.added.notify_one();
@@ -122,7 +157,13 @@ impl<C: Send> Locked<C> {
         if self.closed.load(AtomicOrdering::SeqCst) || self.len.load(AtomicOrdering::SeqCst) == 0 {
             return None;
         }
-        let job = take(&mut self.items.lock());
+        let job = {
+            let mut items = self.items.lock();
+            match items.first.pop_front() {
+                Some(job) => Some(job),
+                None => take(&mut items.rest),
+            }
+        };
         if job.is_some() {
             self.len.fetch_sub(1, AtomicOrdering::SeqCst);
         }
@@ -160,6 +201,8 @@ pub struct ByPriority {
 
 struct Prioritized {
     priority: i32,
+    /// Pushed ahead of the others of its priority (handed its scopes).
+    first: bool,
     sequence: u64,
     job: JobRef,
 }
@@ -188,11 +231,27 @@ impl Ord for Prioritized {
     fn cmp(&self, other: &Self) -> Ordering {
         self.priority
             .cmp(&other.priority)
+            .then_with(|| self.first.cmp(&other.first))
             .then_with(|| other.sequence.cmp(&self.sequence))
     }
 }
 
 impl sealed::Sealed for ByPriority {}
+
+impl ByPriority {
+    fn push_in_turn(&self, job: JobRef, first: bool) {
+        let priority = job.base().metadata().priority;
+        let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
+        self.heap.push(|heap| {
+            heap.push(Prioritized {
+                priority,
+                first,
+                sequence,
+                job,
+            })
+        });
+    }
+}
 
 impl Line for ByPriority {
     const KIND: &'static str = "priority";
@@ -200,15 +259,12 @@ impl Line for ByPriority {
     const DEPENDENCIES: bool = false;
 
     fn push(&self, job: JobRef) {
-        let priority = job.base().metadata().priority;
-        let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
-        self.heap.push(|heap| {
-            heap.push(Prioritized {
-                priority,
-                sequence,
-                job,
-            })
-        });
+        self.push_in_turn(job, false);
+    }
+
+    /// Ahead of the others of its priority, not of higher priorities.
+    fn push_first(&self, job: JobRef) {
+        self.push_in_turn(job, true);
     }
 
     async fn pop(&self) -> Option<JobRef> {
@@ -241,6 +297,10 @@ impl Line for Shuffled {
 
     fn push(&self, job: JobRef) {
         self.jobs.push(|jobs| jobs.push(job));
+    }
+
+    fn push_first(&self, job: JobRef) {
+        self.jobs.push_first(job);
     }
 
     async fn pop(&self) -> Option<JobRef> {
@@ -278,6 +338,10 @@ macro_rules! dependency_aware {
 
             fn push(&self, job: JobRef) {
                 self.0.push(job);
+            }
+
+            fn push_first(&self, job: JobRef) {
+                self.0.push_first(job);
             }
 
             fn pop(&self) -> impl Future<Output = Option<JobRef>> + Send {

@@ -425,9 +425,10 @@ impl<L: Line> Engine<L> {
         }
     }
 
+    /// Puts jobs handed the scopes they waited for back in line, ahead of the others.
     fn requeue(&self, jobs: Vec<JobRef>) {
         for job in jobs {
-            self.line.push(job);
+            self.line.push_first(job);
         }
     }
 
@@ -503,7 +504,8 @@ impl<L: Line> Engine<L> {
 
     /// Releases every scope `id` holds (its enqueue scopes, those it ran under, those handed to
     /// it while it waited, even any its job no longer names), handing each to the first job
-    /// waiting for it that can take all of its scopes, and putting that job back in line.
+    /// waiting for it that can take all of its scopes, and putting that job back in line, ahead
+    /// of the others.
     fn release_scopes(&self, id: &JobId) {
         let woken = self.scopes.release_held(id.as_str(), &[]);
         self.requeue(woken);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delayed::Delayed;
 use crate::{Footprint, ScopeManager};
 use amboy_core::Lifecycle;
+use crossbeam_queue::SegQueue;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -108,8 +109,11 @@ struct Engine {
     options: SerializableQueueOptions,
     this: Weak<Engine>,
     store: Mutex<Store>,
-    line_tx: async_channel::Sender<Ticket>,
-    line_rx: async_channel::Receiver<Ticket>,
+    line_tx: async_channel::Sender<Turn>,
+    line_rx: async_channel::Receiver<Turn>,
+    /// Tickets handed the scopes they waited for, taken ahead of the line (they hold those
+    /// scopes until they run); each sends a [`Turn::Handed`] down the line to wake a taker.
+    first: SegQueue<Ticket>,
     delayed: Arc<Delayed<Ticket>>,
     scopes: ScopeManager<Ticket>,
     dispatcher: Arc<Dispatcher>,
@@ -126,6 +130,14 @@ struct Engine {
 struct Ticket {
     key: Arc<str>,
     serial: u64,
+}
+
+/// What the line carries: a pending job's turn, or word that a ticket was handed its scopes and
+/// waits ahead of the line.
+#[derive(Debug)]
+enum Turn {
+    Ticket(Ticket),
+    Handed,
 }
 
 /// A stored job: shared, so that it is decoded and encoded outside the store's lock. A write
@@ -370,6 +382,7 @@ impl LimitedSizeSerializableQueue {
             store: Mutex::new(Store::default()),
             line_tx,
             line_rx,
+            first: SegQueue::new(),
             delayed: Arc::new(Delayed::default()),
             scopes: ScopeManager::new(),
             retry_handler: Mutex::new(None),
@@ -456,14 +469,16 @@ impl Engine {
         match wait_until {
             Some(at) if at >= amboy_core::clock::now() => self.delayed.push(at, ticket),
             _ => {
-                let _ = self.line_tx.try_send(ticket);
+                let _ = self.line_tx.try_send(Turn::Ticket(ticket));
             }
         }
     }
 
+    /// Puts tickets handed the scopes they waited for ahead of the line.
     fn requeue(&self, tickets: Vec<Ticket>) {
         for ticket in tickets {
-            let _ = self.line_tx.try_send(ticket);
+            self.first.push(ticket);
+            let _ = self.line_tx.try_send(Turn::Handed);
         }
     }
 
@@ -874,13 +889,13 @@ impl Engine {
 
     async fn run_timer(
         delayed: Arc<Delayed<Ticket>>,
-        line: async_channel::Sender<Ticket>,
+        line: async_channel::Sender<Turn>,
         lifetime: CancellationToken,
     ) {
         loop {
             let (due, wait) = delayed.take_due(amboy_core::clock::now());
             for ticket in due {
-                let _ = line.try_send(ticket);
+                let _ = line.try_send(Turn::Ticket(ticket));
             }
             tokio::select! {
                 _ = lifetime.cancelled() => return,
@@ -959,11 +974,19 @@ impl Queue for Engine {
         // Closing the queue closes the line, which ends this wait. Nothing awaits after a
         // ticket leaves the line, so dropping this future loses no job.
         loop {
-            let ticket = self
-                .line_rx
-                .recv()
-                .await
-                .map_err(|_| Error::Closed("queue"))?;
+            // A ticket handed its scopes goes first; the turn that said so may be another's.
+            let ticket = match self.first.pop() {
+                Some(ticket) => ticket,
+                None => match self
+                    .line_rx
+                    .recv()
+                    .await
+                    .map_err(|_| Error::Closed("queue"))?
+                {
+                    Turn::Ticket(ticket) => ticket,
+                    Turn::Handed => continue,
+                },
+            };
             if let Some(job) = self.take(ticket) {
                 return Ok(job);
             }
