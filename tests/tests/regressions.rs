@@ -383,6 +383,25 @@ async fn a_run_past_its_callers_deadline_cancels_no_token_of_the_callers() {
     assert!(!token.is_cancelled(), "the caller's token is its own");
 }
 
+/// A started serializable queue of capacity 8 that nothing runs.
+async fn idle_serializable() -> Arc<LimitedSizeSerializableQueue> {
+    let queue = LimitedSizeSerializableQueue::new(8);
+    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
+    queue.start().await.unwrap();
+    queue
+}
+
+/// A step holding `scopes` while it runs.
+fn scoped(id: &str, scopes: &[&str]) -> JobRef {
+    let job: JobRef = Arc::new(Step {
+        base: Base::with_id(id),
+    });
+    if !scopes.is_empty() {
+        job.set_scopes(scopes.iter().map(|scope| (*scope).to_owned()).collect());
+    }
+    job
+}
+
 // A release used to wake every job waiting beside the scope it freed: each went back in line,
 // and all but one waited again, so N jobs sharing a scope cost the queue N² takes (4,000 such
 // jobs ran in 1.9 s, against 0.5 s now). The release now takes the scope (with the job's
@@ -394,11 +413,10 @@ async fn waiters_on_one_scope_are_handed_it_one_at_a_time(
     holder: impl Fn() -> Option<String>,
 ) {
     for n in 0..5 {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(format!("zz-w-{n}")),
-        });
-        job.set_scopes(vec!["zz-one".into()]);
-        queue.put(job).await.unwrap();
+        queue
+            .put(scoped(&format!("zz-w-{n}"), &["zz-one"]))
+            .await
+            .unwrap();
     }
     let take = || timeout(SHORT, queue.next());
     let mut running = take()
@@ -438,9 +456,7 @@ async fn local_waiters_on_one_scope_are_handed_it_one_at_a_time() {
 
 #[tokio::test]
 async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
-    let queue = LimitedSizeSerializableQueue::new(8);
-    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
-    queue.start().await.unwrap();
+    let queue = idle_serializable().await;
     let (footprint, scopes) = (queue.clone(), queue.clone());
     waiters_on_one_scope_are_handed_it_one_at_a_time(
         queue,
@@ -454,18 +470,9 @@ async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
 // wait_until when its turn came, waits holding its enqueue scopes only, as any pending job.
 #[tokio::test]
 async fn serializable_job_handed_its_scope_gives_it_back_when_saved_to_wait() {
-    let queue = LimitedSizeSerializableQueue::new(8);
-    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
-    queue.start().await.unwrap();
-    let scoped = |id: &str| -> JobRef {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(id),
-        });
-        job.set_scopes(vec!["zz-s".into()]);
-        job
-    };
-    queue.put(scoped("zz-a")).await.unwrap();
-    queue.put(scoped("zz-b")).await.unwrap();
+    let queue = idle_serializable().await;
+    queue.put(scoped("zz-a", &["zz-s"])).await.unwrap();
+    queue.put(scoped("zz-b", &["zz-s"])).await.unwrap();
     let a = timeout(SHORT, queue.next()).await.unwrap().unwrap();
     assert_eq!(a.id(), "zz-a");
     assert!(
@@ -500,15 +507,8 @@ async fn a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
     holder: impl Fn(&str) -> Option<String>,
     change: impl AsyncFnOnce(&JobRef),
 ) {
-    let scoped = |id: &str| -> JobRef {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(id),
-        });
-        job.set_scopes(vec!["zz-x".into()]);
-        job
-    };
-    let waiter = scoped("zz-j");
-    queue.put(scoped("zz-a")).await.unwrap();
+    let waiter = scoped("zz-j", &["zz-x"]);
+    queue.put(scoped("zz-a", &["zz-x"])).await.unwrap();
     queue.put(waiter.clone()).await.unwrap();
     let take = || timeout(SHORT, queue.next());
     let a = take().await.unwrap().unwrap();
@@ -542,9 +542,7 @@ async fn local_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
 
 #[tokio::test]
 async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
-    let queue = LimitedSizeSerializableQueue::new(8);
-    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
-    queue.start().await.unwrap();
+    let queue = idle_serializable().await;
     let (scopes, saving) = (queue.clone(), queue.clone());
     a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
         queue,
@@ -562,15 +560,9 @@ async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held(
 // taken from beside that scope all the same, and the scope's release hands it to nobody.
 #[tokio::test]
 async fn serializable_job_completed_after_its_scopes_changed_while_it_waited_is_unparked() {
-    let queue = LimitedSizeSerializableQueue::new(8);
-    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
-    queue.start().await.unwrap();
+    let queue = idle_serializable().await;
     for id in ["zz-a", "zz-j"] {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(id),
-        });
-        job.set_scopes(vec!["zz-x".into()]);
-        queue.put(job).await.unwrap();
+        queue.put(scoped(id, &["zz-x"])).await.unwrap();
     }
     let a = timeout(SHORT, queue.next()).await.unwrap().unwrap();
     assert!(
@@ -589,22 +581,13 @@ async fn serializable_job_completed_after_its_scopes_changed_while_it_waited_is_
 // A job handed the scope it waited for holds it until it runs: it goes ahead of the line, so
 // that the scope does not stay idle while the job waits behind every job put meanwhile.
 async fn a_job_handed_its_scope_goes_ahead_of_the_line(queue: Arc<dyn Queue>) {
-    let job = |id: &str, scoped: bool| -> JobRef {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(id),
-        });
-        if scoped {
-            job.set_scopes(vec!["zz-s".into()]);
-        }
-        job
-    };
-    queue.put(job("zz-a", true)).await.unwrap();
-    queue.put(job("zz-w", true)).await.unwrap();
+    queue.put(scoped("zz-a", &["zz-s"])).await.unwrap();
+    queue.put(scoped("zz-w", &["zz-s"])).await.unwrap();
     let take = || timeout(SHORT, queue.next());
     let a = take().await.unwrap().unwrap();
     assert!(take().await.is_err(), "w waits beside the scope");
-    queue.put(job("zz-u1", false)).await.unwrap();
-    queue.put(job("zz-u2", false)).await.unwrap();
+    queue.put(scoped("zz-u1", &[])).await.unwrap();
+    queue.put(scoped("zz-u2", &[])).await.unwrap();
     queue.complete(&a).await.unwrap();
     let order: Vec<String> = [take().await, take().await, take().await]
         .into_iter()
@@ -621,9 +604,7 @@ async fn local_job_handed_its_scope_goes_ahead_of_the_line() {
 
 #[tokio::test]
 async fn serializable_job_handed_its_scope_goes_ahead_of_the_line() {
-    let queue = LimitedSizeSerializableQueue::new(8);
-    queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
-    queue.start().await.unwrap();
+    let queue = idle_serializable().await;
     a_job_handed_its_scope_goes_ahead_of_the_line(queue).await;
 }
 
@@ -631,22 +612,17 @@ async fn serializable_job_handed_its_scope_goes_ahead_of_the_line() {
 #[tokio::test]
 async fn priority_job_handed_its_scope_goes_ahead_of_its_priority_only() {
     let queue: Arc<amboy::local::PriorityQueue> = idle(amboy::local::PriorityQueue::new(8)).await;
-    let job = |id: &str, scoped: bool, priority: i32| -> JobRef {
-        let job: JobRef = Arc::new(Step {
-            base: Base::with_id(id),
-        });
-        if scoped {
-            job.set_scopes(vec!["zz-s".into()]);
-        }
+    let job = |id: &str, scopes: &[&str], priority: i32| -> JobRef {
+        let job = scoped(id, scopes);
         job.set_priority(priority);
         job
     };
-    queue.put(job("zz-a", true, 0)).await.unwrap();
-    queue.put(job("zz-w", true, 0)).await.unwrap();
+    queue.put(job("zz-a", &["zz-s"], 0)).await.unwrap();
+    queue.put(job("zz-w", &["zz-s"], 0)).await.unwrap();
     let a = queue.try_next().unwrap();
     assert!(queue.try_next().is_none(), "w waits beside the scope");
-    queue.put(job("zz-low", false, 0)).await.unwrap();
-    queue.put(job("zz-high", false, 5)).await.unwrap();
+    queue.put(job("zz-low", &[], 0)).await.unwrap();
+    queue.put(job("zz-high", &[], 5)).await.unwrap();
     queue.complete(&a).await.unwrap();
     let order: Vec<String> = (0..3)
         .map(|_| queue.try_next().unwrap().id().to_owned())

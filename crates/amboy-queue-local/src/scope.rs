@@ -469,6 +469,23 @@ mod tests {
         scopes.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    /// Asks for `scopes` for `owner`, which must wait: its waiter is `job-<owner>`.
+    fn must_wait(manager: &ScopeManager<String>, owner: &str, scopes: &[&str]) {
+        assert_eq!(
+            manager.acquire_or_wait(owner, &s(scopes), format!("job-{owner}")),
+            Err(Parked),
+            "{owner} waits"
+        );
+    }
+
+    /// A manager where `a` holds x and `b` holds y.
+    fn a_holds_x_and_b_y() -> ScopeManager<String> {
+        let manager = ScopeManager::new();
+        manager.acquire("a", &s(&["x"])).unwrap();
+        manager.acquire("b", &s(&["y"])).unwrap();
+        manager
+    }
+
     /// One way of taking or releasing scopes, named.
     type ScopeOp = (
         &'static str,
@@ -709,17 +726,9 @@ mod tests {
 
     #[test]
     fn a_waiter_needing_another_held_scope_waits_on_that_one() {
-        let manager = ScopeManager::<&'static str>::new();
-        manager.acquire("a", &s(&["x"])).unwrap();
-        manager.acquire("b", &s(&["y"])).unwrap();
-        assert_eq!(
-            manager.acquire_or_wait("c", &s(&["x", "y"]), "job-c"),
-            Err(Parked)
-        );
-        assert_eq!(
-            manager.acquire_or_wait("d", &s(&["x"]), "job-d"),
-            Err(Parked)
-        );
+        let manager = a_holds_x_and_b_y();
+        must_wait(&manager, "c", &["x", "y"]);
+        must_wait(&manager, "d", &["x"]);
         // c still needs y: x goes to d behind it, and c moves to y.
         assert_eq!(manager.release("a", &s(&["x"])).unwrap(), ["job-d"]);
         assert_eq!(manager.waiting(), 1);
@@ -734,13 +743,8 @@ mod tests {
 
     #[test]
     fn unpark_finds_a_waiter_moved_to_another_scope() {
-        let manager = ScopeManager::<&'static str>::new();
-        manager.acquire("a", &s(&["x"])).unwrap();
-        manager.acquire("b", &s(&["y"])).unwrap();
-        assert_eq!(
-            manager.acquire_or_wait("c", &s(&["x", "y"]), "job-c"),
-            Err(Parked)
-        );
+        let manager = a_holds_x_and_b_y();
+        must_wait(&manager, "c", &["x", "y"]);
         assert!(manager.release("a", &s(&["x"])).unwrap().is_empty());
         // c waits on y now.
         assert_eq!(manager.unpark("c", |_| true), 1);
@@ -750,22 +754,16 @@ mod tests {
 
     #[test]
     fn release_held_frees_what_the_owner_holds_whatever_it_names_now() {
-        let manager = ScopeManager::<&'static str>::new();
+        let manager = ScopeManager::new();
         manager.acquire("a", &s(&["x"])).unwrap();
-        assert_eq!(
-            manager.acquire_or_wait("b", &s(&["x", "y"]), "job-b"),
-            Err(Parked)
-        );
+        must_wait(&manager, "b", &["x", "y"]);
         assert_eq!(manager.release("a", &s(&["x"])).unwrap(), ["job-b"]);
         let mut held = manager.held_by("b");
         held.sort();
         assert_eq!(held, ["x", "y"]);
         // b's scopes changed to z meanwhile: what it was handed is freed all the same.
         manager.acquire("b", &s(&["z"])).unwrap();
-        assert_eq!(
-            manager.acquire_or_wait("c", &s(&["y"]), "job-c"),
-            Err(Parked)
-        );
+        must_wait(&manager, "c", &["y"]);
         assert_eq!(manager.release_held("b", &s(&["z"])), ["job-c"]);
         assert_eq!(manager.held_by("b"), ["z"], "kept");
         assert_eq!(manager.holder("x"), None);
@@ -776,17 +774,9 @@ mod tests {
 
     #[test]
     fn a_waiter_moved_to_another_scope_keeps_its_place_by_age() {
-        let manager = ScopeManager::<&'static str>::new();
-        manager.acquire("a", &s(&["x"])).unwrap();
-        manager.acquire("b", &s(&["y"])).unwrap();
-        assert_eq!(
-            manager.acquire_or_wait("old", &s(&["x", "y"]), "job-old"),
-            Err(Parked)
-        );
-        assert_eq!(
-            manager.acquire_or_wait("new", &s(&["y"]), "job-new"),
-            Err(Parked)
-        );
+        let manager = a_holds_x_and_b_y();
+        must_wait(&manager, "old", &["x", "y"]);
+        must_wait(&manager, "new", &["y"]);
         // x is free, y still b's: the older waiter moves to y, ahead of the newer one.
         assert!(manager.release("a", &s(&["x"])).unwrap().is_empty());
         assert_eq!(manager.release("b", &s(&["y"])).unwrap(), ["job-old"]);
