@@ -678,6 +678,8 @@ impl<L: Line> Engine<L> {
         if !enqueue_scopes.is_empty()
             && let Err(error) = self.scopes.acquire(&id, &enqueue_scopes)
         {
+            // A save of the job racing the put may have taken scopes under its ID meanwhile.
+            self.release_scopes(&id);
             self.withdraw(&id);
             return Err(error);
         }

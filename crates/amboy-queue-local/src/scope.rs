@@ -390,6 +390,21 @@ impl<W> Inner<W> {
         acquire_scopes: &[String],
     ) -> Result<()> {
         self.check_releasable(release_owner, release_scopes)?;
+        // A scope passes from the releasing owner only if it is among those released.
+        let kept = acquire_scopes.iter().find(|scope| {
+            !release_scopes.contains(scope)
+                && self
+                    .holders
+                    .get(*scope)
+                    .is_some_and(|holder| holder == release_owner && holder != acquire_owner)
+        });
+        if let Some(scope) = kept {
+            return Err(Error::DuplicateScope {
+                scope: scope.clone(),
+                holder: release_owner.to_owned(),
+                requester: acquire_owner.to_owned(),
+            });
+        }
         self.check_free(acquire_owner, acquire_scopes, Some(release_owner))?;
         self.free(release_owner, release_scopes);
         self.take(acquire_owner, acquire_scopes);
@@ -660,6 +675,22 @@ mod tests {
         assert!(err.is_duplicate_scope());
         assert_eq!(manager.holder("x").as_deref(), Some("old"));
         assert_eq!(manager.holder("z").as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn release_and_acquire_passes_on_only_the_scopes_released() {
+        let manager = ScopeManager::<()>::new();
+        manager.acquire("old", &s(&["x", "y"])).unwrap();
+        let err = manager
+            .release_and_acquire("old", &s(&["x"]), "new", &s(&["x", "y"]))
+            .unwrap_err();
+        assert!(err.is_duplicate_scope(), "y stays old's: {err}");
+        assert_eq!(
+            manager.holder("x").as_deref(),
+            Some("old"),
+            "nothing changed"
+        );
+        assert_eq!(manager.holder("y").as_deref(), Some("old"));
     }
 
     #[test]

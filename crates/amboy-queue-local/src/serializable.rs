@@ -634,9 +634,10 @@ impl Engine {
                 Ok(job) => self.dispatch(store, ticket, job),
                 Err(error) => {
                     self.set_aside(&mut store, key, &error);
-                    drop(store);
-                    // Its enqueue scopes, and any it was handed while it waited.
+                    // Its enqueue scopes, and any it was handed while it waited; under the
+                    // store's lock, before another job can be put under its key.
                     self.release_scopes(key, &[]);
+                    drop(store);
                     None
                 }
             };
@@ -660,8 +661,9 @@ impl Engine {
             count_out(&mut store.pending);
             store.expired += 1;
             store.retain(key.clone(), self.options.capacity - 1);
-            drop(store);
+            // Under the store's lock, before another job can be put under its key.
             self.release_scopes(&key, &[]);
+            drop(store);
             if amboy_core::metrics::ENABLED {
                 amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
             }
@@ -674,8 +676,8 @@ impl Engine {
             let at = meta.time_info.wait_until.unwrap_or(now);
             let enqueue_scopes = meta.effective_enqueue_scopes();
             drop(meta);
-            drop(store);
             self.release_scopes(&key, &enqueue_scopes);
+            drop(store);
             self.delayed.push(at, ticket);
             return None;
         }
@@ -690,8 +692,8 @@ impl Engine {
         if let Err(error) = self.dispatcher.mark(job.base().job_id(), &mut meta, now) {
             drop(meta);
             count_out(&mut store.pending);
-            drop(store);
             self.release_scopes(&key, &[]);
+            drop(store);
             tracing::warn!(queue_id = %self.id, key = %key, error = %error, "could not dispatch job");
             return None;
         }
@@ -733,7 +735,9 @@ impl Engine {
     /// Releases every scope the job under `key` holds but those in `keep` (its enqueue
     /// scopes, say): those it ran under, those handed to it while it waited, even any its job
     /// no longer names. Each goes to the first job waiting for it that can take all of its
-    /// scopes, and that job goes back in line.
+    /// scopes, and that job goes back in line. Called under the store's lock, as every change
+    /// of the scopes is: a job put under the key afterwards keeps what it takes, and no
+    /// hand-over slips between two steps of a change.
     fn release_scopes(&self, key: &str, keep: &[String]) {
         let woken = self.scopes.release_held(key, keep);
         self.requeue(woken);
@@ -974,6 +978,9 @@ impl Queue for Engine {
         // Closing the queue closes the line, which ends this wait. Nothing awaits after a
         // ticket leaves the line, so dropping this future loses no job.
         loop {
+            if self.line_rx.is_closed() {
+                return Err(Error::Closed("queue"));
+            }
             // A ticket handed its scopes goes first; the turn that said so may be another's.
             let ticket = match self.first.pop() {
                 Some(ticket) => ticket,
