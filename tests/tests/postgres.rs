@@ -1133,15 +1133,15 @@ async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
             .fetch_one(queue.pool())
             .await
             .expect("the row");
-            if state == 5 {
+            // The two rows went stale at one time: the pass may take either first.
+            if state == 5 && recorder.handed("good") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("set aside by maintenance");
-    assert!(recorder.handed("good"));
+    .expect("bad set aside and good handed over by maintenance");
     assert!(!recorder.handed("bad"));
     let bad = listed(&queue, "bad").await;
     assert!(

@@ -13,6 +13,8 @@ pub(crate) struct Hooks {
     pub(crate) after_expiry_decided: Mutex<Option<Hook>>,
     /// After `save` encoded the job, before it takes the store's lock.
     pub(crate) after_save_encoded: Mutex<Option<Hook>>,
+    /// After the serializable queue set aside an expired job and let go of the store's lock.
+    pub(crate) after_expiry_unlocked: Mutex<Option<Hook>>,
 }
 
 impl std::fmt::Debug for Hooks {

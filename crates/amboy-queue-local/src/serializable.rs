@@ -664,6 +664,8 @@ impl Engine {
             // Under the store's lock, before another job can be put under its key.
             self.release_scopes(&key, &[]);
             drop(store);
+            #[cfg(test)]
+            self.hooks.run(&self.hooks.after_expiry_unlocked, &job);
             if amboy_core::metrics::ENABLED {
                 amboy_core::metrics::jobs_expired(&self.id, &job.job_type().name, 1);
             }
@@ -1304,6 +1306,7 @@ amboy_core::delegate_retryable_queue!(LimitedSizeSerializableQueue, engine);
 #[cfg(test)]
 mod tests {
     use amboy_core::{Base, Job, JobContext, JobError};
+    use chrono::TimeDelta;
     use serde::{Deserialize, Serialize};
     use tokio_util::sync::CancellationToken;
 
@@ -1324,6 +1327,48 @@ mod tests {
         async fn run(&self, _ctx: &JobContext) -> std::result::Result<(), JobError> {
             Ok(())
         }
+    }
+
+    /// An expired job released its scopes after the store's lock was let go: a job put under
+    /// its key in between (the record is forgotten at once with a capacity of one) lost the
+    /// enqueue scope it had just taken. The put runs here in that gap.
+    #[tokio::test]
+    async fn a_job_put_under_the_key_of_one_just_expired_keeps_its_enqueue_scope() {
+        let queue = LimitedSizeSerializableQueue::new(1);
+        let job = |dispatch_by: TimeDelta, wait: Option<TimeDelta>| -> JobRef {
+            let job: JobRef = Arc::new(Quiet {
+                base: Base::with_id("expiring"),
+            });
+            job.set_scopes(vec!["lane".into()]);
+            job.set_enqueue_all_scopes(true);
+            let now = amboy_core::clock::now();
+            let mut meta = job.base().metadata();
+            meta.time_info.wait_until = wait.map(|wait| now + wait);
+            meta.time_info.dispatch_by = Some(now + dispatch_by);
+            drop(meta);
+            job
+        };
+        queue.put(job(TimeDelta::seconds(-1), None)).await.unwrap();
+        *queue.engine.hooks.after_expiry_unlocked.lock() = Some(Box::new({
+            let queue = Arc::downgrade(&queue);
+            let again = job(TimeDelta::hours(2), Some(TimeDelta::hours(1)));
+            move |_| {
+                let queue = queue.upgrade().unwrap();
+                futures::executor::block_on(queue.put(again)).expect("put under the key");
+            }
+        }));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), queue.next())
+                .await
+                .is_err(),
+            "nothing to run: the first expired, the second waits an hour"
+        );
+        assert_eq!(queue.stats().await.unwrap().expired, 1);
+        assert_eq!(
+            queue.scope_holder("lane").as_deref(),
+            Some("expiring"),
+            "the job put again holds its enqueue scope"
+        );
     }
 
     /// A `save` encoded the running copy, then the heartbeat refreshed the copy's lock and
