@@ -2027,6 +2027,10 @@ impl Machine {
             footprint.parked <= model.capacity,
             "more jobs parked beside scopes than the capacity: {footprint:?}"
         );
+        ensure!(
+            footprint.delayed <= 2 * model.capacity,
+            "more timer entries than twice the capacity: {footprint:?}"
+        );
         if self.kind.copies() {
             let latest: BTreeSet<&str> = model
                 .entities

@@ -383,9 +383,9 @@ async fn a_run_past_its_callers_deadline_cancels_no_token_of_the_callers() {
     assert!(!token.is_cancelled(), "the caller's token is its own");
 }
 
-/// A started serializable queue of capacity 8 that nothing runs.
-async fn idle_serializable() -> Arc<LimitedSizeSerializableQueue> {
-    let queue = LimitedSizeSerializableQueue::new(8);
+/// A started serializable queue that nothing runs.
+async fn idle_serializable(capacity: usize) -> Arc<LimitedSizeSerializableQueue> {
+    let queue = LimitedSizeSerializableQueue::new(capacity);
     queue.set_runner(Arc::new(IdleRunner::default())).unwrap();
     queue.start().await.unwrap();
     queue
@@ -456,7 +456,7 @@ async fn local_waiters_on_one_scope_are_handed_it_one_at_a_time() {
 
 #[tokio::test]
 async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
-    let queue = idle_serializable().await;
+    let queue = idle_serializable(8).await;
     let (footprint, scopes) = (queue.clone(), queue.clone());
     waiters_on_one_scope_are_handed_it_one_at_a_time(
         queue,
@@ -470,7 +470,7 @@ async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
 // wait_until when its turn came, waits holding its enqueue scopes only, as any pending job.
 #[tokio::test]
 async fn serializable_job_handed_its_scope_gives_it_back_when_saved_to_wait() {
-    let queue = idle_serializable().await;
+    let queue = idle_serializable(8).await;
     queue.put(scoped("zz-a", &["zz-s"])).await.unwrap();
     queue.put(scoped("zz-b", &["zz-s"])).await.unwrap();
     let a = timeout(SHORT, queue.next()).await.unwrap().unwrap();
@@ -542,7 +542,7 @@ async fn local_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
 
 #[tokio::test]
 async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
-    let queue = idle_serializable().await;
+    let queue = idle_serializable(8).await;
     let (scopes, saving) = (queue.clone(), queue.clone());
     a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
         queue,
@@ -560,7 +560,7 @@ async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held(
 // taken from beside that scope all the same, and the scope's release hands it to nobody.
 #[tokio::test]
 async fn serializable_job_completed_after_its_scopes_changed_while_it_waited_is_unparked() {
-    let queue = idle_serializable().await;
+    let queue = idle_serializable(8).await;
     for id in ["zz-a", "zz-j"] {
         queue.put(scoped(id, &["zz-x"])).await.unwrap();
     }
@@ -604,7 +604,7 @@ async fn local_job_handed_its_scope_goes_ahead_of_the_line() {
 
 #[tokio::test]
 async fn serializable_job_handed_its_scope_goes_ahead_of_the_line() {
-    let queue = idle_serializable().await;
+    let queue = idle_serializable(8).await;
     a_job_handed_its_scope_goes_ahead_of_the_line(queue).await;
 }
 
@@ -628,4 +628,51 @@ async fn priority_job_handed_its_scope_goes_ahead_of_its_priority_only() {
         .map(|_| queue.try_next().unwrap().id().to_owned())
         .collect();
     assert_eq!(order, ["zz-high", "zz-w", "zz-low"]);
+}
+
+// A job waiting for a far-off wait_until and completed from outside stayed in the timer heap
+// until its time came: putting and cancelling such jobs grew the heap without bound.
+async fn jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(
+    queue: Arc<dyn Queue>,
+    delayed: impl Fn() -> usize,
+) {
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let mut jobs = Vec::new();
+    for n in 0..100 {
+        let job = scoped(&format!("zz-later-{n}"), &[]);
+        job.base().metadata().time_info.wait_until = Some(later);
+        queue.put(job).await.unwrap();
+        jobs.push(queue.get(&format!("zz-later-{n}")).await.unwrap());
+    }
+    assert_eq!(delayed(), 100);
+    for (n, job) in jobs.iter().enumerate() {
+        queue.complete(job).await.unwrap();
+        let live = 99 - n;
+        assert!(
+            delayed() <= 2 * live,
+            "{} entries for {live} jobs still waiting",
+            delayed()
+        );
+    }
+    assert_eq!(delayed(), 0);
+}
+
+#[tokio::test]
+async fn local_jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap() {
+    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(100)).await;
+    let footprint = queue.clone();
+    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(queue, move || {
+        footprint.footprint().delayed
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serializable_jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap() {
+    let queue = idle_serializable(100).await;
+    let footprint = queue.clone();
+    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(queue, move || {
+        footprint.footprint().delayed
+    })
+    .await;
 }

@@ -13,15 +13,25 @@ use tokio::sync::Notify;
 /// changes.
 #[derive(Debug)]
 pub(crate) struct Delayed<T> {
-    heap: Mutex<BinaryHeap<Entry<T>>>,
+    heap: Mutex<Heap<T>>,
     sequence: AtomicU64,
     changed: Notify,
+}
+
+#[derive(Debug)]
+struct Heap<T> {
+    entries: BinaryHeap<Entry<T>>,
+    /// Jobs finished from outside since the heap was last swept, some of which may wait here.
+    gone: usize,
 }
 
 impl<T> Default for Delayed<T> {
     fn default() -> Self {
         Delayed {
-            heap: Mutex::new(BinaryHeap::new()),
+            heap: Mutex::new(Heap {
+                entries: BinaryHeap::new(),
+                gone: 0,
+            }),
             sequence: AtomicU64::new(0),
             changed: Notify::new(),
         }
@@ -65,8 +75,10 @@ impl<T> Delayed<T> {
         let sequence = self.sequence.fetch_add(1, AtomicOrdering::Relaxed);
         let earliest = {
             let mut heap = self.heap.lock();
-            heap.push(Entry { at, sequence, job });
-            heap.peek().is_some_and(|head| head.sequence == sequence)
+            heap.entries.push(Entry { at, sequence, job });
+            heap.entries
+                .peek()
+                .is_some_and(|head| head.sequence == sequence)
         };
         if earliest {
             self.changed.notify_one();
@@ -77,15 +89,33 @@ impl<T> Delayed<T> {
     pub(crate) fn take_due(&self, now: DateTime<Utc>) -> (Vec<T>, Option<Duration>) {
         let mut heap = self.heap.lock();
         let mut due = Vec::new();
-        while let Some(head) = heap.peek() {
+        while let Some(head) = heap.entries.peek() {
             if head.at < now {
-                due.push(heap.pop().expect("peeked").job);
+                due.push(heap.entries.pop().expect("peeked").job);
             } else {
                 let wait = (head.at - now).to_std().unwrap_or_default() + Duration::from_millis(1);
                 return (due, Some(wait));
             }
         }
         (due, None)
+    }
+
+    /// Notes that a pending job finished from outside (it may wait here, or not): once such
+    /// notes outnumber half the entries, only those `is_live` keeps stay. A finished job waiting
+    /// for a far-off time so takes no memory for long: at most as many finished entries stay
+    /// as live ones, at an amortized constant cost per note.
+    pub(crate) fn forget_one(&self, is_live: impl Fn(&T) -> bool) {
+        let mut heap = self.heap.lock();
+        heap.gone += 1;
+        if heap.gone * 2 > heap.entries.len() {
+            heap.entries.retain(|entry| is_live(&entry.job));
+            heap.gone = 0;
+        }
+    }
+
+    /// How many entries wait, live or finished meanwhile.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.lock().entries.len()
     }
 
     /// Completes when a job is pushed that is due before all others.

@@ -2,7 +2,8 @@
 
 /// The sizes of a local queue's internal structures, beyond the jobs themselves: what tests and
 /// monitoring read to see that a queue's memory stays bounded. Every count is bounded by the
-/// queue's capacity (and, for `tracked`, by its workers); fields a queue does not have are 0.
+/// queue's capacity (`delayed` by twice the capacity, `tracked` by its workers); fields a queue
+/// does not have are 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Footprint {
@@ -20,6 +21,9 @@ pub struct Footprint {
     pub latest_attempts: usize,
     /// Jobs parked beside a held scope.
     pub parked: usize,
+    /// Entries of the timer heap: jobs waiting for their `wait_until`, and jobs completed from
+    /// outside meanwhile that it has not swept out yet (at most as many as the others).
+    pub delayed: usize,
     /// Dispatched copies whose locks the dispatcher keeps alive.
     pub tracked: usize,
 }

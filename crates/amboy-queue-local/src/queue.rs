@@ -406,6 +406,7 @@ impl<L: Line> Engine<L> {
             dependents: graph.dependents,
             remembered: graph.remembered,
             parked: self.scopes.waiting(),
+            delayed: self.delayed.len(),
             tracked: self.dispatcher.len(),
             ..Footprint::default()
         }
@@ -840,6 +841,10 @@ impl<L: Line> Engine<L> {
             }
             self.scopes
                 .unpark(id.as_str(), |parked| Arc::ptr_eq(parked, job));
+            self.delayed.forget_one(|waiting| {
+                let meta = waiting.base().metadata();
+                !meta.status.completed && !meta.status.expired
+            });
             self.gate.give_back();
         }
         Ok(true)

@@ -426,6 +426,7 @@ impl LimitedSizeSerializableQueue {
             retained,
             latest_attempts,
             parked: self.engine.scopes.waiting(),
+            delayed: self.engine.delayed.len(),
             tracked: self.engine.dispatcher.len(),
             ..Footprint::default()
         }
@@ -829,6 +830,16 @@ impl Engine {
             (keep, should_retry)
         };
         store.records.insert(key.clone(), Arc::new(envelope));
+        if !was_completed && !was_in_progress {
+            // Its ticket may wait in the timer heap, which sweeps out finished jobs' tickets.
+            self.delayed.forget_one(|ticket| {
+                store.holds(ticket)
+                    && store
+                        .records
+                        .get(&ticket.key)
+                        .is_some_and(|record| !record.status.completed && !record.status.expired)
+            });
+        }
         if !was_completed {
             store.completed += 1;
         }
