@@ -38,7 +38,8 @@
 //!   jobs);
 //! * the rest of the footprint: the dependency graph holds exactly the blocked jobs and their
 //!   unmet edges, no more forgotten jobs are remembered than were forgotten (nor than
-//!   `4 × capacity + 16`), no more jobs are parked beside scopes than the capacity, the
+//!   `4 × capacity + 16`), no more jobs are parked beside scopes than the capacity, no more
+//!   entries wait in the timer heap than twice the capacity, the
 //!   serializable queue's dispatcher tracks exactly the running copies and its latest-attempt
 //!   index has exactly the retryable IDs stored;
 //! * locks are kept alive: after every step the test runs the lock refresh itself

@@ -101,9 +101,11 @@ impl<T> Delayed<T> {
     }
 
     /// Notes that a pending job finished from outside (it may wait here, or not): once such
-    /// notes outnumber half the entries, only those `is_live` keeps stay. A finished job waiting
-    /// for a far-off time so takes no memory for long: at most as many finished entries stay
-    /// as live ones, at an amortized constant cost per note.
+    /// notes outnumber half the entries, only those `is_live` keeps stay, at an amortized
+    /// constant cost per note. Finished entries so never outnumber the notes since the last
+    /// sweep, nor these the queue's capacity: the heap holds at most twice the capacity. (They
+    /// may stay until a later note, or until their time, when the timer takes live entries
+    /// out meanwhile.)
     pub(crate) fn forget_one(&self, is_live: impl Fn(&T) -> bool) {
         let mut heap = self.heap.lock();
         heap.gone += 1;

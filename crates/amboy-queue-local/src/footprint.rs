@@ -22,7 +22,7 @@ pub struct Footprint {
     /// Jobs parked beside a held scope.
     pub parked: usize,
     /// Entries of the timer heap: jobs waiting for their `wait_until`, and jobs completed from
-    /// outside meanwhile that it has not swept out yet (at most as many as the others).
+    /// outside meanwhile that it has not swept out yet (never more than the capacity).
     pub delayed: usize,
     /// Dispatched copies whose locks the dispatcher keeps alive.
     pub tracked: usize,
