@@ -391,6 +391,37 @@ async fn idle_serializable(capacity: usize) -> Arc<LimitedSizeSerializableQueue>
     queue
 }
 
+/// What the scope and timer tests read of an in-memory queue.
+trait InMemory: Queue + 'static {
+    fn parked(&self) -> usize;
+    fn delayed(&self) -> usize;
+    fn holder(&self, scope: &str) -> Option<String>;
+}
+
+impl InMemory for LimitedSizeQueue {
+    fn parked(&self) -> usize {
+        self.footprint().parked
+    }
+    fn delayed(&self) -> usize {
+        self.footprint().delayed
+    }
+    fn holder(&self, scope: &str) -> Option<String> {
+        self.scope_holder(scope)
+    }
+}
+
+impl InMemory for LimitedSizeSerializableQueue {
+    fn parked(&self) -> usize {
+        self.footprint().parked
+    }
+    fn delayed(&self) -> usize {
+        self.footprint().delayed
+    }
+    fn holder(&self, scope: &str) -> Option<String> {
+        self.scope_holder(scope)
+    }
+}
+
 /// A step holding `scopes` while it runs.
 fn scoped(id: &str, scopes: &[&str]) -> JobRef {
     let job: JobRef = Arc::new(Step {
@@ -407,11 +438,9 @@ fn scoped(id: &str, scopes: &[&str]) -> JobRef {
 // jobs ran in 1.9 s, against 0.5 s now). The release now takes the scope (with the job's
 // others) for the first job that waited, which holds it until it runs; the others stay
 // parked.
-async fn waiters_on_one_scope_are_handed_it_one_at_a_time(
-    queue: Arc<dyn Queue>,
-    parked: impl Fn() -> usize,
-    holder: impl Fn() -> Option<String>,
-) {
+async fn waiters_on_one_scope_are_handed_it_one_at_a_time(queue: Arc<impl InMemory>) {
+    let parked = || queue.parked();
+    let holder = || queue.holder("zz-one");
     for n in 0..5 {
         queue
             .put(scoped(&format!("zz-w-{n}"), &["zz-one"]))
@@ -444,26 +473,12 @@ async fn waiters_on_one_scope_are_handed_it_one_at_a_time(
 
 #[tokio::test]
 async fn local_waiters_on_one_scope_are_handed_it_one_at_a_time() {
-    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(8)).await;
-    let (footprint, scopes) = (queue.clone(), queue.clone());
-    waiters_on_one_scope_are_handed_it_one_at_a_time(
-        queue,
-        move || footprint.footprint().parked,
-        move || scopes.scope_holder("zz-one"),
-    )
-    .await;
+    waiters_on_one_scope_are_handed_it_one_at_a_time(idle(LimitedSizeQueue::new(8)).await).await;
 }
 
 #[tokio::test]
 async fn serializable_waiters_on_one_scope_are_handed_it_one_at_a_time() {
-    let queue = idle_serializable(8).await;
-    let (footprint, scopes) = (queue.clone(), queue.clone());
-    waiters_on_one_scope_are_handed_it_one_at_a_time(
-        queue,
-        move || footprint.footprint().parked,
-        move || scopes.scope_holder("zz-one"),
-    )
-    .await;
+    waiters_on_one_scope_are_handed_it_one_at_a_time(idle_serializable(8).await).await;
 }
 
 // A job handed its scopes while it waited beside one, then found saved with a later
@@ -502,18 +517,18 @@ async fn serializable_job_handed_its_scope_gives_it_back_when_saved_to_wait() {
 
 // A job whose scopes change while it waits beside one is handed the scopes it waited with;
 // whatever it holds is released when it ends, so none is held for ever.
-async fn a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
-    queue: Arc<dyn Queue>,
-    holder: impl Fn(&str) -> Option<String>,
-    change: impl AsyncFnOnce(&JobRef),
-) {
+async fn a_job_whose_scopes_changed_while_it_waited_leaves_none_held(queue: Arc<impl InMemory>) {
+    let holder = |scope: &str| queue.holder(scope);
     let waiter = scoped("zz-j", &["zz-x"]);
     queue.put(scoped("zz-a", &["zz-x"])).await.unwrap();
     queue.put(waiter.clone()).await.unwrap();
     let take = || timeout(SHORT, queue.next());
     let a = take().await.unwrap().unwrap();
     assert!(take().await.is_err(), "j waits beside zz-x");
-    change(&waiter).await;
+    // Its scopes change (the local queue's save of a pending job also takes them all).
+    let stored = queue.get(waiter.id()).await.unwrap();
+    stored.set_scopes(vec!["zz-y".into()]);
+    queue.save(&stored).await.unwrap();
     queue.complete(&a).await.unwrap();
     assert_eq!(
         holder("zz-x").as_deref(),
@@ -530,30 +545,15 @@ async fn a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
 
 #[tokio::test]
 async fn local_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
-    let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(8)).await;
-    let scopes = queue.clone();
     a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
-        queue,
-        move |scope| scopes.scope_holder(scope),
-        async |waiter| waiter.set_scopes(vec!["zz-y".into()]),
+        idle(LimitedSizeQueue::new(8)).await,
     )
     .await;
 }
 
 #[tokio::test]
 async fn serializable_job_whose_scopes_changed_while_it_waited_leaves_none_held() {
-    let queue = idle_serializable(8).await;
-    let (scopes, saving) = (queue.clone(), queue.clone());
-    a_job_whose_scopes_changed_while_it_waited_leaves_none_held(
-        queue,
-        move |scope| scopes.scope_holder(scope),
-        async move |waiter| {
-            let stored = saving.get(waiter.id()).await.unwrap();
-            stored.set_scopes(vec!["zz-y".into()]);
-            saving.save(&stored).await.unwrap();
-        },
-    )
-    .await;
+    a_job_whose_scopes_changed_while_it_waited_leaves_none_held(idle_serializable(8).await).await;
 }
 
 // Completed from outside after its scopes changed while it waited beside one: it is found and
@@ -633,9 +633,9 @@ async fn priority_job_handed_its_scope_goes_ahead_of_its_priority_only() {
 // A job waiting for a far-off wait_until and completed from outside stayed in the timer heap
 // until its time came: putting and cancelling such jobs grew the heap without bound.
 async fn jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(
-    queue: Arc<dyn Queue>,
-    delayed: impl Fn() -> usize,
+    queue: Arc<impl InMemory>,
 ) {
+    let delayed = || queue.delayed();
     let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     let mut jobs = Vec::new();
     for n in 0..100 {
@@ -660,19 +660,13 @@ async fn jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(
 #[tokio::test]
 async fn local_jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap() {
     let queue: Arc<LimitedSizeQueue> = idle(LimitedSizeQueue::new(100)).await;
-    let footprint = queue.clone();
-    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(queue, move || {
-        footprint.footprint().delayed
-    })
-    .await;
+    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(queue).await;
 }
 
 #[tokio::test]
 async fn serializable_jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap() {
-    let queue = idle_serializable(100).await;
-    let footprint = queue.clone();
-    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(queue, move || {
-        footprint.footprint().delayed
-    })
+    jobs_completed_while_they_wait_for_their_time_leave_the_timer_heap(
+        idle_serializable(100).await,
+    )
     .await;
 }
