@@ -1515,10 +1515,14 @@ impl Machine {
                 }
             }
             Order::Priority => {
-                if let Some(&j) = ready
-                    .iter()
-                    .find(|&&j| self.model.entities[j].priority > e.priority)
-                {
+                // A job may go ahead of a higher priority that shares a scope with it: the scope
+                // was handed to it, waiting beside the scope, in this very `next` (a job set
+                // aside there freed it), which the model observes only afterwards.
+                if let Some(&j) = ready.iter().find(|&&j| {
+                    let other = &self.model.entities[j];
+                    other.priority > e.priority
+                        && !other.scopes.iter().any(|scope| e.scopes.contains(scope))
+                }) {
                     return Err(fail(format!(
                         "next handed out {e:?} before {:?}, of higher priority",
                         self.model.entities[j]

@@ -670,3 +670,23 @@ async fn serializable_jobs_completed_while_they_wait_for_their_time_leave_the_ti
     )
     .await;
 }
+
+// On the priority queue, the jobs waiting beside a scope are handed it by priority: the
+// higher one runs first though it came to wait later.
+#[tokio::test]
+async fn priority_jobs_waiting_beside_a_scope_are_handed_it_by_priority() {
+    let queue: Arc<amboy::local::PriorityQueue> = idle(amboy::local::PriorityQueue::new(8)).await;
+    let job = |id: &str, priority: i32| -> JobRef {
+        let job = scoped(id, &["zz-s"]);
+        job.set_priority(priority);
+        job
+    };
+    queue.put(job("zz-holder", 9)).await.unwrap();
+    let holder = queue.try_next().unwrap();
+    queue.put(job("zz-low", 0)).await.unwrap();
+    assert!(queue.try_next().is_none(), "low waits beside the scope");
+    queue.put(job("zz-high", 5)).await.unwrap();
+    assert!(queue.try_next().is_none(), "high waits too");
+    queue.complete(&holder).await.unwrap();
+    assert_eq!(queue.try_next().unwrap().id(), "zz-high");
+}

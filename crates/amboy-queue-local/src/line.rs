@@ -25,6 +25,9 @@ pub trait Line: sealed::Sealed + Default + fmt::Debug + Send + Sync + 'static {
     const PUT_BEFORE_START: bool;
     /// Whether the queue honours dependencies (edges and state).
     const DEPENDENCIES: bool;
+    /// Whether the line hands out higher priorities first: jobs waiting beside a scope are
+    /// then handed it by priority too.
+    const BY_PRIORITY: bool;
 
     /// Adds a ready job; never waits.
     fn push(&self, job: JobRef);
@@ -64,6 +67,7 @@ impl Line for Fifo {
     const KIND: &'static str = "fixed";
     const PUT_BEFORE_START: bool = false;
     const DEPENDENCIES: bool = false;
+    const BY_PRIORITY: bool = false;
 
     fn push(&self, job: JobRef) {
         self.jobs.push(job);
@@ -257,6 +261,7 @@ impl Line for ByPriority {
     const KIND: &'static str = "priority";
     const PUT_BEFORE_START: bool = true;
     const DEPENDENCIES: bool = false;
+    const BY_PRIORITY: bool = true;
 
     fn push(&self, job: JobRef) {
         self.push_in_turn(job, false);
@@ -294,6 +299,7 @@ impl Line for Shuffled {
     const KIND: &'static str = "shuffled";
     const PUT_BEFORE_START: bool = true;
     const DEPENDENCIES: bool = false;
+    const BY_PRIORITY: bool = false;
 
     fn push(&self, job: JobRef) {
         self.jobs.push(|jobs| jobs.push(job));
@@ -335,6 +341,7 @@ macro_rules! dependency_aware {
             const KIND: &'static str = $kind;
             const PUT_BEFORE_START: bool = true;
             const DEPENDENCIES: bool = true;
+            const BY_PRIORITY: bool = <$inner as Line>::BY_PRIORITY;
 
             fn push(&self, job: JobRef) {
                 self.0.push(job);

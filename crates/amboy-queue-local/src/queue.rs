@@ -464,7 +464,12 @@ impl<L: Line> Engine<L> {
         if !meta.scopes.is_empty()
             && self
                 .scopes
-                .acquire_or_wait(id, &meta.scopes, job.clone())
+                .acquire_or_wait_ranked(
+                    id,
+                    &meta.scopes,
+                    if L::BY_PRIORITY { meta.priority } else { 0 },
+                    job.clone(),
+                )
                 .is_err()
         {
             // Parked beside the scope: the release freeing it takes the job's scopes for it

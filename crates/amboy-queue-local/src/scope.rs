@@ -12,7 +12,8 @@ use parking_lot::{Mutex, MutexGuard};
 ///
 /// Every operation takes the whole set of scopes or nothing. Besides amboy's operations, a
 /// caller may [`acquire_or_wait`](ScopeManager::acquire_or_wait): when a scope is taken, the
-/// waiter (a job, for queues) is parked on it, first come first served. The release that frees
+/// waiter (a job, for queues) is parked on it, first come first served (higher priorities first,
+/// with [`acquire_or_wait_ranked`](ScopeManager::acquire_or_wait_ranked)). The release that frees
 /// the scope hands it over: it takes every scope of the first waiter that can now have them all
 /// for that waiter's owner, and hands that waiter back, so queues retry a blocked job exactly
 /// when it can run, without polling, waiting out a lock, or waking every job that waits on the
@@ -44,7 +45,10 @@ struct Inner<W> {
 
 /// A parked waiter, with the owner and scopes it asked for.
 struct Waiter<W> {
-    /// When it first waited: a waiter moved to another scope's list keeps its place by age.
+    /// Served before the waiters of lower priority.
+    priority: i32,
+    /// When it first waited: among equals the oldest is served first, and a waiter moved to
+    /// another scope's list keeps its place.
     seq: u64,
     owner: String,
     scopes: Vec<String>,
@@ -108,11 +112,24 @@ impl<W> ScopeManager<W> {
 
     /// Like [`acquire`](Self::acquire), but when a scope is held by another owner, parks
     /// `waiter` on that scope and returns it in `Err`'s place: the release freeing the scope
-    /// hands the waiter back.
+    /// hands the waiter back. Waiters are served in the order they came.
     pub fn acquire_or_wait(
         &self,
         owner: &str,
         scopes: &[String],
+        waiter: W,
+    ) -> std::result::Result<(), Parked> {
+        self.acquire_or_wait_ranked(owner, scopes, 0, waiter)
+    }
+
+    /// [`acquire_or_wait`](Self::acquire_or_wait) for a waiter of `priority`: waiters of
+    /// higher priority are served first, in the order they came among equals (for queues that
+    /// dispatch by priority).
+    pub fn acquire_or_wait_ranked(
+        &self,
+        owner: &str,
+        scopes: &[String],
+        priority: i32,
         waiter: W,
     ) -> std::result::Result<(), Parked> {
         if scopes.is_empty() {
@@ -131,6 +148,7 @@ impl<W> ScopeManager<W> {
                 inner.park(
                     scope,
                     Waiter {
+                        priority,
                         seq,
                         owner: owner.to_owned(),
                         scopes: scopes.to_vec(),
@@ -421,10 +439,13 @@ impl<W> Inner<W> {
             }
         }
         let waiters = self.waiters.entry(scope).or_default();
-        if waiters.back().is_none_or(|last| last.seq < waiter.seq) {
+        if waiters
+            .back()
+            .is_none_or(|last| last.turn() < waiter.turn())
+        {
             waiters.push_back(waiter);
         } else {
-            let place = waiters.partition_point(|other| other.seq < waiter.seq);
+            let place = waiters.partition_point(|other| other.turn() < waiter.turn());
             waiters.insert(place, waiter);
         }
     }
@@ -441,38 +462,52 @@ impl<W> Inner<W> {
         }
     }
 
-    /// Hands each free scope of `scopes` to its first waiter that can take all of its scopes
-    /// now, taking them for it; a waiter that still needs a scope another owner holds moves to
-    /// that scope's waiters. Returns the waiters handed their scopes.
+    /// Hands the free scopes of `scopes` over, the first waiter first (by priority, then age)
+    /// among the heads of their lists: a waiter that can take all of its scopes now gets them,
+    /// taken for it; one that still needs a scope another owner holds moves to that scope's
+    /// list. Returns the waiters handed their scopes.
     fn hand_over(&mut self, scopes: &[String]) -> Vec<W> {
         let mut woken = Vec::new();
-        for scope in scopes {
-            if self.holders.contains_key(scope) {
-                continue;
-            }
-            let Some(mut waiters) = self.waiters.remove(scope) else {
-                continue;
+        // Each turn takes a scope or moves a waiter off a free scope's list: it ends.
+        loop {
+            let first = scopes
+                .iter()
+                .filter(|scope| !self.holders.contains_key(*scope))
+                .filter_map(|scope| {
+                    let head = self.waiters.get(scope)?.front()?;
+                    Some((head.turn(), scope))
+                })
+                .min_by_key(|(turn, _)| *turn)
+                .map(|(_, scope)| scope.clone());
+            let Some(scope) = first else {
+                return woken;
             };
-            while let Some(parked) = waiters.pop_front() {
-                self.forget_parked(&parked.owner, scope);
-                match self.held_by_other(&parked.owner, &parked.scopes, None) {
-                    None => {
-                        self.take(&parked.owner, &parked.scopes);
-                        woken.push(parked.waiter);
-                        break;
-                    }
-                    Some(other) => {
-                        let other = other.to_owned();
-                        self.park(other, parked);
-                    }
+            let Some(waiters) = self.waiters.get_mut(&scope) else {
+                return woken;
+            };
+            let parked = waiters.pop_front().expect("a waiter at the head");
+            if waiters.is_empty() {
+                self.waiters.remove(&scope);
+            }
+            self.forget_parked(&parked.owner, &scope);
+            match self.held_by_other(&parked.owner, &parked.scopes, None) {
+                None => {
+                    self.take(&parked.owner, &parked.scopes);
+                    woken.push(parked.waiter);
+                }
+                Some(other) => {
+                    let other = other.to_owned();
+                    self.park(other, parked);
                 }
             }
-            if !waiters.is_empty() {
-                // The scope went to the waiter handed back; the rest wait for its release.
-                self.waiters.insert(scope.clone(), waiters);
-            }
         }
-        woken
+    }
+}
+
+impl<W> Waiter<W> {
+    /// Its place among waiters: higher priority first, then older first.
+    fn turn(&self) -> (std::cmp::Reverse<i32>, u64) {
+        (std::cmp::Reverse(self.priority), self.seq)
     }
 }
 
@@ -811,6 +846,33 @@ mod tests {
         // x is free, y still b's: the older waiter moves to y, ahead of the newer one.
         assert!(manager.release("a", &s(&["x"])).unwrap().is_empty());
         assert_eq!(manager.release("b", &s(&["y"])).unwrap(), ["job-old"]);
+    }
+
+    #[test]
+    fn waiters_are_served_by_priority_then_age_across_the_scopes_freed() {
+        let manager = ScopeManager::<&'static str>::new();
+        manager.acquire("holder", &s(&["x", "y"])).unwrap();
+        let wait = |owner, scopes: &[&str], priority, waiter| {
+            assert_eq!(
+                manager.acquire_or_wait_ranked(owner, &s(scopes), priority, waiter),
+                Err(Parked)
+            );
+        };
+        wait("low", &["x", "y"], 0, "job-low");
+        wait("high", &["y"], 5, "job-high");
+        // Both scopes freed at once: high, first by priority though it came later and waits
+        // on the second scope listed, gets y; low, needing y too, moves to y.
+        assert_eq!(
+            manager.release("holder", &s(&["x", "y"])).unwrap(),
+            ["job-high"]
+        );
+        assert_eq!(manager.holder("x"), None);
+        // Among equal priorities the older goes first; low, of a lower one, last.
+        wait("older", &["y"], 5, "job-older");
+        wait("newer", &["y"], 5, "job-newer");
+        assert_eq!(manager.release("high", &s(&["y"])).unwrap(), ["job-older"]);
+        assert_eq!(manager.release("older", &s(&["y"])).unwrap(), ["job-newer"]);
+        assert_eq!(manager.release("newer", &s(&["y"])).unwrap(), ["job-low"]);
     }
 
     #[test]
