@@ -145,7 +145,14 @@ async fn panicking_job_deregisters(runner: Arc<dyn AbortableRunner>, key: &str) 
     let boom = job(key, "boom", Behaviour::Panic);
     put(&queue, boom.clone()).await;
     wait_job(&queue, "boom").await;
-    assert!(!runner.is_running("boom"));
+    // The registration goes once the completion is in: a moment after `wait_job` sees it.
+    timeout(Duration::from_secs(5), async {
+        while runner.is_running("boom") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the panicked job is no longer registered");
     assert!(runner.running_jobs().is_empty());
     let error = error_of(&boom).expect("the panic is recorded");
     assert!(error.starts_with("job panicked:"), "{error}");
