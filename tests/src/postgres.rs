@@ -50,6 +50,30 @@ pub fn queue(options: PostgresQueueOptions) -> Arc<PostgresQueue> {
     PostgresQueue::new(options).expect("valid options")
 }
 
+/// The connections listening on `schema`'s notification channel, as `pg_stat_activity` shows
+/// (a listener's last statement is its `LISTEN`).
+pub async fn listeners(pool: &sqlx::PgPool, schema: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
+         AND query LIKE '%' || $1 || '%'",
+    )
+    .bind(format!("amboy_{schema}"))
+    .fetch_one(pool)
+    .await
+    .expect("activity")
+}
+
+/// Waits (up to 30 s) until a connection listens on `schema`'s notification channel.
+pub async fn until_listening(pool: &sqlx::PgPool, schema: &str) {
+    let listened = tokio::time::timeout(Duration::from_secs(30), async {
+        while listeners(pool, schema).await == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(listened.is_ok(), "nobody listens on {schema}'s channel");
+}
+
 /// Waits (up to 30 s) until a statement on the jobs table of `schema` whose text contains
 /// `marker` waits for a lock, as `pg_stat_activity` shows: the interleaving a test forces was
 /// reached.

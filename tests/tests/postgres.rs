@@ -17,7 +17,7 @@ use amboy::registry::JobInterchange;
 use amboy::{Base, Error, JobRef, Queue, RetryableQueue as _};
 use amboy_tests::cases::IdleRunner;
 use amboy_tests::jobs::Noop;
-use amboy_tests::postgres::{options, queue};
+use amboy_tests::postgres::{options, queue, until_listening};
 use chrono::{TimeDelta, Utc};
 use futures::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -1711,26 +1711,8 @@ async fn a_put_elsewhere_wakes_an_idle_worker_without_polling() {
         let worker = worker.clone();
         async move { worker.next().await }
     });
-    // Once the worker listens (its listener's last statement is the LISTEN).
-    let channel = format!("amboy_{}", options.schema);
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let listening: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
-                 AND query LIKE '%' || $1 || '%'",
-            )
-            .bind(&channel)
-            .fetch_one(producer.pool())
-            .await
-            .expect("activity");
-            if listening > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the worker listens");
+    // Once the worker listens.
+    until_listening(producer.pool(), &options.schema).await;
     producer.put(noop("wake")).await.expect("put");
     let job = tokio::time::timeout(LIMIT, waiting)
         .await
@@ -1772,25 +1754,7 @@ async fn scopes_freed_by_expiry_elsewhere_wake_an_idle_worker() {
         let worker = worker.clone();
         async move { worker.next().await }
     });
-    let channel = format!("amboy_{schema}");
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let listening: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
-                 AND query LIKE '%' || $1 || '%'",
-            )
-            .bind(&channel)
-            .fetch_one(worker.pool())
-            .await
-            .expect("activity");
-            if listening > 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the worker listens");
+    until_listening(worker.pool(), schema).await;
     // Another process, whose maintenance runs, expires the holder.
     let mut busy = quiet.clone();
     busy.maintenance_interval = Duration::from_millis(50);

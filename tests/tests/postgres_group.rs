@@ -377,7 +377,7 @@ async fn a_retried_job_keeps_its_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queues_of_a_group_share_one_listening_connection() {
     let options = group_options(options());
-    let channel = format!("amboy_{}", options.queue.schema);
+    let schema = options.queue.schema.clone();
     let group = PostgresQueueGroup::new(options).await.expect("group");
     for name in ["one", "two", "three", "four", "five", "six"] {
         let queue = group.get(name, &[]).await.expect("queue");
@@ -396,14 +396,10 @@ async fn the_queues_of_a_group_share_one_listening_connection() {
         assert_eq!(outcome, JobOutcome::Completed);
     }
     let pool = group_pool("").await;
-    let listeners: i64 = amboy::postgres::sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' \
-         AND query LIKE '%' || $1 || '%'",
-    )
-    .bind(&channel)
-    .fetch_one(&pool)
-    .await
-    .expect("activity");
-    assert_eq!(listeners, 1, "one listening connection for six queues");
+    assert_eq!(
+        amboy_tests::postgres::listeners(&pool, &schema).await,
+        1,
+        "one listening connection for six queues"
+    );
     group.close().await.expect("close");
 }

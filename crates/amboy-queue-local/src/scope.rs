@@ -18,7 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 /// for that waiter's owner, and hands that waiter back, so queues retry a blocked job exactly
 /// when it can run, without polling, waiting out a lock, or waking every job that waits on the
 /// scope only for all but one to wait again. A waiter that still needs a scope held by another
-/// owner waits on that scope instead, keeping its place by age. The manager knows what each
+/// owner waits on that scope instead, keeping its place (by priority, then age). The manager knows what each
 /// owner holds and where it waits, so [`release_held`](ScopeManager::release_held) and
 /// [`unpark`](ScopeManager::unpark) need no list of scopes from the caller: a job whose scopes
 /// changed meanwhile leaves nothing held or parked behind.
@@ -161,8 +161,8 @@ impl<W> ScopeManager<W> {
     }
 
     /// Releases `owner`'s scopes, ignoring those not held; a scope held by another owner is an
-    /// error and nothing is released. Each freed scope is handed over to its first waiter that
-    /// can take all of its scopes now; returns those waiters, their scopes taken.
+    /// error and nothing is released. The freed scopes are [handed over](Self::hand_over);
+    /// returns the waiters they went to, their scopes taken.
     pub fn release(&self, owner: &str, scopes: &[String]) -> Result<Vec<W>> {
         if scopes.is_empty() {
             return Ok(Vec::new());
@@ -205,8 +205,10 @@ impl<W> ScopeManager<W> {
         Ok(release_scopes.to_vec())
     }
 
-    /// Hands each of `scopes` that is free over to its first waiter that can take all of its
-    /// scopes now (see [`release`](Self::release)); returns those waiters.
+    /// Hands the free scopes among `scopes` over, serving first the first waiter (by priority,
+    /// then age) at the head of any of their lists: one that can take all of its scopes now
+    /// gets them, taken for it; one that still needs a scope another owner holds waits on that
+    /// scope instead. Returns the waiters handed their scopes.
     pub fn hand_over(&self, scopes: &[String]) -> Vec<W> {
         if scopes.is_empty() {
             return Vec::new();
@@ -462,10 +464,7 @@ impl<W> Inner<W> {
         }
     }
 
-    /// Hands the free scopes of `scopes` over, the first waiter first (by priority, then age)
-    /// among the heads of their lists: a waiter that can take all of its scopes now gets them,
-    /// taken for it; one that still needs a scope another owner holds moves to that scope's
-    /// list. Returns the waiters handed their scopes.
+    /// See [`ScopeManager::hand_over`].
     fn hand_over(&mut self, scopes: &[String]) -> Vec<W> {
         let mut woken = Vec::new();
         // Each turn takes a scope or moves a waiter off a free scope's list: it ends.
