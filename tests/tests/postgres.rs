@@ -1031,32 +1031,43 @@ impl amboy::RetryHandler for TestHandler {
     async fn close(&self) {}
 }
 
-/// A stale retrying job the handler refuses (for a reason of its own) does not keep the ones
-/// after it from being handed over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
+/// A queue, not started, with `handler` as its retry handler and a runner that runs nothing.
+fn with_handler(handler: Arc<TestHandler>) -> Arc<PostgresQueue> {
     let queue = queue(options());
-    let picky = Arc::new(TestHandler::refusing("refused"));
     queue
-        .set_retry_handler(picky.clone())
+        .set_retry_handler(handler)
         .expect("a new queue takes a handler");
     queue
         .set_runner(Arc::new(IdleRunner::default()))
         .expect("a runner");
-    queue.put(noop("refused")).await.expect("put");
-    queue.put(noop("taken")).await.expect("put");
+    queue
+}
+
+/// Makes job `id` retrying with a lock that lapsed `age` ago (an SQL interval), its owner
+/// gone: a stale retrying job that maintenance hands to the retry handler.
+async fn stale_retrying(queue: &PostgresQueue, id: &str, age: &str) {
     let schema = &queue.options().schema;
-    // The refused one is the older: first in line.
     sql(
         queue.pool(),
         format!(
             "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
-                 lock_ts = now() - interval '2 days' WHERE id = 'refused'; \
-             UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
-                 lock_ts = now() - interval '1 day' WHERE id = 'taken'"
+                 lock_ts = now() - interval '{age}' WHERE id = '{id}'"
         ),
     )
     .await;
+}
+
+/// A stale retrying job the handler refuses (for a reason of its own) does not keep the ones
+/// after it from being handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
+    let picky = Arc::new(TestHandler::refusing("refused"));
+    let queue = with_handler(picky.clone());
+    queue.put(noop("refused")).await.expect("put");
+    queue.put(noop("taken")).await.expect("put");
+    // The refused one is the older: first in line.
+    stale_retrying(&queue, "refused", "2 days").await;
+    stale_retrying(&queue, "taken", "1 day").await;
     queue.start().await.expect("start");
     tokio::time::timeout(LIMIT, async {
         while !picky.handed("taken") {
@@ -1071,24 +1082,10 @@ async fn a_stale_retrying_job_the_handler_refuses_holds_up_no_other() {
 /// stale retrying job's hand-over waits, and `close` ends all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_retry_handler_does_not_hold_up_closing() {
-    let queue = queue(options());
     let stuck = Arc::new(TestHandler::stuck());
-    queue
-        .set_retry_handler(stuck.clone())
-        .expect("a new queue takes a handler");
-    queue
-        .set_runner(Arc::new(IdleRunner::default()))
-        .expect("a runner");
+    let queue = with_handler(stuck.clone());
     queue.put(noop("retrying")).await.expect("put");
-    let schema = &queue.options().schema;
-    sql(
-        queue.pool(),
-        format!(
-            "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
-                 lock_ts = now() - interval '1 day' WHERE id = 'retrying'"
-        ),
-    )
-    .await;
+    stale_retrying(&queue, "retrying", "1 day").await;
     queue.start().await.expect("start");
     tokio::time::timeout(LIMIT, stuck.entered.notified())
         .await
@@ -1103,25 +1100,16 @@ async fn a_full_retry_handler_does_not_hold_up_closing() {
 /// stale retrying jobs at every pass for ever. The others go to the retry handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
-    let queue = queue(options());
     let recorder = Arc::new(TestHandler::default());
-    queue
-        .set_retry_handler(recorder.clone())
-        .expect("a new queue takes a handler");
-    queue
-        .set_runner(Arc::new(IdleRunner::default()))
-        .expect("a runner");
+    let queue = with_handler(recorder.clone());
     queue.put(scoped("bad", &["s1"], true)).await.expect("put");
     queue.put(noop("good")).await.expect("put");
+    stale_retrying(&queue, "bad", "1 day").await;
+    stale_retrying(&queue, "good", "1 day").await;
     let schema = &queue.options().schema;
     sql(
         queue.pool(),
-        format!(
-            "UPDATE {schema}.jobs SET state = 3, owner = 'gone', \
-                 lock_ts = now() - interval '1 day' \
-             WHERE id IN ('bad', 'good'); \
-             UPDATE {schema}.jobs SET job_type = 'no-such-type' WHERE id = 'bad'"
-        ),
+        format!("UPDATE {schema}.jobs SET job_type = 'no-such-type' WHERE id = 'bad'"),
     )
     .await;
     queue.start().await.expect("start");
@@ -1133,7 +1121,7 @@ async fn a_stale_retrying_job_that_cannot_be_decoded_is_set_aside() {
             .fetch_one(queue.pool())
             .await
             .expect("the row");
-            // The two rows went stale at one time: the pass may take either first.
+            // Either outcome may come first.
             if state == 5 && recorder.handed("good") {
                 break;
             }
